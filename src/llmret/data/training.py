@@ -1,0 +1,114 @@
+"""Tevatron-style training data: one query per line with positive and negative passages.
+
+Accepted per line: ``query_id``, ``query``, and passages either inline
+(``positive_passages`` / ``negative_passages``: objects with ``docid``, ``title``, ``text`` and an
+optional teacher ``score``), as objects carrying only ``docid``, or as id lists
+(``positive_document_ids`` / ``negative_document_ids``); passages given by id are resolved against a
+corpus in one pass.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmret.data.corpus import Corpus
+from llmret.errors import DataError
+from llmret.fileio import atomic_write, iter_jsonl, require_str
+
+
+@dataclass
+class Passage:
+    """A training passage; ``score`` is a teacher's score for distillation, when given."""
+
+    docid: str
+    text: str = ""
+    title: str = ""
+    score: float | None = None
+
+    def full_text(self, sep: str = " ") -> str:
+        return f"{self.title}{sep}{self.text}" if self.title else self.text
+
+
+@dataclass
+class TrainExample:
+    query_id: str
+    query: str
+    positives: list[Passage]
+    negatives: list[Passage] = field(default_factory=list)
+
+
+def _passages(obj: dict[str, Any], kind: str, path: Path, line: int) -> list[Passage]:
+    out: list[Passage] = []
+    if f"{kind}_document_ids" in obj:
+        ids = obj[f"{kind}_document_ids"]
+        if not isinstance(ids, list):
+            raise DataError(path, line, f"'{kind}_document_ids' must be a list")
+        return [Passage(str(i)) for i in ids]
+    items = obj.get(f"{kind}_passages", [])
+    if not isinstance(items, list):
+        raise DataError(path, line, f"'{kind}_passages' must be a list")
+    for item in items:
+        if not isinstance(item, dict):
+            raise DataError(path, line, f"each of '{kind}_passages' must be an object")
+        docid = require_str(item, "docid", path, line)
+        text, title = item.get("text", ""), item.get("title", "") or ""
+        if not isinstance(text, str) or not isinstance(title, str):
+            raise DataError(path, line, f"passage '{docid}': 'title' and 'text' must be strings")
+        score = item.get("score")
+        if score is not None and not isinstance(score, (int, float)):
+            raise DataError(path, line, f"passage '{docid}': 'score' must be a number")
+        out.append(Passage(docid, text, title, None if score is None else float(score)))
+    return out
+
+
+def read_training(path: str | Path, corpus: Corpus | None = None) -> list[TrainExample]:
+    """Read training examples; passages without text are filled from ``corpus``."""
+    path = Path(path)
+    examples: list[TrainExample] = []
+    lines: list[int] = []
+    for line, obj in iter_jsonl(path):
+        qid = require_str(obj, "query_id", path, line)
+        query = require_str(obj, "query", path, line)
+        pos = _passages(obj, "positive", path, line)
+        if not pos:
+            raise DataError(path, line, f"query '{qid}' has no positive passage")
+        examples.append(TrainExample(qid, query, pos, _passages(obj, "negative", path, line)))
+        lines.append(line)
+    if not examples:
+        raise DataError(path, None, "no training examples found")
+    missing = {p.docid for ex in examples for p in ex.positives + ex.negatives if not (p.text or p.title)}
+    if missing:
+        if corpus is None:
+            raise DataError(path, None, f"{len(missing)} passages are given by id only; pass the corpus they come from")
+        found = corpus.lookup(missing)
+        for ex, line in zip(examples, lines):
+            for p in ex.positives + ex.negatives:
+                if not (p.text or p.title):
+                    doc = found.get(p.docid)
+                    if doc is None:
+                        raise DataError(path, line, f"passage '{p.docid}' is not in corpus {corpus.name}")
+                    p.text, p.title = doc.text, doc.title
+    return examples
+
+
+def write_training(path: str | Path, examples: list[TrainExample], *, by_id: bool = False) -> None:
+    """Write Tevatron JSONL; with ``by_id`` passages carry only ids (and scores) to keep the file small."""
+
+    def dump(p: Passage) -> dict[str, Any]:
+        obj: dict[str, Any] = {"docid": p.docid} if by_id else {"docid": p.docid, "title": p.title, "text": p.text}
+        if p.score is not None:
+            obj["score"] = p.score
+        return obj
+
+    with atomic_write(path) as handle:
+        for ex in examples:
+            row = {
+                "query_id": ex.query_id,
+                "query": ex.query,
+                "positive_passages": [dump(p) for p in ex.positives],
+                "negative_passages": [dump(p) for p in ex.negatives],
+            }
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")

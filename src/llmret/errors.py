@@ -1,0 +1,22 @@
+"""The one error type that bad input raises, so that every message names the file, the line and the fault."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """Malformed or inconsistent input.
+
+    Carries the path and the 1-based line so that a user can open the file at the faulty spot; the
+    message reads ``path:line: problem`` like a compiler's.
+    """
+
+    def __init__(self, path: str | Path | None, line: int | None, problem: str) -> None:
+        self.path = None if path is None else str(path)
+        self.line = line
+        self.problem = problem
+        where = self.path or "<input>"
+        if line is not None:
+            where = f"{where}:{line}"
+        super().__init__(f"{where}: {problem}")

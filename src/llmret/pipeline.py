@@ -1,0 +1,59 @@
+"""One evaluation end to end: index, retrieve, write the run, score it, write the metrics.
+
+The output folder gets ``run.trec`` (TREC run), ``metrics.json`` (aggregate and per-query values)
+and ``settings.json`` (what produced them), each written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmret.data.dataset import RetrievalData
+from llmret.data.trec import Run, write_run
+from llmret.evaluate import DEFAULT_MEASURES, Evaluation, evaluate
+from llmret.fileio import write_json
+from llmret.retrievers.base import Retriever, drop_self_hits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalResult:
+    name: str
+    evaluation: Evaluation
+    run: Run
+    index_seconds: float
+    search_seconds: float
+
+    def row(self) -> dict[str, object]:
+        return {"system": self.name, **self.evaluation.aggregate,
+                "index s": self.index_seconds, "search s": self.search_seconds}
+
+
+def evaluate_retriever(retriever: Retriever, data: RetrievalData, out_dir: str | Path | None = None, *,
+                       name: str | None = None, k: int = 1000, exclude_self: bool = False,
+                       measures: tuple[str, ...] = DEFAULT_MEASURES) -> EvalResult:
+    """Index ``data.corpus``, retrieve the top ``k`` for ``data.queries``, score against ``data.qrels``."""
+    name = name or retriever.name
+    start = time.perf_counter()
+    retriever.index(data.corpus)
+    indexed = time.perf_counter()
+    run = retriever.retrieve(data.queries, k=k + 1 if exclude_self else k)
+    if exclude_self:
+        run = drop_self_hits(run)
+    searched = time.perf_counter()
+    evaluation = evaluate(data.qrels, run, measures)
+    result = EvalResult(name, evaluation, run, indexed - start, searched - indexed)
+    if out_dir is not None:
+        out = Path(out_dir)
+        write_run(out / "run.trec", run, tag=name, depth=k)
+        write_json(out / "metrics.json", {"system": name, "dataset": data.name, **evaluation.to_json(),
+                                          "index_seconds": result.index_seconds,
+                                          "search_seconds": result.search_seconds})
+        write_json(out / "settings.json", {"system": name, "dataset": data.name, "k": k,
+                                           "exclude_self": exclude_self, **retriever.describe()})
+        log.info("%s: run and metrics written to %s", name, out)
+    return result

@@ -1,0 +1,31 @@
+"""The retriever interface every paradigm implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from llmret.data.corpus import Corpus
+from llmret.data.trec import Run
+
+
+class Retriever(ABC):
+    """Index a corpus once, then answer queries with a ranked run."""
+
+    name: str = "retriever"
+
+    @abstractmethod
+    def index(self, corpus: Corpus) -> None:
+        """Build (or load) the index for ``corpus``."""
+
+    @abstractmethod
+    def retrieve(self, queries: dict[str, str], k: int = 1000) -> Run:
+        """The top ``k`` documents per query, as a run."""
+
+    def describe(self) -> dict[str, object]:
+        """Settings worth recording next to the run."""
+        return {"retriever": self.name}
+
+
+def drop_self_hits(run: Run) -> Run:
+    """Remove a query's own id from its results (ArguAna and Quora put the queries in the corpus)."""
+    return {qid: {d: s for d, s in docs.items() if d != qid} for qid, docs in run.items()}
