@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import ir_measures
 
 from llmret.data.qrels import Qrels
-from llmret.data.trec import Run
+from llmret.data.trec import Run, ranked
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,17 @@ def evaluate(qrels: Qrels, run: Run, measures: Sequence[str] = DEFAULT_MEASURES)
     judged = list(qrels)
     per_query: dict[str, dict[str, float]] = {name: dict.fromkeys(judged, 0.0) for name in names}
     answered = {qid: docs for qid, docs in run.items() if qid in qrels and docs}
-    for metric in ir_measures.iter_calc(parsed, qrels, answered):
+    # The pytrec_eval provider, pinned: it is trec_eval's own code. ir-measures' automatic choice sends
+    # RR@k to providers that break score ties the other way, and pytrec_eval has no cutoff for RR, so
+    # RR@k is computed as trec_eval -M k does it: plain RR over the run cut at rank k.
+    plain = [m for m in parsed if m.NAME != "RR" or m["cutoff"] is None]
+    for metric in ir_measures.pytrec_eval.iter_calc(plain, qrels, answered):
         per_query[str(metric.measure)][metric.query_id] = float(metric.value)
+    for measure in parsed:
+        if measure.NAME == "RR" and measure["cutoff"] is not None:
+            cut = {q: dict(ranked(docs)[: measure["cutoff"]]) for q, docs in answered.items()}
+            for metric in ir_measures.pytrec_eval.iter_calc([ir_measures.RR], qrels, cut):
+                per_query[str(measure)][metric.query_id] = float(metric.value)
     missing = [qid for qid in judged if qid not in answered]
     if missing:
         log.warning("%d of %d judged queries have no results in the run; they count as 0", len(missing), len(judged))

