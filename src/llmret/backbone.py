@@ -14,7 +14,7 @@ import json
 import logging
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ class Backbone:
     info: ModelInfo
     source: str
     folder: Path
+    saved_settings: dict[str, Any] = field(default_factory=dict)  # encoder settings a trained model was made with
 
 
 # ---- resolving a spec to a transformers folder -------------------------------------------------
@@ -185,6 +186,9 @@ def load_backbone(spec: str, *, dtype: torch.dtype | None = None, causal_lm: boo
     ``causal_lm`` keeps the LM head (sparse encoders read vocabulary logits through it); otherwise the
     bare transformer is loaded, which is all dense pooling needs.
     """
+    path = Path(spec).expanduser()
+    if path.is_dir() and (path / "adapter_config.json").is_file():
+        return _load_adapter(path, dtype=dtype, causal_lm=causal_lm, install=install)
     source, hint = resolve(spec, install=install)
     folder = Path(source) if isinstance(source, Path) else None
     config = AutoConfig.from_pretrained(source)
@@ -200,4 +204,20 @@ def load_backbone(spec: str, *, dtype: torch.dtype | None = None, causal_lm: boo
     else:
         model = AutoModel.from_pretrained(source, **kwargs)
     model.eval()
-    return Backbone(model, tokenizer, info, spec, folder or Path(str(source)))
+    saved = json.loads((folder / "llmret.json").read_text()).get("encoder", {}) if folder and (folder / "llmret.json").is_file() else {}
+    return Backbone(model, tokenizer, info, spec, folder or Path(str(source)), saved)
+
+
+def _load_adapter(folder: Path, **kwargs: Any) -> Backbone:
+    """A LoRA adapter saved by ``llmret train``: its base model with the adapter merged in."""
+    from peft import PeftModel
+
+    meta_file = folder / "llmret.json"
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"{folder} is a peft adapter without llmret.json (which names its base model)")
+    meta = json.loads(meta_file.read_text())
+    base = load_backbone(meta["base_model"], **kwargs)
+    model = PeftModel.from_pretrained(base.model, folder).merge_and_unload()
+    model.eval()
+    info = ModelInfo.from_dict(meta.get("model_info", {}))
+    return Backbone(model, base.tokenizer, info, str(folder), folder, meta.get("encoder", {}))

@@ -26,6 +26,8 @@ def _add_encoder_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--add-bos", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--query-prefix")
     g.add_argument("--passage-prefix")
+    g.add_argument("--instruction", help="task instruction put before each query")
+    g.add_argument("--instruction-template", help="default: 'Instruct: {instruction}\\nQuery: {query}'")
     g.add_argument("--query-max-length", type=int)
     g.add_argument("--passage-max-length", type=int)
     g.add_argument("--batch-size", type=int)
@@ -161,6 +163,32 @@ def build_retriever(args: argparse.Namespace):
     return DenseRetriever(DenseEncoder.load(settings), work_dir=args.out, factory=args.index)
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from llmret.train import TrainSettings, train
+
+    data = load_config(args.config) if args.config else {}
+    settings = TrainSettings.from_dict(data, args.config)
+    for key, value in vars(args).items():
+        if value is not None and hasattr(settings, key) and key not in ("encoder", "config"):
+            setattr(settings, key, value)
+    if args.model:
+        settings.encoder.model = args.model
+    for key in ("pooling", "query_prefix", "passage_prefix", "instruction", "query_max_length",
+                "passage_max_length", "dtype"):
+        if getattr(args, key) is not None:
+            setattr(settings.encoder, key, getattr(args, key))
+    final = train(settings, resume=args.resume)
+    print(f"trained model in {final}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from llmret.export import export_model
+
+    print(f"exported to {export_model(args.model, args.out)}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from llmret.demo import run_demo
 
@@ -218,6 +246,39 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--qrels", help="judgments for --run (BEIR or TREC form)")
     _add_encoder_args(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("train", help="fine-tune a dense retriever (LoRA + InfoNCE by default)")
+    p.add_argument("--config", help="YAML/JSON training config (keys of TrainSettings; encoder: a mapping)")
+    p.add_argument("--train-data", dest="train_data", help="Tevatron JSONL, BEIR folder or builtin:TASK")
+    p.add_argument("--corpus", help="corpus resolving passages given by id")
+    p.add_argument("--output-dir", dest="output_dir")
+    p.add_argument("--model", help="backbone: zoo name, folder, .gguf or hub id")
+    p.add_argument("--lora", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--lora-r", dest="lora_r", type=int)
+    p.add_argument("--lora-layers", dest="lora_layers", type=int)
+    p.add_argument("--learning-rate", dest="learning_rate", type=float)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--group-size", dest="group_size", type=int)
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--max-steps", dest="max_steps", type=int)
+    p.add_argument("--max-queries", dest="max_queries", type=int)
+    p.add_argument("--grad-accum", dest="grad_accum", type=int)
+    p.add_argument("--grad-checkpointing", dest="grad_checkpointing", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--save-steps", dest="save_steps", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    for flag in ("--pooling", "--query-prefix", "--passage-prefix", "--instruction", "--dtype"):
+        p.add_argument(flag)
+    p.add_argument("--query-max-length", type=int)
+    p.add_argument("--passage-max-length", type=int)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="merge LoRA and save a plain transformers folder with a model card")
+    p.add_argument("--model", required=True, help="trained model folder (e.g. runs/train/final)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="the main job: BM25 and zero-shot LLM retrievers on the built-in data")
     p.add_argument("--out", default="results/demo")

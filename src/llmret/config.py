@@ -29,6 +29,10 @@ class EncoderSettings:
     add_bos: bool | None = None
     query_prefix: str = ""
     passage_prefix: str = ""
+    # A task instruction put before each query (instruction-based retrieval); the same template must
+    # be used at training and evaluation time, so it is part of the settings saved with a model.
+    instruction: str = ""
+    instruction_template: str = "Instruct: {instruction}\nQuery: {query}"
     query_max_length: int = 64
     passage_max_length: int | None = None
     batch_size: int = 32

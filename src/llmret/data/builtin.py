@@ -33,7 +33,8 @@ from llmret.cache import cache_dir
 from llmret.data.corpus import Corpus, Document
 from llmret.data.dataset import RetrievalData, write_queries
 from llmret.data.qrels import write_qrels
-from llmret.data.training import Passage, TrainExample, write_training
+from llmret.data.negatives import mine_bm25_negatives
+from llmret.data.training import write_training
 from llmret.fileio import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -150,21 +151,6 @@ def _deduplicate(items: list[_Item]) -> list[_Item]:
             _Item(it.task, it.module, it.doc_id, it.document, None) for it in items]
 
 
-def _mine_negatives(data: RetrievalData, folder: Path) -> None:
-    from llmret.retrievers.bm25 import BM25Retriever  # local: bm25s is only needed when building
-
-    bm25 = BM25Retriever()
-    bm25.index(data.corpus)
-    run = bm25.retrieve(data.queries, k=_NEGATIVES + 5)
-    examples = []
-    for qid, query in data.queries.items():
-        positives = set(data.qrels[qid])
-        ranked = sorted(run.get(qid, {}).items(), key=lambda kv: -kv[1])
-        negatives = [Passage(d) for d, _ in ranked if d not in positives][:_NEGATIVES]
-        examples.append(TrainExample(qid, query, [Passage(d) for d in positives], negatives))
-    write_training(folder / "train.jsonl", examples, by_id=True)
-
-
 def _checksum(root: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "manifest.json"):
@@ -191,7 +177,7 @@ def build(root: Path) -> dict[str, object]:
             write_qrels(folder / "qrels" / f"{split}.tsv", qrels)
             write_json(folder / "task.json", {"task": task, "split": split, "instruction": INSTRUCTIONS[task]})
             if split == "train":
-                _mine_negatives(data, folder)
+                write_training(folder / "train.jsonl", mine_bm25_negatives(data, _NEGATIVES), by_id=True)
             counts[task][split] = {"documents": len(docs), "queries": len(queries)}
     manifest = {"python": sys.version.split()[0], "build_version": BUILD_VERSION, "counts": counts,
                 "instructions": INSTRUCTIONS, "sha256": _checksum(root)}

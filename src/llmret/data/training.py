@@ -79,18 +79,25 @@ def read_training(path: str | Path, corpus: Corpus | None = None) -> list[TrainE
         lines.append(line)
     if not examples:
         raise DataError(path, None, "no training examples found")
+    return resolve_passages(examples, corpus, path, lines)
+
+
+def resolve_passages(examples: list[TrainExample], corpus: Corpus | None, path: str | Path | None = None,
+                     lines: list[int] | None = None) -> list[TrainExample]:
+    """Fill in the text of passages given by id only, from ``corpus`` in one pass."""
     missing = {p.docid for ex in examples for p in ex.positives + ex.negatives if not (p.text or p.title)}
-    if missing:
-        if corpus is None:
-            raise DataError(path, None, f"{len(missing)} passages are given by id only; pass the corpus they come from")
-        found = corpus.lookup(missing)
-        for ex, line in zip(examples, lines):
-            for p in ex.positives + ex.negatives:
-                if not (p.text or p.title):
-                    doc = found.get(p.docid)
-                    if doc is None:
-                        raise DataError(path, line, f"passage '{p.docid}' is not in corpus {corpus.name}")
-                    p.text, p.title = doc.text, doc.title
+    if not missing:
+        return examples
+    if corpus is None:
+        raise DataError(path, None, f"{len(missing)} passages are given by id only; pass the corpus they come from")
+    found = corpus.lookup(missing)
+    for number, ex in enumerate(examples):
+        for p in ex.positives + ex.negatives:
+            if not (p.text or p.title):
+                doc = found.get(p.docid)
+                if doc is None:
+                    raise DataError(path, lines[number] if lines else None, f"passage '{p.docid}' is not in corpus {corpus.name}")
+                p.text, p.title = doc.text, doc.title
     return examples
 
 

@@ -40,8 +40,18 @@ class DenseEncoder:
 
     @classmethod
     def load(cls, settings: EncoderSettings, device: str | None = None) -> DenseEncoder:
-        """Load the backbone named in ``settings`` and wrap it."""
-        return cls(load_backbone(settings.model, dtype=DTYPES[settings.dtype]), settings, device)
+        """Load the backbone named in ``settings`` and wrap it.
+
+        A model trained by llmret brings the prefixes and instruction it was trained with; they apply
+        unless ``settings`` sets its own, because a query formatted otherwise than in training loses
+        accuracy silently.
+        """
+        backbone = load_backbone(settings.model, dtype=DTYPES[settings.dtype])
+        defaults = EncoderSettings()
+        for key in ("query_prefix", "passage_prefix", "instruction", "instruction_template"):
+            if key in backbone.saved_settings and getattr(settings, key) == getattr(defaults, key):
+                setattr(settings, key, backbone.saved_settings[key])
+        return cls(backbone, settings, device)
 
     def signature(self) -> dict[str, object]:
         """Everything that determines the vectors: recorded with embeddings and runs."""
@@ -50,6 +60,16 @@ class DenseEncoder:
     @property
     def dim(self) -> int:
         return int(self.model.config.hidden_size)
+
+    def format_query(self, text: str) -> str:
+        """The query as the model sees it: with the task instruction (if any) and the query prefix."""
+        s = self.settings
+        if s.instruction:
+            text = s.instruction_template.format(instruction=s.instruction, query=text)
+        return s.query_prefix + text
+
+    def format_passage(self, text: str) -> str:
+        return self.settings.passage_prefix + text
 
     # ---- text -> token ids -----------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
@@ -103,9 +123,9 @@ class DenseEncoder:
         """Encode texts as queries or passages into a float32 array [len(texts), dim], in input order."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        prefix = self.settings.query_prefix if query else self.settings.passage_prefix
+        fmt = self.format_query if query else self.format_passage
         max_length = self.settings.query_max_length if query else self.passage_max_length
-        ids = self.tokenize([prefix + t for t in texts], max_length)
+        ids = self.tokenize([fmt(t) for t in texts], max_length)
         order = np.argsort([-len(seq) for seq in ids], kind="stable")
         batch_size = batch_size or self.settings.batch_size
         out = np.empty((len(texts), self.dim), dtype=np.float32)

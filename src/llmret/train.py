@@ -1,0 +1,281 @@
+"""Contrastive fine-tuning of a dense retriever: LoRA (or full) + InfoNCE, on accelerate.
+
+accelerate places the model, runs DDP/FSDP/DeepSpeed when launched with ``accelerate launch``, and
+handles mixed precision. Batches are built here (not by a DataLoader) from :mod:`llmret.data.sampling`,
+so that which passages step N sees depends only on the seed; with the checkpoint's RNG, optimizer
+and scheduler state that makes ``--resume`` continue exactly where a killed run stopped.
+
+Output folder: ``checkpoint-N/state.pt`` every ``save_steps``; ``final/`` (adapter or full model,
+tokenizer, ``llmret.json``); ``train_config.yaml`` (the settings used); ``log.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from llmret.config import EncoderSettings, from_dict, to_dict
+from llmret.data.sampling import epoch_order, sample_group
+from llmret.data.training import TrainExample
+from llmret.encoders.dense import DTYPES, DenseEncoder
+from llmret.fileio import atomic_write, write_json
+from llmret.losses.infonce import InfoNCELoss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSettings:
+    """Training settings; defaults follow arXiv 2408.12194 (LoRA, InfoNCE at 0.02, lr 3e-4, 7 negatives)."""
+
+    train_data: str = "builtin:code"  # Tevatron JSONL, a BEIR folder (qrels/train.tsv) or builtin:TASK
+    corpus: str | None = None  # resolves passages given by id in a JSONL file
+    output_dir: str = "runs/train"
+    encoder: EncoderSettings = field(default_factory=EncoderSettings)
+    lora: bool = True
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    lora_target_modules: list[str] | str = "all-linear"  # every attention and MLP projection
+    lora_layers: int | None = None  # only the top N layers get adapters (cheaper backward on a CPU)
+    learning_rate: float = 3e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    batch_size: int = 128  # queries per micro-batch; in-batch negatives come from these
+    group_size: int = 8  # 1 positive + 7 hard negatives
+    temperature: float = 0.02
+    similarity: str = "dot"
+    epochs: float = 1.0
+    max_steps: int | None = None
+    max_queries: int | None = None
+    grad_accum: int = 1
+    grad_checkpointing: bool = False
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "auto"  # auto: bf16 where the GPU supports it, else none (CPU bf16 is slow)
+    seed: int = 42
+    save_steps: int = 0  # 0: only at the end
+    logging_steps: int = 10
+    tensorboard: bool = False
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str | Path | None = None) -> TrainSettings:
+        data = dict(data)
+        encoder = from_dict(EncoderSettings, data.pop("encoder", {}) or {}, source)
+        settings = from_dict(cls, data, source)
+        settings.encoder = encoder
+        return settings
+
+
+# ---- data --------------------------------------------------------------------------------------------
+def load_examples(settings: TrainSettings) -> list[TrainExample]:
+    """Training examples from a JSONL file, a BEIR folder (BM25-mined negatives) or a built-in task."""
+    from llmret.data.corpus import Corpus
+    from llmret.data.dataset import load_dataset
+    from llmret.data.negatives import mine_bm25_negatives
+    from llmret.data.training import read_training, resolve_passages
+    from llmret.registry import resolve_folder
+
+    spec = settings.train_data
+    path = resolve_folder(spec, "train")
+    if path.is_dir() and (path / "train.jsonl").is_file():
+        examples = read_training(path / "train.jsonl", Corpus.from_file(path / "corpus.jsonl"))
+    elif path.is_dir():
+        data = load_dataset(path, "train")
+        examples = resolve_passages(mine_bm25_negatives(data), data.corpus)
+    else:
+        examples = read_training(path, Corpus.from_file(settings.corpus) if settings.corpus else None)
+    return examples[: settings.max_queries] if settings.max_queries else examples
+
+
+def make_batch(encoder: DenseEncoder, examples: list[TrainExample], indexes: list[int], epoch: int,
+               settings: TrainSettings) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Tokenized queries and their passage groups (positive first), ready for the encoder."""
+    queries = [encoder.format_query(examples[i].query) for i in indexes]
+    passages = [encoder.format_passage(p.full_text()) for i in indexes
+                for p in sample_group(examples, i, epoch, settings.seed, settings.group_size)]
+    q = encoder.collate(encoder.tokenize(queries, encoder.settings.query_max_length))
+    p = encoder.collate(encoder.tokenize(passages, encoder.passage_max_length))
+    return q, p
+
+
+# ---- checkpoints -------------------------------------------------------------------------------------
+def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                    step: int) -> None:
+    """Trainable weights, optimizer, scheduler, RNG and step, in one file written atomically."""
+    state = {"step": step, "model": _trainable_state(model), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "rng": _rng_state()}
+    with atomic_write(folder / "state.pt", "wb") as handle:
+        torch.save(state, handle)
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The newest complete checkpoint (one whose state.pt was fully written)."""
+    done = [p for p in output_dir.glob("checkpoint-*") if (p / "state.pt").is_file()]
+    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+# ---- the loop ----------------------------------------------------------------------------------------
+def _wrap_lora(model: torch.nn.Module, settings: TrainSettings) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    layers = None
+    if settings.lora_layers:
+        total = int(getattr(model.config, "num_hidden_layers"))
+        layers = list(range(total - settings.lora_layers, total))
+    config = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
+                        target_modules=settings.lora_target_modules, layers_to_transform=layers, bias="none")
+    return get_peft_model(model, config)
+
+
+def _mixed_precision(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def train(settings: TrainSettings, *, resume: bool = False,
+          on_step: Callable[[int, float], None] | None = None) -> Path:
+    """Train and return the folder of the final model (``OUTPUT/final``)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_linear_schedule_with_warmup
+
+    from llmret.backbone import load_backbone
+
+    out = Path(settings.output_dir)
+    accelerator = Accelerator(mixed_precision=_mixed_precision(settings.mixed_precision),
+                              gradient_accumulation_steps=settings.grad_accum)
+    set_seed(settings.seed)
+    examples = load_examples(settings)
+    backbone = load_backbone(settings.encoder.model, dtype=DTYPES[settings.encoder.dtype])
+    model = backbone.model
+    if settings.grad_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = _wrap_lora(model, settings) if settings.lora else model
+    model.train()
+
+    world, rank = accelerator.num_processes, accelerator.process_index
+    steps_per_epoch = len(examples) // (settings.batch_size * settings.grad_accum)
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(examples)} training queries are fewer than one step's "
+                         f"{settings.batch_size * settings.grad_accum}; lower batch_size or grad_accum")
+    total = settings.max_steps or math.ceil(steps_per_epoch * settings.epochs)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total), total)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    encoder = DenseEncoder(backbone, settings.encoder, accelerator.device)
+    encoder.model = model
+    loss_fn = InfoNCELoss(settings.temperature, settings.similarity)
+
+    start = 0
+    if resume and (ckpt := latest_checkpoint(out)) is not None:
+        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+        missing = accelerator.unwrap_model(model).load_state_dict(state["model"], strict=False)
+        if missing.unexpected_keys:
+            raise ValueError(f"{ckpt}: checkpoint does not match the model ({missing.unexpected_keys[:3]} ...)")
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        start = state["step"]
+        log.info("resumed from %s at step %d of %d", ckpt, start, total)
+    elif resume:
+        log.info("no checkpoint in %s: starting from scratch", out)
+
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_write(out / "train_config.yaml") as handle:
+            yaml.safe_dump(to_dict(settings), handle, sort_keys=False)
+    writer = None
+    if settings.tensorboard and accelerator.is_main_process:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tensorboard"))
+
+    micro = settings.batch_size
+    bar = tqdm(total=total, initial=start, desc="training", disable=not accelerator.is_main_process)
+    tokens, clock = 0, time.perf_counter()
+    for step in range(start, total):
+        epoch, within = divmod(step, steps_per_epoch)
+        order = epoch_order(len(examples), epoch, settings.seed)
+        for a in range(settings.grad_accum):
+            begin = (within * settings.grad_accum + a) * micro
+            indexes = order[begin:begin + micro][rank::world]  # each process its share of the batch
+            q, p = make_batch(encoder, examples, indexes, epoch, settings)
+            with accelerator.accumulate(model):
+                loss = loss_fn(encoder.forward(**q), encoder.forward(**p))
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and settings.max_grad_norm:
+                    accelerator.clip_grad_norm_(params, settings.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            tokens += int(q["attention_mask"].sum() + p["attention_mask"].sum())
+        done = step + 1
+        value = float(loss.detach())
+        bar.update(1)
+        if done % settings.logging_steps == 0 or done == total:
+            elapsed = time.perf_counter() - clock
+            record = {"step": done, "loss": value, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens / elapsed}
+            bar.set_postfix(loss=f"{value:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
+            if accelerator.is_main_process:
+                with open(out / "log.jsonl", "a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                if writer:
+                    for key in ("loss", "lr", "tokens_per_s"):
+                        writer.add_scalar(f"train/{key}", record[key], done)
+            tokens, clock = 0, time.perf_counter()
+        if settings.save_steps and done % settings.save_steps == 0 and done < total and accelerator.is_main_process:
+            save_checkpoint(out / f"checkpoint-{done}", accelerator.unwrap_model(model), optimizer, scheduler, done)
+        if on_step is not None:
+            on_step(done, value)
+    bar.close()
+    final = out / "final"
+    if accelerator.is_main_process:
+        save_final(final, accelerator.unwrap_model(model), encoder, settings)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def save_final(folder: Path, model: torch.nn.Module, encoder: DenseEncoder, settings: TrainSettings) -> None:
+    """The trained model (a peft adapter folder, or a full model) with what llmret needs to load it."""
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    encoder.tokenizer.save_pretrained(tmp)
+    write_json(tmp / "llmret.json", {"base_model": settings.encoder.model, "lora": settings.lora,
+                                     "model_info": to_dict(encoder.info), "encoder": to_dict(settings.encoder)})
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.replace(folder)
