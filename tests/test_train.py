@@ -121,3 +121,18 @@ def test_export_loads_in_sentence_transformers(tiny_bert: Path, train_file: Path
     ours = DenseEncoder.load(EncoderSettings(model=str(exported)), "cpu").encode_passages(texts)
     theirs = SentenceTransformer(str(exported), device="cpu").encode(texts, normalize_embeddings=False)
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_train_cli_with_yaml_config(tiny_llama: Path, train_file: Path, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from llmret.cli import main
+
+    config = tmp_path / "train.yaml"
+    config.write_text(f"train_data: {train_file}\nbatch_size: 4\ngroup_size: 2\nmax_steps: 2\nlora_r: 4\n"
+                      f"encoder:\n  model: {tiny_llama}\n  query_max_length: 16\n  passage_max_length: 32\n")
+    assert main(["train", "--config", str(config), "--output-dir", str(tmp_path / "run"), "--seed", "3"]) == 0
+    used = (tmp_path / "run" / "train_config.yaml").read_text()
+    assert "seed: 3" in used and "passage_max_length: 32" in used
+    config.write_text("train_data: x\nlearning_rte: 0.1\n")
+    assert main(["train", "--config", str(config)]) == 2
+    assert "unknown setting(s) learning_rte" in capsys.readouterr().err

@@ -192,7 +192,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from llmret.demo import run_demo
 
-    run_demo(Path(args.out), models=args.models, tasks=args.tasks, max_queries=args.max_queries)
+    run_demo(Path(args.out), models=args.models, tasks=args.tasks, finetune=args.finetune or None,
+             train_steps=args.train_steps)
     return 0
 
 
@@ -284,7 +285,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/demo")
     p.add_argument("--models", nargs="+", default=["minilm-l6", "smollm2-135m"])
     p.add_argument("--tasks", nargs="+", default=["code", "docs", "long"])
-    p.add_argument("--max-queries", type=int, default=None, help="evaluate on the first N test queries only")
+    p.add_argument("--finetune", default="smollm2-135m", help="model to fine-tune ('' to skip training)")
+    p.add_argument("--train-steps", type=int, default=20)
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import random
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -150,12 +151,18 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 def _wrap_lora(model: torch.nn.Module, settings: TrainSettings) -> torch.nn.Module:
     from peft import LoraConfig, get_peft_model
 
-    layers = None
+    targets = settings.lora_target_modules
     if settings.lora_layers:
+        # Full names of the linear modules in the top N layers. peft's layers_to_transform cannot be used:
+        # it needs explicit module names and a '.layers.' pattern that bare models (layers.0...) lack.
         total = int(getattr(model.config, "num_hidden_layers"))
-        layers = list(range(total - settings.lora_layers, total))
+        keep = set(range(total - settings.lora_layers, total))
+        wanted = None if targets == "all-linear" else set([targets] if isinstance(targets, str) else targets)
+        targets = [name for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Linear) and (m := re.search(r"(?:^|\.)(\d+)\.", name))
+                   and int(m.group(1)) in keep and (wanted is None or name.rsplit(".", 1)[-1] in wanted)]
     config = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
-                        target_modules=settings.lora_target_modules, layers_to_transform=layers, bias="none")
+                        target_modules=targets, bias="none")
     return get_peft_model(model, config)
 
 
