@@ -59,3 +59,24 @@ def test_decoder_appends_eos_and_keeps_bos_switchable(tiny_llama: Path) -> None:
 def test_encoder_kind_defaults(tiny_bert: Path) -> None:
     info = load_backbone(str(tiny_bert)).info
     assert (info.kind, info.pooling, info.append_eos) == ("encoder", "cls", False)
+
+
+def test_bidirectional_decoder_sees_the_future(tiny_llama: Path) -> None:
+    from llmret.encoders.dense import bidirectional_mask
+
+    backbone = load_backbone(str(tiny_llama))
+    texts = random_texts(6, seed=4)
+    for bidirectional in (False, True):
+        encoder = DenseEncoder(backbone, EncoderSettings(model=str(tiny_llama), pooling="mean",
+                                                         bidirectional=bidirectional), "cpu")
+        batch = encoder.collate(encoder.tokenize(["alpha beta gamma", "alpha beta delta"], 16))  # differ at the end
+        mask = batch["attention_mask"]
+        with torch.inference_mode():
+            hidden = encoder.model(input_ids=batch["input_ids"], attention_mask=bidirectional_mask(
+                mask, encoder.model.config) if bidirectional else mask).last_hidden_state
+        same_first_word = torch.allclose(hidden[0, 1], hidden[1, 1], atol=1e-6)  # position 1: "alpha"
+        assert same_first_word is (not bidirectional)  # causal: "alpha" cannot see what follows it
+        alone = np.stack([encoder.encode_passages([t])[0] for t in texts])
+        for side in ("left", "right"):
+            encoder.tokenizer.padding_side = side
+            np.testing.assert_allclose(encoder.encode_passages(texts, batch_size=6), alone, atol=1e-5)

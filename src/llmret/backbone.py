@@ -40,6 +40,7 @@ class ModelInfo:
     append_eos: bool = False  # decoders: the last token must be EOS for last-token pooling to see it all
     add_bos: bool | None = None  # None: the tokenizer's own habit; False strips BOS (sparse models want that)
     max_length: int = 512
+    bidirectional: bool = False  # decoders: let every token see the whole text (LLM2Vec / Lion style)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelInfo:

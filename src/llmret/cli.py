@@ -24,6 +24,8 @@ def _add_encoder_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--append-eos", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--add-bos", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=None,
+                   help="decoders: full attention instead of causal (Llama, Mistral, Qwen, Gemma, Phi-3 ...)")
     g.add_argument("--query-prefix")
     g.add_argument("--passage-prefix")
     g.add_argument("--instruction", help="task instruction put before each query")
@@ -286,7 +288,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=["minilm-l6", "smollm2-135m"])
     p.add_argument("--tasks", nargs="+", default=["code", "docs", "long"])
     p.add_argument("--finetune", default="smollm2-135m", help="model to fine-tune ('' to skip training)")
-    p.add_argument("--train-steps", type=int, default=20)
+    p.add_argument("--train-steps", type=int, default=26)
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -27,6 +27,7 @@ class EncoderSettings:
     normalize: bool | None = None
     append_eos: bool | None = None
     add_bos: bool | None = None
+    bidirectional: bool | None = None
     query_prefix: str = ""
     passage_prefix: str = ""
     # A task instruction put before each query (instruction-based retrieval); the same template must

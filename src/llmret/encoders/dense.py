@@ -22,12 +22,26 @@ from llmret.encoders.pooling import pool
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def bidirectional_mask(attention_mask: torch.Tensor, config: object) -> torch.Tensor:
+    """A 4D padding-only mask [batch, 1, length, length]: every token attends to every real token.
+
+    Decoders built on transformers' masking utilities (Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3 ...)
+    take a prepared 4D mask as it is instead of adding causality, so this turns them bidirectional
+    without patching any architecture. SDPA and flex attention take booleans; eager takes additive.
+    """
+    length = attention_mask.shape[1]
+    keep = attention_mask.bool()[:, None, None, :].expand(-1, 1, length, length)
+    if getattr(config, "_attn_implementation", "sdpa") == "eager":
+        return torch.zeros(keep.shape, dtype=torch.float32, device=keep.device).masked_fill(~keep, torch.finfo(torch.float32).min)
+    return keep
+
+
 class DenseEncoder:
     """Encode queries and passages into vectors with one backbone."""
 
     def __init__(self, backbone: Backbone, settings: EncoderSettings, device: str | torch.device | None = None) -> None:
         info = backbone.info
-        overrides = {k: getattr(settings, k) for k in ("pooling", "normalize", "append_eos", "add_bos")
+        overrides = {k: getattr(settings, k) for k in ("pooling", "normalize", "append_eos", "add_bos", "bidirectional")
                      if getattr(settings, k) is not None}
         self.info: ModelInfo = replace(info, **overrides)
         self.settings = settings
@@ -111,7 +125,8 @@ class DenseEncoder:
             # Positions count real tokens only, so that left padding does not shift absolute position
             # embeddings (BERT) and every row starts at position 0 (RoPE models, for exactness).
             kwargs["position_ids"] = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        mask = bidirectional_mask(attention_mask, self.model.config) if self.info.bidirectional else attention_mask
+        out = self.model(input_ids=input_ids, attention_mask=mask, **kwargs)
         vectors = pool(out.last_hidden_state, attention_mask, self.info.pooling)
         if self.info.normalize:
             vectors = torch.nn.functional.normalize(vectors.float(), dim=-1)
