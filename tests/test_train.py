@@ -136,3 +136,19 @@ def test_train_cli_with_yaml_config(tiny_llama: Path, train_file: Path, tmp_path
     config.write_text("train_data: x\nlearning_rte: 0.1\n")
     assert main(["train", "--config", str(config)]) == 2
     assert "unknown setting(s) learning_rte" in capsys.readouterr().err
+
+
+def test_beir_folder_training_data_mines_bm25_negatives(tmp_path: Path) -> None:
+    from helpers import write_beir_folder
+
+    from llmret.train import load_examples
+
+    docs = {f"d{i}": t for i, t in enumerate(random_texts(30, seed=21, min_words=8))}
+    queries = {f"q{i}": " ".join(docs[f"d{i}"].split()[:4]) for i in range(10)}
+    qrels = {f"q{i}": {f"d{i}": 1} for i in range(10)}
+    folder = write_beir_folder(tmp_path / "beir", docs, queries, qrels, split="train")
+    examples = load_examples(TrainSettings(train_data=str(folder)))
+    assert [ex.query_id for ex in examples] == list(queries)
+    for ex in examples:
+        assert [p.docid for p in ex.positives] == [f"d{ex.query_id[1:]}"] and ex.positives[0].text
+        assert ex.negatives and all(n.docid != ex.positives[0].docid and n.text for n in ex.negatives)
