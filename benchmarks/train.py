@@ -22,6 +22,7 @@ from encode import gemm_flops, non_embedding_parameters, sentence_transformer
 from llmret.config import EncoderSettings
 from llmret.data import builtin
 from llmret.data.corpus import Corpus
+from llmret.data.sampling import sample_group
 from llmret.data.training import read_training
 from llmret.report import format_table
 from llmret.train import TrainSettings, _wrap_lora, forward_sorted, make_batch
@@ -83,8 +84,6 @@ def main() -> None:
     theirs, st_tokens = [], 0
     for step, idx in enumerate(batches):
         start = time.perf_counter()
-        from llmret.data.sampling import sample_group
-
         groups = [sample_group(examples, i, 0, settings.seed, args.group_size) for i in idx]
         columns = [[examples[i].query for i in idx]] + [[g[k].full_text() for g in groups] for k in range(args.group_size)]
         st[0].max_seq_length = args.passage_max_length

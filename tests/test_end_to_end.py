@@ -111,3 +111,10 @@ def test_cli_reports_bad_input_clearly(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["evaluate", "--retriever", "bm25", "--data", str(folder), "--out", str(tmp_path / "o")]) == 2
     assert "corpus.jsonl:2: duplicate document id 'd1'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_unknown_model_name_is_a_clear_error(copy_dataset: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", "--retriever", "dense", "--model", "no-such-model-x", "--data", str(copy_dataset),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "'no-such-model-x' is not a zoo model (smollm2-135m" in capsys.readouterr().err

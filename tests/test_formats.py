@@ -187,3 +187,25 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
     with atomic_write(tmp_path / "z.txt.gz") as handle:
         handle.write("compressed\n")
     assert gzip.decompress((tmp_path / "z.txt.gz").read_bytes()) == b"compressed\n"
+
+
+def test_atomic_dir_keeps_the_old_folder_until_the_new_one_is_whole(tmp_path: Path) -> None:
+    from llmret.fileio import atomic_dir
+
+    target = tmp_path / "model"
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("first")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as tmp:
+            (tmp / "a.txt").write_text("half")
+            raise RuntimeError("killed")
+    assert (target / "a.txt").read_text() == "first" and [p.name for p in tmp_path.iterdir()] == ["model"]
+    with atomic_dir(target) as tmp:
+        (tmp / "b.txt").write_text("second")
+    assert [p.name for p in target.iterdir()] == ["b.txt"] and [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_corpus_passes_after_the_first_stream_the_same_documents() -> None:
+    corpus = Corpus.from_beir(SCIFACT / "corpus.jsonl.gz")
+    first = [d.id for d in corpus]
+    assert [d.id for d in corpus] == first == corpus.ids()

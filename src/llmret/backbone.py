@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from transformers import PreTrainedTokenizerBase
 
 from llmret import zoo
 from llmret.cache import cache_dir
+from llmret.fileio import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +81,9 @@ def convert_gguf(folder: Path, gguf_file: str, out: Path) -> Path:
         delattr(config, "quantization_config")
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:  # a folder appears whole or not at all
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        tmp.replace(out)  # a folder appears whole or not at all
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -192,7 +185,11 @@ def load_backbone(spec: str, *, dtype: torch.dtype | None = None, causal_lm: boo
         return _load_adapter(path, dtype=dtype, causal_lm=causal_lm, install=install)
     source, hint = resolve(spec, install=install)
     folder = Path(source) if isinstance(source, Path) else None
-    config = AutoConfig.from_pretrained(source)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except OSError as exc:
+        raise FileNotFoundError(f"'{spec}' is not a zoo model ({', '.join(zoo.ZOO)}), a model folder or a .gguf "
+                                f"file, and as a hub id it could not be loaded: {str(exc).splitlines()[0]}") from None
     info = infer_info(config, folder, hint)
     tokenizer = load_tokenizer(source, info)
     kwargs: dict[str, Any] = {"dtype": dtype or torch.float32}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from llmret.config import EncoderSettings
@@ -61,25 +62,24 @@ def run_demo(out: Path, models: list[str], tasks: list[str], finetune: str | Non
              train_steps: int = 26) -> list[dict[str, object]]:
     """Evaluate BM25, each model zero-shot and ``finetune`` after training; write and print the table."""
     builtin.builtin_root()
-    systems: list[tuple[str, Retriever | None]] = [("bm25", BM25Retriever())]
-    systems += [(f"{m} (zero-shot)", None) for m in models]
+
+    def fine_tuned() -> Retriever:
+        return _dense(str(train(demo_training(str(finetune), out / "train", train_steps), resume=True)))
+
+    # (table name, output folder, how to build it): built one at a time, so one model is in memory at once.
+    systems: list[tuple[str, str, Callable[[], Retriever]]] = [("bm25", "bm25", BM25Retriever)]
+    systems += [(f"{m} (zero-shot)", f"{m}/zero-shot", lambda m=m: _dense(m)) for m in models]
     if finetune:
-        systems.append((f"{finetune} (LoRA+InfoNCE)", None))
+        systems.append((f"{finetune} (LoRA+InfoNCE)", f"{finetune}/lora-infonce", fine_tuned))
     rows: list[dict[str, object]] = []
-    for name, retriever in systems:
+    for name, folder, make in systems:
         start = time.perf_counter()
-        if retriever is None and name.endswith("(LoRA+InfoNCE)"):
-            final = train(demo_training(finetune, out / "train", train_steps), resume=True)
-            log.info("trained %s in %.0f s", finetune, time.perf_counter() - start)
-            retriever = _dense(str(final))
-        elif retriever is None:
-            retriever = _dense(name.split(" ")[0])
+        retriever = make()
         setup = time.perf_counter() - start
         for task in tasks:
             data, rules = load(f"builtin:{task}", "test")
             begin = time.perf_counter()
-            result = evaluate_retriever(retriever, data, out / task / name.split(" ")[0] / name.split(" ")[-1].strip("()"),
-                                        name=name, exclude_self=rules.exclude_self)
+            result = evaluate_retriever(retriever, data, out / task / folder, name=name, exclude_self=rules.exclude_self)
             rows.append({"task": task, "system": name, **{m: result.evaluation.aggregate[m] for m in METRICS},
                          "seconds": time.perf_counter() - begin + (setup if task == tasks[0] else 0.0)})
             log.info("%s / %s: nDCG@10 %.4f", task, name, result.evaluation.aggregate["nDCG@10"])

@@ -9,26 +9,29 @@ token only when the tokenizer itself ends texts with EOS, which llmret's decoder
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from llmret.backbone import load_backbone
-from llmret.fileio import atomic_write, write_json
+from llmret.backbone import Backbone, load_backbone
+from llmret.fileio import atomic_dir, atomic_write, write_json
 
 
 def export_model(model: str, out: str | Path) -> Path:
     """Merge and save ``model`` (an adapter folder, a trained folder, or any spec) into ``out``."""
     backbone = load_backbone(model)
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    backbone.model.save_pretrained(tmp)
-    backbone.tokenizer.save_pretrained(tmp)
-    info = backbone.info
     meta_file = backbone.folder / "llmret.json"
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     settings = meta.get("encoder", backbone.saved_settings)
+    with atomic_dir(out) as tmp:
+        _write_export(tmp, backbone, meta, settings, model, out.name)
+    return out
+
+
+def _write_export(tmp: Path, backbone: Backbone, meta: dict, settings: dict, model: str, name: str) -> None:
+    info = backbone.info
+    backbone.model.save_pretrained(tmp)
+    backbone.tokenizer.save_pretrained(tmp)
     write_json(tmp / "llmret.json", {"base_model": meta.get("base_model", model), "model_info": asdict(info),
                                      "encoder": settings})
     _sentence_transformers_files(tmp, info.pooling, info.normalize, info.max_length)
@@ -37,12 +40,9 @@ def export_model(model: str, out: str | Path) -> Path:
             f"- query prefix: `{settings.get('query_prefix', '')!r}`, passage prefix: `{settings.get('passage_prefix', '')!r}`\n"
             f"- instruction: `{settings.get('instruction', '')!r}`\n"
             f"- trained with LoRA merged into the weights: {meta.get('lora', False)}\n\n"
-            f"Load with `llmret evaluate --retriever dense --model {out.name}` or `DenseEncoder.load`.\n")
+            f"Load with `llmret evaluate --retriever dense --model {name}` or `DenseEncoder.load`.\n")
     with atomic_write(tmp / "README.md") as handle:
         handle.write(card)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.replace(out)
-    return out
 
 
 def _sentence_transformers_files(folder: Path, pooling: str, normalize: bool, max_length: int) -> None:

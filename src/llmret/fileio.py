@@ -10,6 +10,7 @@ import gzip
 import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,6 +47,42 @@ def atomic_write(path: str | Path, mode: str = "w", encoding: str = "utf-8") -> 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder next to ``path`` that replaces ``path`` only if the block succeeds.
+
+    An existing ``path`` is moved aside first and removed after the swap, so at every moment there is
+    either the old complete folder or the new one, never a half-written one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            path.replace(old)
+        tmp.replace(path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_ids(path: str | Path, ids: list[str]) -> None:
+    """An id list, one per line, written atomically (the companion of every vector file)."""
+    with atomic_write(path) as handle:
+        handle.write("".join(f"{i}\n" for i in ids))
+
+
+def read_ids(path: str | Path) -> list[str]:
+    """The id list written by :func:`write_ids`."""
+    if not Path(path).is_file():
+        raise DataError(path, None, "id list not found")
+    return Path(path).read_text(encoding="utf-8").split("\n")[:-1]
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -16,7 +16,6 @@ import logging
 import math
 import random
 import re
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from llmret.config import EncoderSettings, from_dict, to_dict
 from llmret.data.sampling import epoch_order, sample_group
 from llmret.data.training import TrainExample
 from llmret.encoders.dense import DTYPES, DenseEncoder
-from llmret.fileio import atomic_write, write_json
+from llmret.fileio import atomic_dir, atomic_write, write_json
 from llmret.losses.infonce import InfoNCELoss
 
 log = logging.getLogger(__name__)
@@ -290,11 +289,8 @@ def train(settings: TrainSettings, *, resume: bool = False,
 
 def save_final(folder: Path, model: torch.nn.Module, encoder: DenseEncoder, settings: TrainSettings) -> None:
     """The trained model (a peft adapter folder, or a full model) with what llmret needs to load it."""
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    encoder.tokenizer.save_pretrained(tmp)
-    write_json(tmp / "llmret.json", {"base_model": settings.encoder.model, "lora": settings.lora,
-                                     "model_info": to_dict(encoder.info), "encoder": to_dict(settings.encoder)})
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.replace(folder)
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        encoder.tokenizer.save_pretrained(tmp)
+        write_json(tmp / "llmret.json", {"base_model": settings.encoder.model, "lora": settings.lora,
+                                         "model_info": to_dict(encoder.info), "encoder": to_dict(settings.encoder)})

@@ -21,10 +21,8 @@ import ast
 import hashlib
 import logging
 import re
-import shutil
 import sys
 import sysconfig
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +33,7 @@ from llmret.data.dataset import RetrievalData, write_queries
 from llmret.data.qrels import write_qrels
 from llmret.data.negatives import mine_bm25_negatives
 from llmret.data.training import write_training
-from llmret.fileio import read_json, write_json
+from llmret.fileio import atomic_dir, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -192,13 +190,8 @@ def builtin_root(build_if_missing: bool = True) -> Path:
     if (root / "manifest.json").is_file() or not build_if_missing:
         return root
     log.info("building the built-in dataset from this Python's standard library (once) into %s", root)
-    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root.parent))
-    try:
+    with atomic_dir(root) as tmp:
         build(tmp)
-        tmp.replace(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return root
 
 

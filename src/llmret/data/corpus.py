@@ -96,6 +96,10 @@ class Corpus:
 
     # ---- access -------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Document]:
+        if self._ids is not None:  # validated by an earlier full pass: stream without re-checking
+            for _, _, doc in self._source():
+                yield doc
+            return
         seen: set[str] = set()
         ids: list[str] = []
         for path, line, doc in self._source():

@@ -8,7 +8,7 @@ import faiss
 import numpy as np
 
 from llmret.errors import DataError
-from llmret.fileio import atomic_write
+from llmret.fileio import atomic_write, read_ids, write_ids
 from llmret.index.shards import EmbeddingShards
 
 
@@ -56,8 +56,7 @@ class DenseIndex:
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_write(folder / "index.faiss", "wb") as handle:
             faiss.write_index(self.index, faiss.PyCallbackIOWriter(handle.write))
-        with atomic_write(folder / "index.ids") as handle:
-            handle.write("".join(f"{i}\n" for i in self.ids))
+        write_ids(folder / "index.ids", self.ids)
 
     @classmethod
     def load(cls, folder: str | Path) -> DenseIndex:
@@ -65,7 +64,7 @@ class DenseIndex:
         raw = faiss.read_index(str(folder / "index.faiss"))
         index = cls.__new__(cls)
         index.index, index.dim, index.factory = raw, raw.d, "loaded"
-        index.ids = (folder / "index.ids").read_text(encoding="utf-8").split("\n")[:-1]
+        index.ids = read_ids(folder / "index.ids")
         if len(index.ids) != raw.ntotal:
             raise DataError(folder / "index.ids", None, f"{len(index.ids)} ids for {raw.ntotal} vectors")
         return index

@@ -16,7 +16,7 @@ import numpy as np
 
 from llmret.data.corpus import Corpus
 from llmret.errors import DataError
-from llmret.fileio import atomic_write, read_json, write_json
+from llmret.fileio import atomic_write, read_ids, read_json, write_ids, write_json
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class EmbeddingShards:
     def __iter__(self) -> Iterator[tuple[list[str], np.ndarray]]:
         """Yield ``(ids, vectors)`` per shard; vectors are memory-mapped, not read whole."""
         for name in self.shard_names():
-            ids = (self.folder / f"{name}.ids").read_text(encoding="utf-8").split("\n")[:-1]
+            ids = read_ids(self.folder / f"{name}.ids")
             vectors = np.load(self.folder / f"{name}.npy", mmap_mode="r")
             if len(ids) != len(vectors):
                 raise DataError(self.folder / f"{name}.ids", None, f"{len(ids)} ids for {len(vectors)} vectors")
@@ -67,28 +67,26 @@ def encode_corpus(encoder: PassageEncoder, corpus: Corpus, folder: str | Path, *
     for number, docs in enumerate(corpus.batches(shard_size)):
         name = f"shard-{number:05d}"
         ids = [d.id for d in docs]
-        ids_path, vec_path = folder / f"{name}.ids", folder / f"{name}.npy"
-        if ids_path.is_file() and vec_path.is_file():
-            if ids_path.read_text(encoding="utf-8").split("\n")[:-1] == ids:
-                log.info("%s: already encoded, skipped", name)
-                count += 1
-                continue
-        vectors = encoder.encode_passages([d.full_text() for d in docs], progress=progress)
-        with atomic_write(vec_path, "wb") as handle:
-            np.save(handle, vectors)
-        with atomic_write(ids_path) as handle:
-            handle.write("".join(f"{i}\n" for i in ids))
+        if (folder / f"{name}.ids").is_file() and (folder / f"{name}.npy").is_file() \
+                and read_ids(folder / f"{name}.ids") == ids:
+            log.info("%s: already encoded, skipped", name)
+        else:
+            _write_shard(folder, name, ids, encoder.encode_passages([d.full_text() for d in docs], progress=progress))
         count += 1
     write_json(meta_path, {"signature": signature, "shard_size": shard_size, "complete": True, "shards": count})
     return EmbeddingShards(folder)
 
 
+def _write_shard(folder: Path, name: str, ids: list[str], vectors: np.ndarray) -> None:
+    """Vectors first, ids last: a shard counts as done only once its ids file exists."""
+    with atomic_write(folder / f"{name}.npy", "wb") as handle:
+        np.save(handle, vectors)
+    write_ids(folder / f"{name}.ids", ids)
+
+
 def save_vectors(folder: str | Path, ids: list[str], vectors: np.ndarray) -> None:
     """Query embeddings (or any small set) as one shard, for outside tools."""
     folder = Path(folder)
-    with atomic_write(folder / "shard-00000.npy", "wb") as handle:
-        np.save(handle, vectors)
-    with atomic_write(folder / "shard-00000.ids") as handle:
-        handle.write("".join(f"{i}\n" for i in ids))
+    _write_shard(folder, "shard-00000", ids, vectors)
     write_json(folder / "meta.json", {"complete": True, "shards": 1})
 
