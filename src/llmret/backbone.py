@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 from transformers import PreTrainedTokenizerBase
 
 from llmret import zoo
@@ -173,16 +173,17 @@ def load_tokenizer(source: Path | str, info: ModelInfo) -> PreTrainedTokenizerBa
     return tokenizer
 
 
-def load_backbone(spec: str, *, dtype: torch.dtype | None = None, causal_lm: bool = False,
+def load_backbone(spec: str, *, dtype: torch.dtype | None = None, lm_head: bool = False,
                   install: bool = True) -> Backbone:
     """Load model and tokenizer for ``spec``.
 
-    ``causal_lm`` keeps the LM head (sparse encoders read vocabulary logits through it); otherwise the
-    bare transformer is loaded, which is all dense pooling needs.
+    ``lm_head`` keeps the vocabulary head (the MLM head of an encoder, the LM head of a decoder), through
+    which sparse encoders read term weights; otherwise the bare transformer is loaded, which is all
+    dense pooling needs.
     """
     path = Path(spec).expanduser()
     if path.is_dir() and (path / "adapter_config.json").is_file():
-        return _load_adapter(path, dtype=dtype, causal_lm=causal_lm, install=install)
+        return _load_adapter(path, dtype=dtype, lm_head=lm_head, install=install)
     source, hint = resolve(spec, install=install)
     folder = Path(source) if isinstance(source, Path) else None
     try:
@@ -193,12 +194,19 @@ def load_backbone(spec: str, *, dtype: torch.dtype | None = None, causal_lm: boo
     info = infer_info(config, folder, hint)
     tokenizer = load_tokenizer(source, info)
     kwargs: dict[str, Any] = {"dtype": dtype or torch.float32}
-    if getattr(config, "is_encoder_decoder", False):
+    if lm_head and getattr(config, "is_encoder_decoder", False):
+        raise ValueError(f"{spec}: encoder-decoder models have no vocabulary head over the input; "
+                         "sparse encoders need a masked-LM or causal-LM backbone")
+    if lm_head:
+        auto = AutoModelForCausalLM if info.kind == "decoder" else AutoModelForMaskedLM
+        model, loading = auto.from_pretrained(source, output_loading_info=True, **kwargs)
+        if loading["missing_keys"]:  # a randomly initialised head would give meaningless term weights
+            raise ValueError(f"{spec}: the checkpoint has no trained vocabulary head (missing "
+                             f"{sorted(loading['missing_keys'])[:3]}); sparse encoders need a masked-LM or causal-LM checkpoint")
+    elif getattr(config, "is_encoder_decoder", False):
         from transformers import T5EncoderModel  # T5: the encoder alone is the retriever
 
         model = T5EncoderModel.from_pretrained(source, **kwargs)
-    elif causal_lm:
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     else:
         model = AutoModel.from_pretrained(source, **kwargs)
     model.eval()

@@ -20,7 +20,7 @@ def _add_encoder_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("encoder (defaults come from the model; --config FILE may set them too)")
     g.add_argument("--model", help="zoo name, model folder, .gguf file or hub id")
     g.add_argument("--config", help="YAML/JSON file with encoder settings (keys as the flags, with _)")
-    g.add_argument("--pooling", choices=["cls", "mean", "last"])
+    g.add_argument("--pooling", choices=["cls", "mean", "last", "max", "sum"], help="dense: cls, mean, last; sparse: max, sum")
     g.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--append-eos", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--add-bos", action=argparse.BooleanOptionalAction, default=None)
@@ -34,6 +34,12 @@ def _add_encoder_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--passage-max-length", type=int)
     g.add_argument("--batch-size", type=int)
     g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    g = p.add_argument_group("sparse encoder (with --retriever sparse)")
+    g.add_argument("--logit-scale", type=float, help="multiply vocabulary logits before log(1 + ReLU)")
+    g.add_argument("--query-top-k", type=int, help="keep a query's k largest term weights")
+    g.add_argument("--passage-top-k", type=int, help="keep a passage's k largest term weights")
+    g.add_argument("--quantize", type=int, help="round weights to multiples of 1/N (e.g. 100)")
+    g.add_argument("--vocab-chunk", type=int, help="vocabulary rows projected at once (default: the MLP width)")
 
 
 def encoder_settings(args: argparse.Namespace) -> EncoderSettings:
@@ -45,6 +51,17 @@ def encoder_settings(args: argparse.Namespace) -> EncoderSettings:
         if value is not None:
             setattr(settings, f.name, value)
     return settings
+
+
+def load_encoder(args: argparse.Namespace):
+    """The dense or sparse encoder the flags ask for (``--retriever``)."""
+    from llmret.encoders.dense import DenseEncoder
+    from llmret.encoders.sparse import SparseEncoder
+
+    settings = encoder_settings(args)
+    if not args.model and not getattr(args, "config", None):
+        raise SystemExit(f"--retriever {args.retriever} needs --model (or --config)")
+    return (SparseEncoder if args.retriever == "sparse" else DenseEncoder).load(settings)
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -82,29 +99,38 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from llmret.encoders.dense import DenseEncoder
     from llmret.index.shards import encode_corpus, save_vectors
     from llmret.registry import load
 
     data, rules = load(args.data, args.split)
-    encoder = DenseEncoder.load(encoder_settings(args))
+    encoder = load_encoder(args)
     out = Path(args.out)
     if args.what in ("corpus", "both"):
         encode_corpus(encoder, data.corpus, out / "corpus", shard_size=args.shard_size,
                       signature=encoder.signature())
     if args.what in ("queries", "both"):
         qids = list(data.queries)
-        save_vectors(out / "queries", qids, encoder.encode_queries([data.queries[q] for q in qids], progress=True))
+        save_vectors(out / "queries", qids, encoder.encode_queries([data.queries[q] for q in qids], progress=True),
+                     signature=encoder.signature())
     print(f"embeddings written to {out}")
     return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     from llmret.data.trec import write_run
-    from llmret.index.dense import DenseIndex
     from llmret.index.shards import EmbeddingShards
 
-    index = DenseIndex.from_shards(EmbeddingShards(Path(args.corpus)), args.index)
+    corpus = EmbeddingShards(Path(args.corpus))
+    if corpus.signature().get("paradigm") == "sparse":
+        from llmret.index.sparse import SeismicSparseIndex, SparseIndex
+
+        if args.index not in (None, "exact", "seismic"):
+            raise SystemExit(f"sparse embeddings take --index exact or seismic, not {args.index}")
+        index = SeismicSparseIndex.from_shards(corpus) if args.index == "seismic" else SparseIndex.from_shards(corpus)
+    else:
+        from llmret.index.dense import DenseIndex
+
+        index = DenseIndex.from_shards(corpus, args.index or "Flat")
     run = {}
     for qids, vectors in EmbeddingShards(Path(args.queries)):
         scores, ids = index.search(vectors, args.k)
@@ -156,13 +182,77 @@ def build_retriever(args: argparse.Namespace):
         from llmret.retrievers.bm25 import BM25Retriever
 
         return BM25Retriever(k1=args.k1, b=args.b)
-    from llmret.encoders.dense import DenseEncoder
+    encoder = load_encoder(args)
+    if args.retriever == "sparse":
+        from llmret.retrievers.sparse import SparseRetriever
+
+        return SparseRetriever(encoder, work_dir=args.out, index=args.index or "exact")
     from llmret.retrievers.dense import DenseRetriever
 
-    settings = encoder_settings(args)
-    if not args.model and not args.config:
-        raise SystemExit("--retriever dense needs --model (or --config)")
-    return DenseRetriever(DenseEncoder.load(settings), work_dir=args.out, factory=args.index)
+    return DenseRetriever(encoder, work_dir=args.out, factory=args.index or "Flat")
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    args.retriever = "sparse"
+    encoder = load_encoder(args)
+    vectors = encoder.encode(args.texts, query=args.query)
+    for text, row in zip(args.texts, vectors):
+        order = row.data.argsort()[::-1][:args.top]
+        terms = encoder.terms(row.indices[order])
+        print(f"{text[:80]!r}: {row.nnz} non-zero terms")
+        print("  " + "  ".join(f"{t} {w:.2f}" for t, w in zip(terms, row.data[order])))
+    return 0
+
+
+def cmd_fuse(args: argparse.Namespace) -> int:
+    from llmret.data.trec import read_run, write_run
+    from llmret.fusion import fuse
+
+    run = fuse([read_run(r) for r in args.runs], args.method, weights=args.weights, k=args.rrf_k, depth=args.depth)
+    write_run(args.out, run, tag=f"fused-{args.method}", depth=args.depth)
+    print(f"fused run written to {args.out}")
+    if args.qrels:
+        from llmret.data.qrels import read_qrels
+        from llmret.evaluate import evaluate
+
+        _print_result(f"fused ({args.method})", evaluate(read_qrels(args.qrels), run, args.measures).aggregate)
+    return 0
+
+
+def cmd_anserini(args: argparse.Namespace) -> int:
+    from transformers import AutoTokenizer
+
+    from llmret.backbone import resolve
+    from llmret.index import anserini
+    from llmret.index.shards import EmbeddingShards
+
+    shards = EmbeddingShards(Path(args.embeddings))
+    signature = shards.signature()
+    if signature.get("paradigm") != "sparse":
+        raise SystemExit(f"{args.embeddings}: not sparse embeddings (encode with --retriever sparse)")
+    spec = str(signature["model"])
+    source = Path(spec) if (Path(spec) / "tokenizer_config.json").is_file() else resolve(spec)[0]
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    width = next(iter(shards))[1].shape[1]
+    names = anserini.term_names(tokenizer.convert_ids_to_tokens(list(range(width))))
+    if args.queries:
+        import scipy.sparse as sp
+
+        parts = list(shards)
+        ids = [i for part_ids, _ in parts for i in part_ids]
+        anserini.write_queries(args.out, ids, sp.vstack([v for _, v in parts], format="csr"), names, args.factor)
+    else:
+        anserini.write_documents(args.out, shards, names, args.factor)
+    print(f"Anserini {'topics' if args.queries else 'JsonVectorCollection'} written to {args.out}")
+    return 0
+
+
+def cmd_mntp(args: argparse.Namespace) -> int:
+    from llmret.mntp import MNTPSettings, run_mntp
+
+    settings = MNTPSettings(**{k: v for k, v in vars(args).items() if k in MNTPSettings.__dataclass_fields__ and v is not None})
+    print(f"adapted model in {run_mntp(settings)}")
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -176,7 +266,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.model:
         settings.encoder.model = args.model
     for key in ("pooling", "query_prefix", "passage_prefix", "instruction", "query_max_length",
-                "passage_max_length", "dtype"):
+                "passage_max_length", "dtype", "bidirectional"):
         if getattr(args, key) is not None:
             setattr(settings.encoder, key, getattr(args, key))
     final = train(settings, resume=args.resume)
@@ -219,6 +309,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("encode", help="encode a corpus and/or queries into embedding shards")
     _add_data_args(p)
     _add_encoder_args(p)
+    p.add_argument("--retriever", choices=["dense", "sparse"], default="dense")
     p.add_argument("--what", choices=["corpus", "queries", "both"], default="both")
     p.add_argument("--out", required=True)
     p.add_argument("--shard-size", type=int, default=50_000)
@@ -229,12 +320,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", required=True, help="folder of query embedding shards")
     p.add_argument("--out", required=True, help="TREC run file to write")
     p.add_argument("--k", type=int, default=1000)
-    p.add_argument("--index", default="Flat", help="FAISS index_factory string (Flat = exact)")
+    p.add_argument("--index", help="dense: FAISS index_factory string (default Flat = exact); sparse: exact or seismic")
     p.add_argument("--tag", default="llmret")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("evaluate", help="evaluate a retriever on a dataset, or score a run file")
-    p.add_argument("--retriever", choices=["bm25", "dense"], default="bm25")
+    p.add_argument("--retriever", choices=["bm25", "dense", "sparse"], default="bm25")
     p.add_argument("--data", help="BEIR folder, or builtin:code | builtin:docs | builtin:long")
     p.add_argument("--split", default="test")
     p.add_argument("--out", help="output folder (default results/DATA-RETRIEVER)")
@@ -244,14 +335,52 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude-self", action="store_true", help="drop a query's own id from its results")
     p.add_argument("--k1", type=float, default=0.9)
     p.add_argument("--b", type=float, default=0.4)
-    p.add_argument("--index", default="Flat", help="FAISS index_factory string (Flat = exact)")
+    p.add_argument("--index", help="dense: FAISS index_factory string (default Flat = exact); sparse: exact or seismic")
     p.add_argument("--run", help="score this TREC run file instead (with --qrels)")
     p.add_argument("--qrels", help="judgments for --run (BEIR or TREC form)")
     _add_encoder_args(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("train", help="fine-tune a dense retriever (LoRA + InfoNCE by default)")
+    p = sub.add_parser("inspect", help="show a text's top expansion terms under a sparse encoder")
+    _add_encoder_args(p)
+    p.add_argument("texts", nargs="+")
+    p.add_argument("--query", action="store_true", help="encode as queries (prefix, instruction, query length)")
+    p.add_argument("--top", type=int, default=20)
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("fuse", help="hybrid retrieval: fuse TREC runs (RRF or normalised linear)")
+    p.add_argument("runs", nargs="+", help="TREC run files")
+    p.add_argument("--method", choices=["rrf", "linear"], default="rrf")
+    p.add_argument("--weights", type=float, nargs="+", help="linear: one weight per run (default equal)")
+    p.add_argument("--rrf-k", type=int, default=60)
+    p.add_argument("--depth", type=int, default=1000)
+    p.add_argument("--out", required=True, help="fused TREC run file to write")
+    p.add_argument("--qrels", help="score the fused run against these judgments")
+    p.add_argument("--measures", nargs="+", default=list(DEFAULT_MEASURES))
+    p.set_defaults(func=cmd_fuse)
+
+    p = sub.add_parser("anserini", help="export sparse embeddings for Lucene (JsonVectorCollection or TSV topics)")
+    p.add_argument("--embeddings", required=True, help="folder of sparse embedding shards (llmret encode --retriever sparse)")
+    p.add_argument("--out", required=True, help="file to write (.jsonl or .jsonl.gz for documents, .tsv for queries)")
+    p.add_argument("--queries", action="store_true", help="write pre-tokenized topics instead of a collection")
+    p.add_argument("--factor", type=float, default=100, help="integer weight = round(weight x factor)")
+    p.set_defaults(func=cmd_anserini)
+
+    p = sub.add_parser("mntp", help="adapt a decoder to bidirectional attention (masked next-token prediction, LoRA)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True, help="corpus to adapt on: builtin:TASK, BEIR folder or corpus JSONL")
+    p.add_argument("--output-dir", dest="output_dir", required=True)
+    p.add_argument("--max-steps", dest="max_steps", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--max-length", dest="max_length", type=int)
+    p.add_argument("--mask-ratio", dest="mask_ratio", type=float)
+    p.add_argument("--learning-rate", dest="learning_rate", type=float)
+    p.add_argument("--seed", type=int)
+    p.set_defaults(func=cmd_mntp)
+
+    p = sub.add_parser("train", help="fine-tune a dense or sparse retriever (LoRA + InfoNCE by default)")
     p.add_argument("--config", help="YAML/JSON training config (keys of TrainSettings; encoder: a mapping)")
+    p.add_argument("--retriever", choices=["dense", "sparse"], help="what to train (default dense)")
     p.add_argument("--train-data", dest="train_data", help="Tevatron JSONL, BEIR folder or builtin:TASK")
     p.add_argument("--corpus", help="corpus resolving passages given by id")
     p.add_argument("--output-dir", dest="output_dir")
@@ -271,6 +400,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-steps", dest="save_steps", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--regularizer", choices=["flops", "l1"], help="sparse: sparsity regulariser (default flops)")
+    p.add_argument("--query-reg-weight", dest="query_reg_weight", type=float, help="sparse: default 0.05")
+    p.add_argument("--passage-reg-weight", dest="passage_reg_weight", type=float, help="sparse: default 0.04")
+    p.add_argument("--reg-warmup-ratio", dest="reg_warmup_ratio", type=float, help="sparse: quadratic warm-up share")
+    p.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
     for flag in ("--pooling", "--query-prefix", "--passage-prefix", "--instruction", "--dtype"):
         p.add_argument(flag)

@@ -38,6 +38,17 @@ class EncoderSettings:
     passage_max_length: int | None = None
     batch_size: int = 32
     dtype: str = "float32"
+    # Sparse encoders only (pooling there is "max" or "sum"):
+    logit_scale: float = 1.0  # vocabulary logits are multiplied by this before log(1 + ReLU)
+    query_top_k: int | None = None  # keep a query's k largest weights (None: all non-zero)
+    passage_top_k: int | None = None
+    quantize: int | None = None  # store weights rounded to multiples of 1/quantize (e.g. 100)
+    # Vocabulary rows projected at once, bounding memory at batch x length x chunk; None: the MLP width,
+    # so the chunk's logits are no larger than activations the forward already holds.
+    vocab_chunk: int | None = None
+
+
+SPARSE_ONLY = ("logit_scale", "query_top_k", "passage_top_k", "quantize", "vocab_chunk")
 
 
 def from_dict(cls: type[T], data: dict[str, Any], source: str | Path | None = None) -> T:

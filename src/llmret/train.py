@@ -1,4 +1,7 @@
-"""Contrastive fine-tuning of a dense retriever: LoRA (or full) + InfoNCE, on accelerate.
+"""Contrastive fine-tuning of a dense or learned-sparse retriever: LoRA (or full) + InfoNCE, on accelerate.
+
+Sparse training is the same loop with a :class:`SparseEncoder` and FLOPS (or L1) regularisation of
+query and passage term weights, with separate weights and a quadratic warm-up (SPLADE, Lion-SP).
 
 accelerate places the model, runs DDP/FSDP/DeepSpeed when launched with ``accelerate launch``, and
 handles mixed precision. Batches are built here (not by a DataLoader) from :mod:`llmret.data.sampling`,
@@ -30,9 +33,12 @@ from tqdm.auto import tqdm
 from llmret.config import EncoderSettings, from_dict, to_dict
 from llmret.data.sampling import epoch_order, sample_group
 from llmret.data.training import TrainExample
-from llmret.encoders.dense import DTYPES, DenseEncoder
+from llmret.encoders.base import DTYPES, TextEncoder
+from llmret.encoders.dense import DenseEncoder
+from llmret.encoders.sparse import SparseEncoder
 from llmret.fileio import atomic_dir, atomic_write, write_json
 from llmret.losses.infonce import InfoNCELoss
+from llmret.losses.regularizers import nonzero, regularization, warmup_weight
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +47,7 @@ log = logging.getLogger(__name__)
 class TrainSettings:
     """Training settings; defaults follow arXiv 2408.12194 (LoRA, InfoNCE at 0.02, lr 3e-4, 7 negatives)."""
 
+    retriever: str = "dense"  # dense | sparse
     train_data: str = "builtin:code"  # Tevatron JSONL, a BEIR folder (qrels/train.tsv) or builtin:TASK
     corpus: str | None = None  # resolves passages given by id in a JSONL file
     output_dir: str = "runs/train"
@@ -56,7 +63,7 @@ class TrainSettings:
     warmup_ratio: float = 0.1
     batch_size: int = 128  # queries per micro-batch; in-batch negatives come from these
     group_size: int = 8  # 1 positive + 7 hard negatives
-    temperature: float = 0.02
+    temperature: float | None = None  # None: 0.02 for dense (cosine), 1.0 for sparse (raw dot products)
     similarity: str = "dot"
     epochs: float = 1.0
     max_steps: int | None = None
@@ -69,6 +76,11 @@ class TrainSettings:
     save_steps: int = 0  # 0: only at the end
     logging_steps: int = 10
     tensorboard: bool = False
+    # sparse only: Lion used FLOPS with weights 0.05 (queries) and 0.04 (passages) next to ranking weight 1
+    regularizer: str = "flops"  # flops | l1
+    query_reg_weight: float = 0.05
+    passage_reg_weight: float = 0.04
+    reg_warmup_ratio: float = 0.33  # the weights rise quadratically over this share of the steps
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | Path | None = None) -> TrainSettings:
@@ -100,7 +112,7 @@ def load_examples(settings: TrainSettings) -> list[TrainExample]:
     return examples[: settings.max_queries] if settings.max_queries else examples
 
 
-def make_batch(encoder: DenseEncoder, examples: list[TrainExample], indexes: list[int], epoch: int,
+def make_batch(encoder: TextEncoder, examples: list[TrainExample], indexes: list[int], epoch: int,
                settings: TrainSettings) -> tuple[list[list[int]], list[list[int]]]:
     """Token ids of the queries and of their passage groups (positive first)."""
     queries = [encoder.format_query(examples[i].query) for i in indexes]
@@ -110,7 +122,7 @@ def make_batch(encoder: DenseEncoder, examples: list[TrainExample], indexes: lis
             encoder.tokenize(passages, encoder.passage_max_length))
 
 
-def forward_sorted(encoder: DenseEncoder, ids: list[list[int]], chunk: int) -> torch.Tensor:
+def forward_sorted(encoder: TextEncoder, ids: list[list[int]], chunk: int) -> torch.Tensor:
     """Vectors for ``ids`` in their order, forwarded in length-sorted chunks of ``chunk`` sequences.
 
     Sequences do not interact, so this gives the same vectors as one padded batch while padding far
@@ -197,7 +209,10 @@ def train(settings: TrainSettings, *, resume: bool = False,
                               gradient_accumulation_steps=settings.grad_accum)
     set_seed(settings.seed)
     examples = load_examples(settings)
-    backbone = load_backbone(settings.encoder.model, dtype=DTYPES[settings.encoder.dtype])
+    if settings.retriever not in ("dense", "sparse"):
+        raise ValueError(f"retriever must be dense or sparse, not '{settings.retriever}'")
+    sparse = settings.retriever == "sparse"
+    backbone = load_backbone(settings.encoder.model, dtype=DTYPES[settings.encoder.dtype], lm_head=sparse)
     model = backbone.model
     if settings.grad_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -214,9 +229,12 @@ def train(settings: TrainSettings, *, resume: bool = False,
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total), total)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    encoder = DenseEncoder(backbone, settings.encoder, accelerator.device)
+    encoder = (SparseEncoder if sparse else DenseEncoder)(backbone, settings.encoder, accelerator.device)
     encoder.model = model
+    if settings.temperature is None:  # resolved here, so the saved config shows the value used
+        settings.temperature = 1.0 if sparse else 0.02
     loss_fn = InfoNCELoss(settings.temperature, settings.similarity)
+    reg_warmup = int(settings.reg_warmup_ratio * total)
 
     start = 0
     if resume and (ckpt := latest_checkpoint(out)) is not None:
@@ -245,6 +263,7 @@ def train(settings: TrainSettings, *, resume: bool = False,
     micro = settings.batch_size
     bar = tqdm(total=total, initial=start, desc="training", disable=not accelerator.is_main_process)
     tokens, clock = 0, time.perf_counter()
+    stats: dict[str, float] = {}
     for step in range(start, total):
         epoch, within = divmod(step, steps_per_epoch)
         order = epoch_order(len(examples), epoch, settings.seed)
@@ -253,7 +272,14 @@ def train(settings: TrainSettings, *, resume: bool = False,
             indexes = order[begin:begin + micro][rank::world]  # each process its share of the batch
             q, p = make_batch(encoder, examples, indexes, epoch, settings)
             with accelerator.accumulate(model):
-                loss = loss_fn(forward_sorted(encoder, q, micro), forward_sorted(encoder, p, micro))
+                q_reps, p_reps = forward_sorted(encoder, q, micro), forward_sorted(encoder, p, micro)
+                loss = loss_fn(q_reps, p_reps)
+                if sparse:
+                    reg = warmup_weight(settings.query_reg_weight, step, reg_warmup) * regularization(q_reps, settings.regularizer) \
+                        + warmup_weight(settings.passage_reg_weight, step, reg_warmup) * regularization(p_reps, settings.regularizer)
+                    stats = {"ranking_loss": float(loss.detach()), "reg_loss": float(reg.detach()),
+                             "q_nonzero": nonzero(q_reps), "p_nonzero": nonzero(p_reps)}
+                    loss = loss + reg
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and settings.max_grad_norm:
                     accelerator.clip_grad_norm_(params, settings.max_grad_norm)
@@ -266,14 +292,17 @@ def train(settings: TrainSettings, *, resume: bool = False,
         bar.update(1)
         if done % settings.logging_steps == 0 or done == total:
             elapsed = time.perf_counter() - clock
-            record = {"step": done, "loss": value, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens / elapsed}
-            bar.set_postfix(loss=f"{value:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
+            record = {"step": done, "loss": value, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens / elapsed,
+                      **stats}
+            bar.set_postfix(loss=f"{value:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}",
+                            **{k: f"{v:.0f}" for k, v in stats.items() if k.endswith("nonzero")})
             if accelerator.is_main_process:
                 with open(out / "log.jsonl", "a") as handle:
                     handle.write(json.dumps(record) + "\n")
                 if writer:
-                    for key in ("loss", "lr", "tokens_per_s"):
-                        writer.add_scalar(f"train/{key}", record[key], done)
+                    for key, val in record.items():
+                        if key != "step":
+                            writer.add_scalar(f"train/{key}", val, done)
             tokens, clock = 0, time.perf_counter()
         if settings.save_steps and done % settings.save_steps == 0 and done < total and accelerator.is_main_process:
             save_checkpoint(out / f"checkpoint-{done}", accelerator.unwrap_model(model), optimizer, scheduler, done)
@@ -287,10 +316,11 @@ def train(settings: TrainSettings, *, resume: bool = False,
     return final
 
 
-def save_final(folder: Path, model: torch.nn.Module, encoder: DenseEncoder, settings: TrainSettings) -> None:
+def save_final(folder: Path, model: torch.nn.Module, encoder: TextEncoder, settings: TrainSettings) -> None:
     """The trained model (a peft adapter folder, or a full model) with what llmret needs to load it."""
     with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp)
         encoder.tokenizer.save_pretrained(tmp)
         write_json(tmp / "llmret.json", {"base_model": settings.encoder.model, "lora": settings.lora,
+                                         "paradigm": encoder.paradigm,
                                          "model_info": to_dict(encoder.info), "encoder": to_dict(settings.encoder)})

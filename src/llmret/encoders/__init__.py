@@ -1,6 +1,7 @@
-"""Encoders turn text into vectors: dense (pooled hidden states); sparse encoders mirror this interface."""
+"""Text to vectors: dense (pooled token states) and learned-sparse (vocabulary term weights)."""
 
 from llmret.encoders.dense import DenseEncoder
 from llmret.encoders.pooling import pool
+from llmret.encoders.sparse import SparseEncoder
 
-__all__ = ["DenseEncoder", "pool"]
+__all__ = ["DenseEncoder", "SparseEncoder", "pool"]

@@ -1,161 +1,43 @@
-"""Dense encoder: a backbone, a pooling, prefixes and lengths; text in, vectors out.
-
-Speed matters here (corpora have millions of passages), so texts are tokenized in one fast batch
-call, sorted by token length so that batches carry little padding, padded by hand into one tensor,
-and run under ``torch.inference_mode``.
-"""
+"""Dense encoder: the backbone's token states pooled into one (L2-normalised) vector per text."""
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Sequence
-from dataclasses import asdict, replace
-
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from llmret.backbone import Backbone, ModelInfo, load_backbone
-from llmret.config import EncoderSettings
+from llmret.config import SPARSE_ONLY, EncoderSettings
+from llmret.encoders.base import DTYPES, TextEncoder, bidirectional_mask
 from llmret.encoders.pooling import pool
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+__all__ = ["DTYPES", "DenseEncoder", "bidirectional_mask"]
 
 
-def bidirectional_mask(attention_mask: torch.Tensor, config: object) -> torch.Tensor:
-    """A 4D padding-only mask [batch, 1, length, length]: every token attends to every real token.
+class DenseEncoder(TextEncoder):
+    """Encode queries and passages into float32 vectors [n, hidden size]."""
 
-    Decoders built on transformers' masking utilities (Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3 ...)
-    take a prepared 4D mask as it is instead of adding causality, so this turns them bidirectional
-    without patching any architecture. SDPA and flex attention take booleans; eager takes additive.
-    """
-    length = attention_mask.shape[1]
-    keep = attention_mask.bool()[:, None, None, :].expand(-1, 1, length, length)
-    if getattr(config, "_attn_implementation", "sdpa") == "eager":
-        return torch.zeros(keep.shape, dtype=torch.float32, device=keep.device).masked_fill(~keep, torch.finfo(torch.float32).min)
-    return keep
+    paradigm = "dense"
 
-
-class DenseEncoder:
-    """Encode queries and passages into vectors with one backbone."""
-
-    def __init__(self, backbone: Backbone, settings: EncoderSettings, device: str | torch.device | None = None) -> None:
-        info = backbone.info
-        overrides = {k: getattr(settings, k) for k in ("pooling", "normalize", "append_eos", "add_bos", "bidirectional")
-                     if getattr(settings, k) is not None}
-        self.info: ModelInfo = replace(info, **overrides)
-        self.settings = settings
-        self.backbone = backbone
-        self.tokenizer = backbone.tokenizer
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = backbone.model.to(self.device)
-        self.passage_max_length = settings.passage_max_length or self.info.max_length
-        self._takes_position_ids = "position_ids" in inspect.signature(self.model.forward).parameters
-
-    @classmethod
-    def load(cls, settings: EncoderSettings, device: str | None = None) -> DenseEncoder:
-        """Load the backbone named in ``settings`` and wrap it.
-
-        A model trained by llmret brings the prefixes and instruction it was trained with; they apply
-        unless ``settings`` sets its own, because a query formatted otherwise than in training loses
-        accuracy silently.
-        """
-        backbone = load_backbone(settings.model, dtype=DTYPES[settings.dtype])
+    def __init__(self, backbone, settings: EncoderSettings, device: str | torch.device | None = None) -> None:
         defaults = EncoderSettings()
-        for key in ("query_prefix", "passage_prefix", "instruction", "instruction_template"):
-            if key in backbone.saved_settings and getattr(settings, key) == getattr(defaults, key):
-                setattr(settings, key, backbone.saved_settings[key])
-        return cls(backbone, settings, device)
-
-    def signature(self) -> dict[str, object]:
-        """Everything that determines the vectors: recorded with embeddings and runs."""
-        return {**asdict(self.settings), **asdict(self.info)}
+        changed = [k for k in SPARSE_ONLY if getattr(settings, k) != getattr(defaults, k)]
+        if changed:
+            raise ValueError(f"setting(s) {', '.join(changed)} apply to sparse encoders only")
+        super().__init__(backbone, settings, device)
 
     @property
     def dim(self) -> int:
         return int(self.model.config.hidden_size)
 
-    def format_query(self, text: str) -> str:
-        """The query as the model sees it: with the task instruction (if any) and the query prefix."""
-        s = self.settings
-        if s.instruction:
-            text = s.instruction_template.format(instruction=s.instruction, query=text)
-        return s.query_prefix + text
-
-    def format_passage(self, text: str) -> str:
-        return self.settings.passage_prefix + text
-
-    # ---- text -> token ids -----------------------------------------------------------------------
-    def tokenize(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
-        """Token ids with the backbone's special tokens, BOS as configured, and EOS appended for decoders.
-
-        EOS is appended by hand because many tokenizers (all GGUF ones, Llama's) do not add it, and
-        last-token pooling needs a final token that has attended to the whole text.
-        """
-        tok = self.tokenizer
-        reserve = 1 if self.info.append_eos else 0
-        ids = tok(list(texts), add_special_tokens=True, truncation=True, max_length=max_length - reserve)["input_ids"]
-        bos, eos = tok.bos_token_id, tok.eos_token_id
-        if self.info.add_bos is False and bos is not None:
-            ids = [seq[1:] if seq and seq[0] == bos else seq for seq in ids]
-        elif self.info.add_bos and bos is not None:
-            ids = [seq if seq and seq[0] == bos else [bos, *seq][:max_length - reserve] for seq in ids]
-        if self.info.append_eos:
-            ids = [seq if seq and seq[-1] == eos else [*seq, eos] for seq in ids]
-        return ids
-
-    def collate(self, batch: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
-        """Pad token id lists into ``input_ids`` and ``attention_mask`` on the tokenizer's padding side."""
-        width = max(len(seq) for seq in batch)
-        input_ids = torch.full((len(batch), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        left = self.tokenizer.padding_side == "left"
-        for row, seq in enumerate(batch):
-            n = len(seq)
-            span = slice(width - n, width) if left else slice(0, n)
-            input_ids[row, span] = torch.tensor(seq, dtype=torch.long)
-            mask[row, span] = 1
-        return {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
-
-    # ---- token ids -> vectors --------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Pooled (and optionally L2-normalised) vectors; differentiable, so training uses it too."""
-        kwargs = {}
-        if self._takes_position_ids:
-            # Positions count real tokens only, so that left padding does not shift absolute position
-            # embeddings (BERT) and every row starts at position 0 (RoPE models, for exactness).
-            kwargs["position_ids"] = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-        mask = bidirectional_mask(attention_mask, self.model.config) if self.info.bidirectional else attention_mask
-        out = self.model(input_ids=input_ids, attention_mask=mask, **kwargs)
+        """Pooled (and optionally L2-normalised) vectors."""
+        out = self.model(**self.model_inputs(input_ids, attention_mask))
         vectors = pool(out.last_hidden_state, attention_mask, self.info.pooling)
         if self.info.normalize:
             vectors = torch.nn.functional.normalize(vectors.float(), dim=-1)
         return vectors
 
-    @torch.inference_mode()
-    def encode(self, texts: Sequence[str], *, query: bool, batch_size: int | None = None,
-               progress: bool = False) -> np.ndarray:
-        """Encode texts as queries or passages into a float32 array [len(texts), dim], in input order."""
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        fmt = self.format_query if query else self.format_passage
-        max_length = self.settings.query_max_length if query else self.passage_max_length
-        ids = self.tokenize([fmt(t) for t in texts], max_length)
-        order = np.argsort([-len(seq) for seq in ids], kind="stable")
-        batch_size = batch_size or self.settings.batch_size
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        self.model.eval()
-        bar = tqdm(total=len(texts), desc="queries" if query else "passages", unit="text", disable=not progress)
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            inputs = self.collate([ids[i] for i in rows])
-            out[rows] = self.forward(**inputs).float().cpu().numpy()
-            bar.update(len(rows))
-        bar.close()
-        return out
+    def to_output(self, reps: torch.Tensor, query: bool) -> np.ndarray:
+        return reps.float().cpu().numpy()
 
-    def encode_queries(self, texts: Sequence[str], **kwargs: object) -> np.ndarray:
-        return self.encode(texts, query=True, **kwargs)  # type: ignore[arg-type]
-
-    def encode_passages(self, texts: Sequence[str], **kwargs: object) -> np.ndarray:
-        return self.encode(texts, query=False, **kwargs)  # type: ignore[arg-type]
+    def stack(self, parts: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)

@@ -38,6 +38,8 @@ class DenseIndex:
     def from_shards(cls, shards: EmbeddingShards, factory: str = "Flat") -> DenseIndex:
         index: DenseIndex | None = None
         for ids, vectors in shards:
+            if not isinstance(vectors, np.ndarray):
+                raise DataError(shards.folder, None, "these are sparse embeddings; search them with a sparse index")
             if index is None:
                 index = cls(vectors.shape[1], factory)
             index.add(ids, vectors)

@@ -1,7 +1,8 @@
-"""Corpus embeddings on disk: numbered ``.npy`` shards with their id lists, written atomically.
+"""Corpus embeddings on disk: numbered shards with their id lists, written atomically.
 
+Dense shards are ``.npy`` arrays, sparse shards ``.npz`` CSR matrices (``scipy.sparse.load_npz``).
 Shards make encoding resumable (a killed run keeps every finished shard and re-encodes only the
-rest) and let outside tools read the vectors with plain numpy.
+rest) and let outside tools read the vectors with plain numpy and scipy.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import scipy.sparse as sp
 
 from llmret.data.corpus import Corpus
 from llmret.errors import DataError
@@ -21,13 +23,16 @@ from llmret.fileio import atomic_write, read_ids, read_json, write_ids, write_js
 log = logging.getLogger(__name__)
 
 
+Vectors = np.ndarray | sp.csr_matrix
+
+
 class PassageEncoder(Protocol):
-    def encode_passages(self, texts: list[str], **kwargs: Any) -> np.ndarray: ...
+    def encode_passages(self, texts: list[str], **kwargs: Any) -> Vectors: ...
 
 
 @dataclass
 class EmbeddingShards:
-    """A folder of embedding shards: ``shard-NNNNN.npy`` + ``shard-NNNNN.ids`` and ``meta.json``."""
+    """A folder of embedding shards: ``shard-NNNNN.npy`` (or ``.npz``) + ``shard-NNNNN.ids`` and ``meta.json``."""
 
     folder: Path
 
@@ -37,13 +42,18 @@ class EmbeddingShards:
             raise DataError(self.folder / "meta.json", None, "encoding did not finish; rerun it to resume")
         return [f"shard-{i:05d}" for i in range(meta["shards"])]
 
-    def __iter__(self) -> Iterator[tuple[list[str], np.ndarray]]:
-        """Yield ``(ids, vectors)`` per shard; vectors are memory-mapped, not read whole."""
+    def signature(self) -> dict[str, Any]:
+        """The encoder settings the shards were made with."""
+        return read_json(self.folder / "meta.json").get("signature", {})
+
+    def __iter__(self) -> Iterator[tuple[list[str], Vectors]]:
+        """Yield ``(ids, vectors)`` per shard; dense vectors are memory-mapped, not read whole."""
         for name in self.shard_names():
             ids = read_ids(self.folder / f"{name}.ids")
-            vectors = np.load(self.folder / f"{name}.npy", mmap_mode="r")
-            if len(ids) != len(vectors):
-                raise DataError(self.folder / f"{name}.ids", None, f"{len(ids)} ids for {len(vectors)} vectors")
+            dense = self.folder / f"{name}.npy"
+            vectors = np.load(dense, mmap_mode="r") if dense.is_file() else sp.load_npz(self.folder / f"{name}.npz")
+            if len(ids) != vectors.shape[0]:
+                raise DataError(self.folder / f"{name}.ids", None, f"{len(ids)} ids for {vectors.shape[0]} vectors")
             yield ids, vectors
 
 
@@ -67,7 +77,7 @@ def encode_corpus(encoder: PassageEncoder, corpus: Corpus, folder: str | Path, *
     for number, docs in enumerate(corpus.batches(shard_size)):
         name = f"shard-{number:05d}"
         ids = [d.id for d in docs]
-        if (folder / f"{name}.ids").is_file() and (folder / f"{name}.npy").is_file() \
+        if (folder / f"{name}.ids").is_file() and any((folder / f"{name}{x}").is_file() for x in (".npy", ".npz")) \
                 and read_ids(folder / f"{name}.ids") == ids:
             log.info("%s: already encoded, skipped", name)
         else:
@@ -77,16 +87,20 @@ def encode_corpus(encoder: PassageEncoder, corpus: Corpus, folder: str | Path, *
     return EmbeddingShards(folder)
 
 
-def _write_shard(folder: Path, name: str, ids: list[str], vectors: np.ndarray) -> None:
+def _write_shard(folder: Path, name: str, ids: list[str], vectors: Vectors) -> None:
     """Vectors first, ids last: a shard counts as done only once its ids file exists."""
-    with atomic_write(folder / f"{name}.npy", "wb") as handle:
-        np.save(handle, vectors)
+    if sp.issparse(vectors):
+        with atomic_write(folder / f"{name}.npz", "wb") as handle:
+            sp.save_npz(handle, sp.csr_matrix(vectors))
+    else:
+        with atomic_write(folder / f"{name}.npy", "wb") as handle:
+            np.save(handle, vectors)
     write_ids(folder / f"{name}.ids", ids)
 
 
-def save_vectors(folder: str | Path, ids: list[str], vectors: np.ndarray) -> None:
+def save_vectors(folder: str | Path, ids: list[str], vectors: Vectors, signature: dict[str, Any] | None = None) -> None:
     """Query embeddings (or any small set) as one shard, for outside tools."""
     folder = Path(folder)
     _write_shard(folder, "shard-00000", ids, vectors)
-    write_json(folder / "meta.json", {"complete": True, "shards": 1})
+    write_json(folder / "meta.json", {"signature": signature or {}, "complete": True, "shards": 1})
 

@@ -1,0 +1,108 @@
+"""Learned-sparse encoder (SPLADE, Lion-SP): term weights w = log(1 + ReLU(logit)) over the vocabulary.
+
+Logits come from the backbone's own MLM or LM head; they are pooled over real tokens by max (SPLADE v2
+onwards) or sum. Memory stays where the dense model's is: the vocabulary is projected in chunks
+(:mod:`llmret.encoders.vocab_head`), and for max pooling the max over tokens is taken on the logits,
+before the activation, which is monotone, so the result is the same and the activation runs on
+[batch, vocab] instead of [batch, length, vocab].
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from llmret.backbone import ModelInfo
+from llmret.encoders.base import TextEncoder
+from llmret.encoders.vocab_head import VocabHead, head_detached
+
+SPARSE_POOLINGS = ("max", "sum")
+
+
+def sparsify(reps: torch.Tensor, top_k: int | None = None, quantize: int | None = None) -> sp.csr_matrix:
+    """Weights [n, vocab] as a CSR matrix, keeping each row's ``top_k`` largest and rounding to 1/``quantize``."""
+    reps = reps.detach().float()
+    if top_k is not None and top_k < reps.shape[1]:
+        values, index = reps.topk(top_k, dim=1)
+        reps = torch.zeros_like(reps).scatter_(1, index, values)
+    if quantize:
+        reps = torch.round(reps * quantize) / quantize
+    matrix = sp.csr_matrix(reps.cpu().numpy())
+    matrix.eliminate_zeros()
+    return matrix
+
+
+class SparseEncoder(TextEncoder):
+    """Encode queries and passages into sparse vectors over the backbone's vocabulary (CSR matrices)."""
+
+    paradigm = "sparse"
+    needs_lm_head = True
+
+    def __init__(self, backbone, settings, device=None) -> None:  # noqa: ANN001 - as TextEncoder
+        super().__init__(backbone, settings, device)
+        if self.info.pooling not in SPARSE_POOLINGS:
+            raise ValueError(f"sparse pooling must be one of {', '.join(SPARSE_POOLINGS)}, not '{self.info.pooling}'")
+        with head_detached(self.model) as head:
+            self.vocab_size = head.vocab_size
+        config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
+        width = getattr(config, "intermediate_size", None) or 4 * int(config.hidden_size)
+        self.vocab_chunk = settings.vocab_chunk or int(width)
+
+    def default_info(self, info: ModelInfo) -> ModelInfo:
+        """Max pooling, no normalisation, no EOS, and no BOS: an attention sink would dominate every max.
+
+        A model trained sparse by llmret already carries sparse settings (its pooling is max or sum),
+        and keeps them.
+        """
+        if info.pooling in SPARSE_POOLINGS:
+            return info
+        return replace(info, pooling="max", normalize=False, append_eos=False, add_bos=False)
+
+    @property
+    def dim(self) -> int:
+        return self.vocab_size
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Term weights [batch, vocab] (dense in the vocabulary; zero where ReLU cut)."""
+        with head_detached(self.model) as head:
+            hidden = self.model(**self.model_inputs(input_ids, attention_mask)).logits
+        mask = attention_mask.bool().unsqueeze(-1)
+        chunks = []
+        for start in range(0, head.vocab_size, self.vocab_chunk):
+            stop = min(start + self.vocab_chunk, head.vocab_size)
+            if self.info.pooling == "max":
+                chunks.append(self._max_chunk(head, hidden, mask, start, stop))
+            elif torch.is_grad_enabled():  # sum keeps every token's activation for backward: recompute it
+                chunks.append(checkpoint(self._sum_chunk, head, hidden, mask, start, stop, use_reentrant=False))
+            else:
+                chunks.append(self._sum_chunk(head, hidden, mask, start, stop))
+        return torch.cat(chunks, dim=1)
+
+    def _activation(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.log1p(torch.relu(logits.float() * self.settings.logit_scale))
+
+    def _max_chunk(self, head: VocabHead, hidden: torch.Tensor, mask: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        # torch.max with a dim saves only indices for backward (amax would keep the whole chunk).
+        logits = head.logits(hidden, start, stop).masked_fill(~mask, float("-inf"))
+        return self._activation(head.finish(logits.max(dim=1).values))
+
+    def _sum_chunk(self, head: VocabHead, hidden: torch.Tensor, mask: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        return (self._activation(head.finish(head.logits(hidden, start, stop))) * mask).sum(dim=1)
+
+    def to_output(self, reps: torch.Tensor, query: bool) -> sp.csr_matrix:
+        s = self.settings
+        return sparsify(reps, s.query_top_k if query else s.passage_top_k, s.quantize)
+
+    def stack(self, parts: list[sp.csr_matrix]) -> sp.csr_matrix:
+        if not parts:
+            return sp.csr_matrix((0, self.dim), dtype=np.float32)
+        return sp.vstack(parts, format="csr")
+
+    def terms(self, ids: np.ndarray) -> list[str]:
+        """Vocabulary strings of term ids (for inspection); ids past the tokenizer's vocabulary show as [id]."""
+        tokens = self.tokenizer.convert_ids_to_tokens([int(i) for i in ids])
+        return [tok if tok is not None else f"[{i}]" for tok, i in zip(tokens, ids)]
