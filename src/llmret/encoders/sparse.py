@@ -86,8 +86,9 @@ class SparseEncoder(TextEncoder):
         return torch.log1p(torch.relu(logits.float() * self.settings.logit_scale))
 
     def _max_chunk(self, head: VocabHead, hidden: torch.Tensor, mask: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        # torch.max with a dim saves only indices for backward (amax would keep the whole chunk).
-        logits = head.logits(hidden, start, stop).masked_fill(~mask, float("-inf"))
+        # torch.max with a dim saves only indices for backward (amax would keep the whole chunk); the
+        # fill is in place (nothing upstream needs the logits for backward), so one chunk exists at a time.
+        logits = head.logits(hidden, start, stop).masked_fill_(~mask, float("-inf"))
         return self._activation(head.finish(logits.max(dim=1).values))
 
     def _sum_chunk(self, head: VocabHead, hidden: torch.Tensor, mask: torch.Tensor, start: int, stop: int) -> torch.Tensor:
