@@ -434,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args)
-    except (DataError, FileNotFoundError, KeyError, LookupError) as exc:
+    except (DataError, FileNotFoundError, KeyError, LookupError, ValueError) as exc:
         print(f"llmret: error: {exc}", file=sys.stderr)
         return 2
 
