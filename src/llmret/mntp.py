@@ -85,20 +85,19 @@ def run_mntp(settings: MNTPSettings) -> Path:
     from llmret.backbone import load_backbone
 
     torch.manual_seed(settings.seed)
+    texts = corpus_texts(settings.data)  # bad data fails before the model loads
+    if len(texts) < settings.batch_size:
+        raise ValueError(f"{settings.data}: {len(texts)} texts are fewer than one batch of {settings.batch_size}")
     backbone = load_backbone(settings.model, dtype=DTYPES["float32"], lm_head=True)
     if backbone.info.kind != "decoder":
         raise ValueError(f"{settings.model}: MNTP adapts decoders; encoders are bidirectional already")
-    encoder = SparseEncoder(backbone, EncoderSettings(model=settings.model, bidirectional=True), "cpu")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    encoder = SparseEncoder(backbone, EncoderSettings(model=settings.model, bidirectional=True), device)
     tok = backbone.tokenizer
     mask_id = next(i for i in (tok.mask_token_id, tok.unk_token_id, tok.pad_token_id) if i is not None)
-    texts = corpus_texts(settings.data)
-    if len(texts) < settings.batch_size:
-        raise ValueError(f"{settings.data}: {len(texts)} texts are fewer than one batch of {settings.batch_size}")
-    model = get_peft_model(backbone.model, LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha,
-                                                      target_modules="all-linear", bias="none"))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device).train()
-    encoder.device = device
+    model = get_peft_model(encoder.model, LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha,
+                                                     target_modules="all-linear", bias="none"))
+    model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.learning_rate)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(0.1 * settings.max_steps), settings.max_steps)
     generator = torch.Generator().manual_seed(settings.seed)

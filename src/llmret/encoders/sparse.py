@@ -46,8 +46,7 @@ class SparseEncoder(TextEncoder):
         super().__init__(backbone, settings, device)
         if self.info.pooling not in SPARSE_POOLINGS:
             raise ValueError(f"sparse pooling must be one of {', '.join(SPARSE_POOLINGS)}, not '{self.info.pooling}'")
-        with head_detached(self.model) as head:
-            self.vocab_size = head.vocab_size
+        self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
         config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
         width = getattr(config, "intermediate_size", None) or 4 * int(config.hidden_size)
         self.vocab_chunk = settings.vocab_chunk or int(width)
