@@ -12,24 +12,43 @@ from helpers import MSMARCO_EVAL, synthetic_run
 
 from llmret.data.qrels import read_qrels
 from llmret.data.trec import read_run, write_run
-from llmret.evaluate import DEFAULT_MEASURES, evaluate
+from llmret.evaluate import DEFAULT_MEASURES, evaluate, parse_measures
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "trec_eval_golden.json").read_text())
 
 
+MEASURES = (*DEFAULT_MEASURES, "RR", "P@10")
+
+
+@pytest.mark.parametrize("level", [1, 2])
 @pytest.mark.parametrize("name", ["dl19", "dl20", "dev-small"])
-def test_measures_match_trec_eval(name: str, tmp_path: Path) -> None:
+def test_measures_match_trec_eval(name: str, level: int, tmp_path: Path) -> None:
+    """Per query, every measure equals trec_eval's with -l 1 and with -l 2 (TREC DL's binary convention)."""
     entry = GOLDEN[name]
     qrels = read_qrels(MSMARCO_EVAL / name / "qrels" / "test.tsv")
     qrels = {q: qrels[q] for q in sorted(qrels)[: entry["max_queries"]]}
     # Through a run file, as a user would hand one over.
     write_run(tmp_path / "run.trec", synthetic_run(qrels, name, entry["max_queries"]))
-    result = evaluate(qrels, read_run(tmp_path / "run.trec"), DEFAULT_MEASURES)
-    for measure in DEFAULT_MEASURES:
-        expected = entry["per_query"][measure]
-        for qid, value in result.per_query[measure].items():
+    run = read_run(tmp_path / "run.trec")
+    golden = entry["per_query" if level == 1 else "per_query_l2"]
+    result = evaluate(qrels, run, MEASURES, relevance_level=level)
+    for measure, parsed in zip(MEASURES, parse_measures(MEASURES, level)):
+        expected = golden[measure]
+        for qid, value in result.per_query[str(parsed)].items():
             assert value == pytest.approx(expected[qid], abs=1e-4), (measure, qid)
-        assert result.aggregate[measure] == pytest.approx(expected["all"], abs=1e-4), measure
+        assert result.aggregate[str(parsed)] == pytest.approx(expected["all"], abs=1e-4), measure
+    if level == 2:  # the same through explicit measure names
+        explicit = evaluate(qrels, run, ["RR(rel=2)@10", "R(rel=2)@1000", "AP(rel=2)"])
+        for name_, key in (("RR(rel=2)@10", "RR@10"), ("R(rel=2)@1000", "R@1000"), ("AP(rel=2)", "AP")):
+            assert explicit.aggregate[name_] == pytest.approx(golden[key]["all"], abs=1e-4), name_
+        assert "nDCG@10" in result.aggregate  # graded: no rel parameter
+
+
+def test_unknown_measure_is_one_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"unknown measure 'FOO@10'.*known: AP, .*nDCG"):
+        evaluate({"q": {"d": 1}}, {"q": {"d": 1.0}}, ["FOO@10"])
+    with pytest.raises(ValueError, match="'Judged@10' is not one trec_eval computes"):
+        evaluate({"q": {"d": 1}}, {"q": {"d": 1.0}}, ["Judged@10"])
 
 
 def test_missing_queries_count_as_zero() -> None:

@@ -22,7 +22,7 @@ def test_pool_positions_by_hand() -> None:
     assert pool(hidden, left, "cls").flatten().tolist() == [1.0, 6.0]  # not the PAD at position 0
     assert pool(hidden, right, "mean").flatten().tolist() == [1.0, 4.5]
     with pytest.raises(ValueError, match="unknown pooling"):
-        pool(hidden, right, "max")
+        pool(hidden, right, "bogus")
 
 
 def _encode(folder: Path, side: str, pooling: str | None, texts: list[str], batch_size: int) -> np.ndarray:

@@ -1,50 +1,37 @@
 """Load any backbone (zoo name, local folder, GGUF file, or hub id) with what llmret must know about it.
 
-Besides the model and tokenizer, a :class:`Backbone` carries :class:`ModelInfo`: encoder or decoder,
-default pooling, EOS/BOS handling, normalisation and maximum length. These defaults come, in order of
-precedence, from an ``llmret.json`` in the folder (written by llmret's own exports), a
-sentence-transformers configuration, and finally the architecture (decoders pool the last token with
-an EOS appended; encoders pool CLS, except T5 which pools the mean).
+Besides the model and tokenizer, a :class:`Backbone` carries :class:`ModelInfo` (encoder or decoder,
+default pooling, EOS/BOS handling, normalisation, maximum length), the description llmret saved with
+a model it trained (:class:`~llmret.saved.SavedModel`), a sentence-transformers folder's prompts and
+Dense head, and a fingerprint of the weights. Defaults come, in order of precedence, from the saved
+description, the sentence-transformers configuration, and finally the architecture (decoders pool the
+last token with an EOS appended; encoders pool CLS, except T5 which pools the mean).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 from transformers import PreTrainedTokenizerBase
+from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+                                                   MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES)
 
-from llmret import zoo
+from llmret import st_folder, zoo
 from llmret.cache import cache_dir
 from llmret.fileio import atomic_dir
+from llmret.fingerprint import combine, folder_fingerprint
+from llmret.model_info import ModelInfo
+from llmret.saved import SavedModel
 
 log = logging.getLogger(__name__)
 
-POOLINGS = ("cls", "mean", "last")
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """How a backbone turns text into a vector by default; every field can be overridden per run."""
-
-    kind: str = "encoder"  # "encoder" (BERT, T5 encoder) or "decoder" (Llama, Qwen, Gemma, Phi ...)
-    pooling: str = "cls"
-    normalize: bool = True
-    append_eos: bool = False  # decoders: the last token must be EOS for last-token pooling to see it all
-    add_bos: bool | None = None  # None: the tokenizer's own habit; False strips BOS (sparse models want that)
-    max_length: int = 512
-    bidirectional: bool = False  # decoders: let every token see the whole text (LLM2Vec / Lion style)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelInfo:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+__all__ = ["Backbone", "ModelInfo", "load_backbone", "resolve"]
 
 
 @dataclass
@@ -56,7 +43,10 @@ class Backbone:
     info: ModelInfo
     source: str
     folder: Path
-    saved_settings: dict[str, Any] = field(default_factory=dict)  # encoder settings a trained model was made with
+    saved: SavedModel | None = None  # what llmret saved with a model it trained, adapted or exported
+    model_defaults: dict[str, Any] = field(default_factory=dict)  # encoder settings the folder implies (ST prompts)
+    head: torch.nn.Module | None = None  # sentence-transformers Dense projections after pooling
+    fingerprint: str = ""  # of the weights (and adapter): part of every embedding signature
 
 
 # ---- resolving a spec to a transformers folder -------------------------------------------------
@@ -90,8 +80,8 @@ def convert_gguf(folder: Path, gguf_file: str, out: Path) -> Path:
 def resolve(spec: str, install: bool = True) -> tuple[Path | str, ModelInfo | None]:
     """Turn a model spec into a loadable folder (or hub id) and, for zoo models, their kind.
 
-    Specs: a zoo name (``smollm2-135m``), a folder with ``config.json``, a ``.gguf`` file, or a
-    hub id (only useful online).
+    Specs: a zoo name (``smollm2-135m``), a folder with ``config.json`` (or a sentence-transformers
+    folder whose Transformer module sits in a subfolder), a ``.gguf`` file, or a hub id (online only).
     """
     if spec in zoo.ZOO:
         entry = zoo.get(spec)
@@ -106,7 +96,7 @@ def resolve(spec: str, install: bool = True) -> tuple[Path | str, ModelInfo | No
             raise FileNotFoundError(f"GGUF file not found: {path}")
         return convert_gguf(path.parent, path.name, cache_dir("models") / _gguf_cache_key(path)), None
     if path.is_dir():
-        if not (path / "config.json").is_file():
+        if not (path / "config.json").is_file() and not (path / "modules.json").is_file():
             raise FileNotFoundError(f"{path} is a folder but has no config.json (not a transformers model folder)")
         return path, None
     if path.exists() or spec.startswith((".", "/", "~")):
@@ -115,52 +105,49 @@ def resolve(spec: str, install: bool = True) -> tuple[Path | str, ModelInfo | No
 
 
 # ---- what kind of model ------------------------------------------------------------------------
-def _is_decoder(config: PretrainedConfig) -> bool:
-    if getattr(config, "is_encoder_decoder", False):
+def is_seq2seq(config: PretrainedConfig) -> bool:
+    """An encoder-decoder (T5, mT5, BART): its encoder alone is the retriever. A T5 encoder saved alone
+    says ``is_encoder_decoder: false``, so the model type decides too."""
+    return bool(getattr(config, "is_encoder_decoder", False)) or config.model_type in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
+
+
+def _encoder_of_seq2seq(source: Path | str, config: PretrainedConfig, **kwargs: Any) -> PreTrainedModel:
+    """The encoder stack alone: T5EncoderModel and its kin where transformers has one, else the full model's encoder."""
+    import transformers
+
+    cls = getattr(transformers, type(config).__name__.removesuffix("Config") + "EncoderModel", None)
+    if cls is not None:
+        return cls.from_pretrained(source, **kwargs)
+    return AutoModel.from_pretrained(source, **kwargs).get_encoder()
+
+
+def is_decoder(config: PretrainedConfig) -> bool:
+    """Whether a model reads text causally, from transformers' own registry of model classes.
+
+    Encoders are the architectures transformers can load as masked LMs (BERT, RoBERTa, XLM-R, MPNet,
+    ALBERT, CamemBERT, Longformer, DeBERTa, ModernBERT ...) and encoder-decoders (T5); decoders are
+    the causal-LM architectures (Llama, Mistral, Qwen, Gemma, Phi ...). A name in neither registry
+    (remote code) is judged by its saved architecture.
+    """
+    if is_seq2seq(config) or config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
         return False
-    archs = getattr(config, "architectures", None) or []
-    if any(a.endswith("ForCausalLM") for a in archs):
+    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         return True
-    return config.model_type not in {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta",
-                                     "deberta-v2", "modernbert", "mpnet", "t5", "mt5", "nomic_bert"}
+    return any(a.endswith("ForCausalLM") for a in getattr(config, "architectures", None) or [])
 
 
-def _sentence_transformers_info(folder: Path) -> dict[str, Any]:
-    """Pooling, normalisation and length from a sentence-transformers folder, if it is one."""
-    out: dict[str, Any] = {}
-    modules_file = folder / "modules.json"
-    if not modules_file.is_file():
-        return out
-    modules = json.loads(modules_file.read_text())
-    out["normalize"] = any(m.get("type", "").endswith("Normalize") for m in modules)
-    for module in modules:
-        if module.get("type", "").endswith("Pooling"):
-            pooling = json.loads((folder / module["path"] / "config.json").read_text())
-            for key, name in (("pooling_mode_cls_token", "cls"), ("pooling_mode_mean_tokens", "mean"),
-                              ("pooling_mode_lasttoken", "last")):
-                if pooling.get(key):
-                    out["pooling"] = name
-    bert_config = folder / "sentence_bert_config.json"
-    if bert_config.is_file():
-        out["max_length"] = json.loads(bert_config.read_text()).get("max_seq_length", 512)
-    return out
-
-
-def infer_info(config: PretrainedConfig, folder: Path | None, hint: ModelInfo | None = None) -> ModelInfo:
-    """Default :class:`ModelInfo` for a model: llmret.json, then sentence-transformers, then architecture."""
-    decoder = hint.kind == "decoder" if hint else _is_decoder(config)
+def infer_info(config: PretrainedConfig, st: st_folder.SentenceTransformersFolder | None,
+               saved: SavedModel | None, hint: ModelInfo | None = None) -> ModelInfo:
+    """Default :class:`ModelInfo`: the saved description, then sentence-transformers, then the architecture."""
+    if saved is not None:
+        return saved.model_info
+    decoder = hint.kind == "decoder" if hint else is_decoder(config)
     max_pos = getattr(config, "max_position_embeddings", 512) or 512
     if decoder:
         info = ModelInfo(kind="decoder", pooling="last", append_eos=True, max_length=min(max_pos, 8192))
     else:
-        t5 = getattr(config, "is_encoder_decoder", False)
-        info = ModelInfo(kind="encoder", pooling="mean" if t5 else "cls", max_length=min(max_pos, 512))
-    if folder is not None:
-        info = replace(info, **_sentence_transformers_info(folder))
-        own = folder / "llmret.json"
-        if own.is_file():
-            info = replace(info, **asdict(ModelInfo.from_dict(json.loads(own.read_text()).get("model_info", {}))))
-    return info
+        info = ModelInfo(kind="encoder", pooling="mean" if is_seq2seq(config) else "cls", max_length=min(max_pos, 512))
+    return replace(info, **st.info) if st is not None else info
 
 
 def load_tokenizer(source: Path | str, info: ModelInfo) -> PreTrainedTokenizerBase:
@@ -171,6 +158,12 @@ def load_tokenizer(source: Path | str, info: ModelInfo) -> PreTrainedTokenizerBa
     if info.kind == "decoder" and tokenizer.eos_token is None:
         raise ValueError(f"{source}: a decoder needs an EOS token for last-token pooling, and its tokenizer has none")
     return tokenizer
+
+
+def _fingerprint(source: Path | str, config: PretrainedConfig) -> str:
+    if isinstance(source, Path):
+        return folder_fingerprint(source)
+    return f"hub:{source}@{getattr(config, '_commit_hash', None) or 'unknown'}"
 
 
 def load_backbone(spec: str, *, dtype: torch.dtype | None = None, lm_head: bool = False,
@@ -186,15 +179,19 @@ def load_backbone(spec: str, *, dtype: torch.dtype | None = None, lm_head: bool 
         return _load_adapter(path, dtype=dtype, lm_head=lm_head, install=install)
     source, hint = resolve(spec, install=install)
     folder = Path(source) if isinstance(source, Path) else None
+    st = st_folder.read(folder) if folder is not None else None
+    saved = SavedModel.read(folder) if folder is not None else None
+    if folder is not None and st is not None and st.transformer_path:
+        source = folder / st.transformer_path  # older sentence-transformers folders: the model in 0_Transformer/
     try:
         config = AutoConfig.from_pretrained(source)
     except OSError as exc:
         raise FileNotFoundError(f"'{spec}' is not a zoo model ({', '.join(zoo.ZOO)}), a model folder or a .gguf "
                                 f"file, and as a hub id it could not be loaded: {str(exc).splitlines()[0]}") from None
-    info = infer_info(config, folder, hint)
+    info = infer_info(config, st, saved, hint)
     tokenizer = load_tokenizer(source, info)
     kwargs: dict[str, Any] = {"dtype": dtype or torch.float32}
-    if lm_head and getattr(config, "is_encoder_decoder", False):
+    if lm_head and is_seq2seq(config):
         raise ValueError(f"{spec}: encoder-decoder models have no vocabulary head over the input; "
                          "sparse encoders need a masked-LM or causal-LM backbone")
     if lm_head:
@@ -203,27 +200,25 @@ def load_backbone(spec: str, *, dtype: torch.dtype | None = None, lm_head: bool 
         if loading["missing_keys"]:  # a randomly initialised head would give meaningless term weights
             raise ValueError(f"{spec}: the checkpoint has no trained vocabulary head (missing "
                              f"{sorted(loading['missing_keys'])[:3]}); sparse encoders need a masked-LM or causal-LM checkpoint")
-    elif getattr(config, "is_encoder_decoder", False):
-        from transformers import T5EncoderModel  # T5: the encoder alone is the retriever
-
-        model = T5EncoderModel.from_pretrained(source, **kwargs)
+    elif is_seq2seq(config):
+        model = _encoder_of_seq2seq(source, config, **kwargs)
     else:
         model = AutoModel.from_pretrained(source, **kwargs)
     model.eval()
-    saved = json.loads((folder / "llmret.json").read_text()).get("encoder", {}) if folder and (folder / "llmret.json").is_file() else {}
-    return Backbone(model, tokenizer, info, spec, folder or Path(str(source)), saved)
+    head = st.head.to(kwargs["dtype"]) if st is not None and st.head is not None else None
+    return Backbone(model, tokenizer, info, spec, folder or Path(str(source)), saved,
+                    st.prompts if st is not None else {}, head, _fingerprint(folder or str(source), config))
 
 
 def _load_adapter(folder: Path, **kwargs: Any) -> Backbone:
     """A LoRA adapter saved by ``llmret train``: its base model with the adapter merged in."""
     from peft import PeftModel
 
-    meta_file = folder / "llmret.json"
-    if not meta_file.is_file():
+    saved = SavedModel.read(folder)
+    if saved is None:
         raise FileNotFoundError(f"{folder} is a peft adapter without llmret.json (which names its base model)")
-    meta = json.loads(meta_file.read_text())
-    base = load_backbone(meta["base_model"], **kwargs)
+    base = load_backbone(saved.base_model, **kwargs)
     model = PeftModel.from_pretrained(base.model, folder).merge_and_unload()
     model.eval()
-    info = ModelInfo.from_dict(meta.get("model_info", {}))
-    return Backbone(model, base.tokenizer, info, str(folder), folder, meta.get("encoder", {}))
+    return Backbone(model, base.tokenizer, saved.model_info, str(folder), folder, saved, base.model_defaults,
+                    base.head, combine(base.fingerprint, folder_fingerprint(folder)))

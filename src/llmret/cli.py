@@ -53,20 +53,34 @@ def encoder_settings(args: argparse.Namespace) -> EncoderSettings:
     return settings
 
 
-def load_encoder(args: argparse.Namespace):
-    """The dense or sparse encoder the flags ask for (``--retriever``)."""
+def load_encoder(args: argparse.Namespace, rules=None):  # noqa: ANN001, ANN201 - DatasetRules, TextEncoder
+    """The dense or sparse encoder the flags ask for (``--retriever``), under a dataset's ``rules`` if given."""
     from llmret.encoders.dense import DenseEncoder
     from llmret.encoders.sparse import SparseEncoder
 
     settings = encoder_settings(args)
     if not args.model and not getattr(args, "config", None):
         raise SystemExit(f"--retriever {args.retriever} needs --model (or --config)")
-    return (SparseEncoder if args.retriever == "sparse" else DenseEncoder).load(settings)
+    cls = SparseEncoder if args.retriever == "sparse" else DenseEncoder
+    return cls.load(settings, dataset=rules.encoder_layer() if rules is not None else None)
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="BEIR folder, or builtin:code | builtin:docs | builtin:long")
     p.add_argument("--split", default="test")
+    _add_rules_arg(p)
+
+
+def _add_rules_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rules", choices=["beir", "msmarco-dev", "trec-dl", "builtin", "plain"],
+                   help="evaluation convention (default: from the data folder's name; see the README)")
+
+
+def _positive_k(value: str) -> int:
+    k = int(value)
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {k}")
+    return k
 
 
 # ---- subcommands -----------------------------------------------------------------------------------
@@ -102,8 +116,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from llmret.index.shards import encode_corpus, save_vectors
     from llmret.registry import load
 
-    data, rules = load(args.data, args.split)
-    encoder = load_encoder(args)
+    data, rules = load(args.data, args.split, args.rules)
+    encoder = load_encoder(args, rules)
     out = Path(args.out)
     if args.what in ("corpus", "both"):
         encode_corpus(encoder, data.corpus, out / "corpus", shard_size=args.shard_size,
@@ -146,43 +160,68 @@ def _print_result(name: str, aggregate: dict[str, float]) -> None:
     print(format_table([{"system": name, **aggregate}], ["system", *aggregate], percent=list(aggregate)))
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
+def _score_run_file(args: argparse.Namespace) -> int:
+    """``evaluate --run``: score a run file by the rules of the dataset its judgments belong to."""
+    from dataclasses import replace
+
+    from llmret.data.qrels import read_qrels
+    from llmret.data.trec import read_run
+    from llmret.evaluate import evaluate
     from llmret.fileio import write_json
+    from llmret.registry import resolve_folder, rules_for, rules_for_qrels
+    from llmret.retrievers.base import drop_self_hits
+
+    if args.data:
+        folder = resolve_folder(args.data, args.split)
+        qrels_path = Path(args.qrels) if args.qrels else folder / "qrels" / f"{args.split}.tsv"
+        rules = rules_for(folder, args.rules, spec=args.data)
+    elif args.qrels:
+        qrels_path, rules = Path(args.qrels), rules_for_qrels(args.qrels, args.rules)
+    else:
+        raise SystemExit("--run needs --qrels or --data")
+    if args.exclude_self:
+        rules = replace(rules, exclude_self=True)
+    run = read_run(args.run)
+    if rules.exclude_self:
+        run = drop_self_hits(run)
+    evaluation = evaluate(read_qrels(qrels_path), run, args.measures or rules.measures, rules.relevance_level)
+    if args.out:
+        write_json(Path(args.out) / "metrics.json", {"run": args.run, **evaluation.to_json()})
+        write_json(Path(args.out) / "settings.json", {"run": args.run, "qrels": str(qrels_path), "rules": rules.describe()})
+    _print_result(Path(args.run).name, evaluation.aggregate)
+    print(f"scored by the '{rules.convention}' rules (relevance level {rules.relevance_level}, "
+          f"own ids {'dropped' if rules.exclude_self else 'kept'})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
 
     if args.run:  # score an existing run file
-        from llmret.data.qrels import read_qrels
-        from llmret.data.trec import read_run
-        from llmret.evaluate import evaluate
-
-        if not args.qrels:
-            raise SystemExit("--run needs --qrels")
-        evaluation = evaluate(read_qrels(args.qrels), read_run(args.run), args.measures)
-        if args.out:
-            write_json(Path(args.out) / "metrics.json", {"run": args.run, **evaluation.to_json()})
-        _print_result(Path(args.run).name, evaluation.aggregate)
-        return 0
+        return _score_run_file(args)
     if not args.data:
         raise SystemExit("evaluate needs --data (or --run with --qrels)")
     from llmret.pipeline import evaluate_retriever
     from llmret.registry import load
 
-    data, rules = load(args.data, args.split)
-    retriever = build_retriever(args)
+    data, rules = load(args.data, args.split, args.rules)
+    if args.exclude_self:
+        rules = replace(rules, exclude_self=True)
+    retriever = build_retriever(args, rules)
     out = Path(args.out) if args.out else Path("results") / f"{data.name}-{retriever.name}"
-    result = evaluate_retriever(retriever, data, out, name=args.name, k=args.k,
-                                exclude_self=args.exclude_self or rules.exclude_self, measures=tuple(args.measures))
+    result = evaluate_retriever(retriever, data, out, name=args.name, k=args.k, rules=rules, measures=args.measures)
     _print_result(result.name, result.evaluation.aggregate)
     print(f"run and metrics in {out}")
     return 0
 
 
-def build_retriever(args: argparse.Namespace):
-    """A retriever from parsed flags (shared by evaluate and the demo)."""
+def build_retriever(args: argparse.Namespace, rules=None):  # noqa: ANN001, ANN201 - DatasetRules, Retriever
+    """A retriever from parsed flags, under a dataset's ``rules``."""
     if args.retriever == "bm25":
         from llmret.retrievers.bm25 import BM25Retriever
 
         return BM25Retriever(k1=args.k1, b=args.b)
-    encoder = load_encoder(args)
+    encoder = load_encoder(args, rules)
     if args.retriever == "sparse":
         from llmret.retrievers.sparse import SparseRetriever
 
@@ -193,6 +232,9 @@ def build_retriever(args: argparse.Namespace):
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    empty = [i for i, text in enumerate(args.texts, start=1) if not text.strip()]
+    if empty:
+        raise ValueError(f"text {empty[0]} is empty; inspect needs text to expand")
     args.retriever = "sparse"
     encoder = load_encoder(args)
     vectors = encoder.encode(args.texts, query=args.query)
@@ -214,8 +256,13 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     if args.qrels:
         from llmret.data.qrels import read_qrels
         from llmret.evaluate import evaluate
+        from llmret.registry import rules_for_qrels
+        from llmret.retrievers.base import drop_self_hits
 
-        _print_result(f"fused ({args.method})", evaluate(read_qrels(args.qrels), run, args.measures).aggregate)
+        rules = rules_for_qrels(args.qrels, args.rules)
+        scored = drop_self_hits(run) if rules.exclude_self else run
+        evaluation = evaluate(read_qrels(args.qrels), scored, args.measures or rules.measures, rules.relevance_level)
+        _print_result(f"fused ({args.method})", evaluation.aggregate)
     return 0
 
 
@@ -269,7 +316,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "passage_max_length", "dtype", "bidirectional"):
         if getattr(args, key) is not None:
             setattr(settings.encoder, key, getattr(args, key))
-    final = train(settings, resume=args.resume)
+    final = train(settings, resume=args.resume, force=args.force)
     print(f"trained model in {final}")
     return 0
 
@@ -319,7 +366,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", required=True, help="folder of corpus embedding shards")
     p.add_argument("--queries", required=True, help="folder of query embedding shards")
     p.add_argument("--out", required=True, help="TREC run file to write")
-    p.add_argument("--k", type=int, default=1000)
+    p.add_argument("--k", type=_positive_k, default=1000)
     p.add_argument("--index", help="dense: FAISS index_factory string (default Flat = exact); sparse: exact or seismic")
     p.add_argument("--tag", default="llmret")
     p.set_defaults(func=cmd_search)
@@ -330,9 +377,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--out", help="output folder (default results/DATA-RETRIEVER)")
     p.add_argument("--name", help="system name in tables and runs")
-    p.add_argument("--k", type=int, default=1000)
-    p.add_argument("--measures", nargs="+", default=list(DEFAULT_MEASURES))
-    p.add_argument("--exclude-self", action="store_true", help="drop a query's own id from its results")
+    p.add_argument("--k", type=_positive_k, default=1000)
+    p.add_argument("--measures", nargs="+", help="ir-measures names (default: the dataset convention's, e.g. "
+                                                 f"{' '.join(DEFAULT_MEASURES)})")
+    p.add_argument("--exclude-self", action="store_true", help="drop a query's own id from its results "
+                                                               "(the beir rules always do)")
+    _add_rules_arg(p)
     p.add_argument("--k1", type=float, default=0.9)
     p.add_argument("--b", type=float, default=0.4)
     p.add_argument("--index", help="dense: FAISS index_factory string (default Flat = exact); sparse: exact or seismic")
@@ -356,7 +406,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, default=1000)
     p.add_argument("--out", required=True, help="fused TREC run file to write")
     p.add_argument("--qrels", help="score the fused run against these judgments")
-    p.add_argument("--measures", nargs="+", default=list(DEFAULT_MEASURES))
+    p.add_argument("--measures", nargs="+", help="default: the dataset convention's")
+    _add_rules_arg(p)
     p.set_defaults(func=cmd_fuse)
 
     p = sub.add_parser("anserini", help="export sparse embeddings for Lucene (JsonVectorCollection or TSV topics)")
@@ -406,6 +457,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--reg-warmup-ratio", dest="reg_warmup_ratio", type=float, help="sparse: quadratic warm-up share")
     p.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    p.add_argument("--force", action="store_true", help="with --resume: accept settings that differ from the run's")
     for flag in ("--pooling", "--query-prefix", "--passage-prefix", "--instruction", "--dtype"):
         p.add_argument(flag)
     p.add_argument("--query-max-length", type=int)

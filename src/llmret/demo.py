@@ -79,7 +79,7 @@ def run_demo(out: Path, models: list[str], tasks: list[str], finetune: str | Non
         for task in tasks:
             data, rules = load(f"builtin:{task}", "test")
             begin = time.perf_counter()
-            result = evaluate_retriever(retriever, data, out / task / folder, name=name, exclude_self=rules.exclude_self)
+            result = evaluate_retriever(retriever, data, out / task / folder, name=name, rules=rules, measures=METRICS)
             rows.append({"task": task, "system": name, **{m: result.evaluation.aggregate[m] for m in METRICS},
                          "seconds": time.perf_counter() - begin + (setup if task == tasks[0] else 0.0)})
             log.info("%s / %s: nDCG@10 %.4f", task, name, result.evaluation.aggregate["nDCG@10"])

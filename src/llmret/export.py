@@ -1,60 +1,108 @@
 """Export a trained retriever as a plain transformers folder that needs neither peft nor llmret.
 
-LoRA is merged into the weights. The folder gets ``llmret.json`` (pooling and the rest, so llmret
-loads it back with the same behaviour), a model card, and sentence-transformers module files so that
-``SentenceTransformer(folder)`` works where its pooling can express ours (mean and CLS always; last
-token only when the tokenizer itself ends texts with EOS, which llmret's decoders do by hand).
+LoRA is merged into the weights. The folder gets ``llmret.json`` (so llmret loads it back with the
+same behaviour) and a model card. A dense export also gets sentence-transformers module files that
+make ``SentenceTransformer(folder)`` encode queries and passages exactly as llmret does: pooling, Dense
+head and normalisation as modules, the query prefix and instruction and the passage prefix as the
+``query`` and ``document`` prompts, and, for decoders, the appended EOS (and BOS choice) in the
+exported tokenizer's post-processor. A sparse export keeps the vocabulary head.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
 from pathlib import Path
 
-from llmret.backbone import Backbone, load_backbone
-from llmret.fileio import atomic_dir, atomic_write, write_json
+from tokenizers import processors
+from transformers import PreTrainedTokenizerBase
+
+from llmret import st_folder
+from llmret.config import EncoderSettings
+from llmret.encoders.base import TextEncoder
+from llmret.encoders.dense import DenseEncoder
+from llmret.encoders.sparse import SparseEncoder
+from llmret.fileio import atomic_dir, atomic_write
+from llmret.saved import SavedModel
 
 
 def export_model(model: str, out: str | Path) -> Path:
     """Merge and save ``model`` (an adapter folder, a trained folder, or any spec) into ``out``."""
-    backbone = load_backbone(model)
+    saved = SavedModel.read(Path(model)) if Path(model).is_dir() else None
+    cls = SparseEncoder if saved is not None and saved.paradigm == "sparse" else DenseEncoder
+    encoder = cls.load(EncoderSettings(model=model), "cpu")
     out = Path(out)
-    meta_file = backbone.folder / "llmret.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    settings = meta.get("encoder", backbone.saved_settings)
+    prompts = _prompts(encoder) if cls is DenseEncoder else {}
     with atomic_dir(out) as tmp:
-        _write_export(tmp, backbone, meta, settings, model, out.name)
+        encoder.model.save_pretrained(tmp)
+        tokenizer = encoder.tokenizer
+        if cls is DenseEncoder and encoder.info.kind == "decoder":
+            tokenizer = _with_llmret_specials(encoder)
+        tokenizer.model_max_length = encoder.passage_max_length
+        tokenizer.save_pretrained(tmp)
+        SavedModel(base_model=saved.base_model if saved else model, paradigm=encoder.paradigm, lora=False,
+                   model_info=encoder.info, encoder=encoder.settings.explicit()).write(tmp)
+        if cls is DenseEncoder:
+            info = encoder.info
+            st_folder.write(tmp, pooling=info.pooling, normalize=info.normalize, max_length=encoder.passage_max_length,
+                            dim=int(encoder.model.config.hidden_size), lowercase=info.lowercase, head=encoder.head,
+                            prompts=prompts)
+        with atomic_write(tmp / "README.md") as handle:
+            handle.write(_card(encoder, saved, model, out.name, prompts))
     return out
 
 
-def _write_export(tmp: Path, backbone: Backbone, meta: dict, settings: dict, model: str, name: str) -> None:
-    info = backbone.info
-    backbone.model.save_pretrained(tmp)
-    backbone.tokenizer.save_pretrained(tmp)
-    write_json(tmp / "llmret.json", {"base_model": meta.get("base_model", model), "model_info": asdict(info),
-                                     "encoder": settings})
-    _sentence_transformers_files(tmp, info.pooling, info.normalize, info.max_length)
-    card = (f"# Dense retriever exported by llmret\n\n- base model: `{meta.get('base_model', model)}`\n"
-            f"- pooling: `{info.pooling}` (EOS appended: {info.append_eos}), L2-normalised: {info.normalize}\n"
-            f"- query prefix: `{settings.get('query_prefix', '')!r}`, passage prefix: `{settings.get('passage_prefix', '')!r}`\n"
-            f"- instruction: `{settings.get('instruction', '')!r}`\n"
-            f"- trained with LoRA merged into the weights: {meta.get('lora', False)}\n\n"
-            f"Load with `llmret evaluate --retriever dense --model {name}` or `DenseEncoder.load`.\n")
-    with atomic_write(tmp / "README.md") as handle:
-        handle.write(card)
+def _prompts(encoder: TextEncoder) -> dict[str, str]:
+    """The text llmret puts before queries and passages, as sentence-transformers prompts."""
+    s = encoder.settings
+    query = s.query_prefix
+    if s.instruction:
+        if not s.instruction_template.endswith("{query}"):
+            raise ValueError(f"instruction template {s.instruction_template!r} puts text after the query; "
+                             "sentence-transformers prompts can only go before it")
+        query += s.instruction_template[: -len("{query}")].format(instruction=s.instruction)
+    return {name: text for name, text in (("query", query), ("document", s.passage_prefix)) if text}
 
 
-def _sentence_transformers_files(folder: Path, pooling: str, normalize: bool, max_length: int) -> None:
-    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
-    if normalize:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
-        (folder / "2_Normalize").mkdir(exist_ok=True)
-    write_json(folder / "modules.json", modules)
-    write_json(folder / "sentence_bert_config.json", {"max_seq_length": max_length, "do_lower_case": False})
-    dim = json.loads((folder / "config.json").read_text()).get("hidden_size")
-    write_json(folder / "1_Pooling" / "config.json", {
-        "word_embedding_dimension": dim, "pooling_mode_cls_token": pooling == "cls",
-        "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": False,
-        "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_lasttoken": pooling == "last"})
+def _with_llmret_specials(encoder: TextEncoder) -> PreTrainedTokenizerBase:
+    """A copy of the tokenizer whose post-processor adds the BOS and EOS that llmret's tokenize adds."""
+    import copy
+
+    tok = copy.deepcopy(encoder.tokenizer)
+    bos, eos = tok.bos_token, tok.eos_token
+    adds_bos = tok.bos_token_id is not None and tok("a")["input_ids"][:1] == [tok.bos_token_id]
+    keep_bos = bos is not None and (encoder.info.add_bos or (encoder.info.add_bos is None and adds_bos))
+    single = " ".join([*(["$A"] if not keep_bos else [bos, "$A"]), *([eos] if encoder.info.append_eos else [])])
+    specials = sorted({(t, tok.convert_tokens_to_ids(t)) for t in single.split() if t != "$A"})
+    backend = getattr(tok, "backend_tokenizer", None) or getattr(tok, "_tokenizer", None)
+    if backend is None:
+        raise ValueError(f"{encoder.settings.model}: the tokenizer is not a fast tokenizer; its EOS cannot be exported")
+    backend.post_processor = processors.TemplateProcessing(single=single, special_tokens=specials)
+    for flag, value in (("add_bos_token", keep_bos), ("add_eos_token", encoder.info.append_eos)):
+        if hasattr(tok, flag):  # tokenizers that rebuild their post-processor from these flags on load
+            try:
+                setattr(tok, flag, value)
+            except AttributeError:
+                pass
+    if hasattr(tok, "init_kwargs"):
+        tok.init_kwargs.update(add_bos_token=keep_bos, add_eos_token=encoder.info.append_eos)
+    return tok
+
+
+def _card(encoder: TextEncoder, saved: SavedModel | None, model: str, name: str, prompts: dict[str, str]) -> str:
+    info, s = encoder.info, encoder.settings
+    base = saved.base_model if saved else model
+    dense = encoder.paradigm == "dense"
+    lines = [f"# {'Dense' if dense else 'Learned-sparse'} retriever exported by llmret", "",
+             f"- base model: `{base}`",
+             f"- pooling: `{info.pooling}` (EOS appended: {info.append_eos}), L2-normalised: {info.normalize}",
+             f"- query prefix: `{s.query_prefix!r}`, passage prefix: `{s.passage_prefix!r}`",
+             f"- instruction: `{s.instruction!r}` (template `{s.instruction_template!r}`)",
+             f"- lengths: queries {s.query_max_length}, passages {s.passage_max_length} tokens",
+             f"- trained with LoRA merged into the weights: {bool(saved and saved.lora)}"]
+    if not dense:
+        lines.append(f"- term weights log(1 + ReLU({s.logit_scale} x logit)), {info.pooling}-pooled over the vocabulary head")
+    lines += ["", f"Load with `llmret evaluate --retriever {encoder.paradigm} --model {name}`."]
+    if dense:
+        lines += ["", "With sentence-transformers: `SentenceTransformer(folder).encode_query(...)` and "
+                      f"`.encode_document(...)` (prompts {sorted(prompts) or 'none'}); it truncates queries at the "
+                      "passage length, llmret at the query length."]
+    return "\n".join(lines) + "\n"

@@ -27,7 +27,8 @@ from llmret.data.sampling import epoch_order
 from llmret.encoders.base import DTYPES
 from llmret.encoders.sparse import SparseEncoder
 from llmret.encoders.vocab_head import head_detached
-from llmret.fileio import atomic_dir, write_json
+from llmret.fileio import atomic_dir
+from llmret.saved import SavedModel
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,5 @@ def run_mntp(settings: MNTPSettings) -> Path:
     with atomic_dir(final) as tmp:
         merged.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        write_json(tmp / "llmret.json", {"base_model": settings.model, "adaptation": "mntp", "mntp": to_dict(settings),
-                                         "model_info": to_dict(info)})
+        SavedModel(base_model=settings.model, model_info=info, adaptation={"mntp": to_dict(settings)}).write(tmp)
     return final

@@ -39,6 +39,7 @@ from llmret.encoders.sparse import SparseEncoder
 from llmret.fileio import atomic_dir, atomic_write, write_json
 from llmret.losses.infonce import InfoNCELoss
 from llmret.losses.regularizers import nonzero, regularization, warmup_weight
+from llmret.saved import SavedModel
 
 log = logging.getLogger(__name__)
 
@@ -156,18 +157,54 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    step: int) -> None:
-    """Trainable weights, optimizer, scheduler, RNG and step, in one file written atomically."""
-    state = {"step": step, "model": _trainable_state(model), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "rng": _rng_state()}
-    with atomic_write(folder / "state.pt", "wb") as handle:
-        torch.save(state, handle)
+                    step: int, accelerator: Any) -> None:
+    """The whole training state: trainable weights, optimizer, scheduler, the fp16 loss scaler, and the
+    random state of every process (each rank writes its own), written atomically; ``state.pt`` is
+    written last, after every rank has written, so its presence marks a complete checkpoint."""
+    with atomic_write(folder / f"rng-{accelerator.process_index}.pt", "wb") as handle:
+        torch.save(_rng_state(), handle)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        scaler = getattr(accelerator, "scaler", None)
+        state = {"step": step, "model": _trainable_state(model), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
+                 "world_size": accelerator.num_processes}
+        with atomic_write(folder / "state.pt", "wb") as handle:
+            torch.save(state, handle)
+    accelerator.wait_for_everyone()
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
     """The newest complete checkpoint (one whose state.pt was fully written)."""
     done = [p for p in output_dir.glob("checkpoint-*") if (p / "state.pt").is_file()]
     return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+# Settings that change what is logged or saved, not what is trained: a resume may change them.
+BOOKKEEPING = ("save_steps", "logging_steps", "tensorboard", "output_dir")
+
+
+def settings_changes(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
+    """Names of the settings (``encoder.x`` for nested ones) that differ between two settings dicts."""
+    changed = []
+    for key in sorted(set(saved) | set(now)):
+        if key in BOOKKEEPING and not prefix:
+            continue
+        old, new = saved.get(key), now.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += settings_changes(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changed.append(f"{prefix}{key} ({old!r} -> {new!r})")
+    return changed
+
+
+def _trim_log(path: Path, last_step: int) -> None:
+    """Drop log records after ``last_step`` (written after the checkpoint a resume starts from)."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    with atomic_write(path) as handle:
+        handle.write("".join(f"{line}\n" for line in keep))
 
 
 # ---- the loop ----------------------------------------------------------------------------------------
@@ -195,9 +232,13 @@ def _mixed_precision(choice: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
-def train(settings: TrainSettings, *, resume: bool = False,
+def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
           on_step: Callable[[int, float], None] | None = None) -> Path:
-    """Train and return the folder of the final model (``OUTPUT/final``)."""
+    """Train and return the folder of the final model (``OUTPUT/final``).
+
+    ``resume`` continues from the newest checkpoint; settings that differ from the ones the run
+    started with are an error naming them (``force`` accepts them).
+    """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_linear_schedule_with_warmup
@@ -212,7 +253,18 @@ def train(settings: TrainSettings, *, resume: bool = False,
     if settings.retriever not in ("dense", "sparse"):
         raise ValueError(f"retriever must be dense or sparse, not '{settings.retriever}'")
     sparse = settings.retriever == "sparse"
-    backbone = load_backbone(settings.encoder.model, dtype=DTYPES[settings.encoder.dtype], lm_head=sparse)
+    backbone = load_backbone(settings.encoder.model, dtype=DTYPES[settings.encoder.dtype or "float32"], lm_head=sparse)
+    encoder = (SparseEncoder if sparse else DenseEncoder)(backbone, settings.encoder, accelerator.device)
+    if settings.temperature is None:  # resolved here, so the saved config shows the value used
+        settings.temperature = 1.0 if sparse else 0.02
+    used = {**to_dict(settings), "encoder": {"model": settings.encoder.model, **to_dict(encoder.settings)}}
+    ckpt = latest_checkpoint(out) if resume else None
+    if ckpt is not None and (out / "train_config.yaml").is_file() and not force:
+        changed = settings_changes(yaml.safe_load((out / "train_config.yaml").read_text()) or {}, used)
+        if changed:
+            raise ValueError(f"{out / 'train_config.yaml'}: resuming with other settings than the run started with: "
+                             f"{'; '.join(changed)} (pass --force to accept them)")
+
     model = backbone.model
     if settings.grad_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -227,24 +279,31 @@ def train(settings: TrainSettings, *, resume: bool = False,
     total = settings.max_steps or math.ceil(steps_per_epoch * settings.epochs)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    # The scheduler stays out of accelerator.prepare: prepared, it steps once per process, which is
+    # right only when each process takes its own batches; here every process takes a share of the
+    # same global batch, so the rate must follow the global step (stepped below once per update).
     scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total), total)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    encoder = (SparseEncoder if sparse else DenseEncoder)(backbone, settings.encoder, accelerator.device)
+    model, optimizer = accelerator.prepare(model, optimizer)
     encoder.model = model
-    if settings.temperature is None:  # resolved here, so the saved config shows the value used
-        settings.temperature = 1.0 if sparse else 0.02
     loss_fn = InfoNCELoss(settings.temperature, settings.similarity)
     reg_warmup = int(settings.reg_warmup_ratio * total)
 
     start = 0
-    if resume and (ckpt := latest_checkpoint(out)) is not None:
+    if ckpt is not None:
         state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+        if state.get("world_size", world) != world:
+            raise ValueError(f"{ckpt}: saved by {state['world_size']} processes; resume it with as many (now {world})")
         missing = accelerator.unwrap_model(model).load_state_dict(state["model"], strict=False)
         if missing.unexpected_keys:
             raise ValueError(f"{ckpt}: checkpoint does not match the model ({missing.unexpected_keys[:3]} ...)")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
+        if state.get("scaler") is not None and getattr(accelerator, "scaler", None) is not None:
+            accelerator.scaler.load_state_dict(state["scaler"])
+        rng_file = ckpt / f"rng-{rank}.pt"
+        if not rng_file.is_file():
+            raise ValueError(f"{rng_file}: this process's random state is missing from the checkpoint")
+        _set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
         start = state["step"]
         log.info("resumed from %s at step %d of %d", ckpt, start, total)
     elif resume:
@@ -252,8 +311,9 @@ def train(settings: TrainSettings, *, resume: bool = False,
 
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
+        _trim_log(out / "log.jsonl", start)  # a fresh run starts an empty log; a resumed one drops what followed its checkpoint
         with atomic_write(out / "train_config.yaml") as handle:
-            yaml.safe_dump(to_dict(settings), handle, sort_keys=False)
+            yaml.safe_dump(used, handle, sort_keys=False)
     writer = None
     if settings.tensorboard and accelerator.is_main_process:
         from torch.utils.tensorboard import SummaryWriter
@@ -284,7 +344,8 @@ def train(settings: TrainSettings, *, resume: bool = False,
                 if accelerator.sync_gradients and settings.max_grad_norm:
                     accelerator.clip_grad_norm_(params, settings.max_grad_norm)
                 optimizer.step()
-                scheduler.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
                 optimizer.zero_grad()
             tokens += sum(map(len, q)) + sum(map(len, p))
         done = step + 1
@@ -304,8 +365,9 @@ def train(settings: TrainSettings, *, resume: bool = False,
                         if key != "step":
                             writer.add_scalar(f"train/{key}", val, done)
             tokens, clock = 0, time.perf_counter()
-        if settings.save_steps and done % settings.save_steps == 0 and done < total and accelerator.is_main_process:
-            save_checkpoint(out / f"checkpoint-{done}", accelerator.unwrap_model(model), optimizer, scheduler, done)
+        if settings.save_steps and done % settings.save_steps == 0 and done < total:
+            save_checkpoint(out / f"checkpoint-{done}", accelerator.unwrap_model(model), optimizer, scheduler, done,
+                            accelerator)
         if on_step is not None:
             on_step(done, value)
     bar.close()
@@ -317,10 +379,19 @@ def train(settings: TrainSettings, *, resume: bool = False,
 
 
 def save_final(folder: Path, model: torch.nn.Module, encoder: TextEncoder, settings: TrainSettings) -> None:
-    """The trained model (a peft adapter folder, or a full model) with what llmret needs to load it."""
+    """The trained model (a peft adapter folder, or a full model) with its description (llmret.json).
+
+    A full model over a sentence-transformers folder keeps its Dense head as module files, so the
+    folder encodes as the trained model did.
+    """
+    from llmret import st_folder
+
     with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp)
         encoder.tokenizer.save_pretrained(tmp)
-        write_json(tmp / "llmret.json", {"base_model": settings.encoder.model, "lora": settings.lora,
-                                         "paradigm": encoder.paradigm,
-                                         "model_info": to_dict(encoder.info), "encoder": to_dict(settings.encoder)})
+        if not settings.lora and encoder.head is not None:
+            info = encoder.info
+            st_folder.write(tmp, pooling=info.pooling, normalize=info.normalize, max_length=info.max_length,
+                            dim=int(model.config.hidden_size), lowercase=info.lowercase, head=encoder.head)
+        SavedModel(base_model=settings.encoder.model, paradigm=encoder.paradigm, lora=settings.lora,
+                   model_info=encoder.info, encoder=encoder.settings.explicit()).write(tmp)

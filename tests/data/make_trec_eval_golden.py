@@ -47,11 +47,17 @@ def main(binary: str) -> None:
             trec_qrels.write_text("".join(f"{q} 0 {d} {r}\n" for q, docs in qrels.items() for d, r in docs.items()))
             run_path = Path(tmp) / f"{name}.run"
             write_run(run_path, synthetic_run(qrels, name, limit))
-            values = trec_eval(binary, trec_qrels, run_path, "-mmap", "-mndcg_cut.10", "-mrecall.10,100,1000")
-            rr = trec_eval(binary, trec_qrels, run_path, "-M", "10", "-mrecip_rank")
-            entry = {MEASURES[m]: values[m] for m in MEASURES}
-            entry["RR@10"] = rr["recip_rank"]
-            golden[name] = {"max_queries": limit, "per_query": entry}
+            entries = {}
+            for level in ("1", "2"):  # trec_eval -l: the grade from which binary measures count a document
+                values = trec_eval(binary, trec_qrels, run_path, "-l", level, "-mmap", "-mndcg_cut.10",
+                                   "-mrecall.10,100,1000", "-mrecip_rank", "-mP.10")
+                rr = trec_eval(binary, trec_qrels, run_path, "-l", level, "-M", "10", "-mrecip_rank")
+                entry = {MEASURES[m]: values[m] for m in MEASURES}
+                entry["RR@10"] = rr["recip_rank"]
+                entry["RR"] = values["recip_rank"]
+                entry["P@10"] = values["P_10"]
+                entries[level] = entry
+            golden[name] = {"max_queries": limit, "per_query": entries["1"], "per_query_l2": entries["2"]}
     out = Path(__file__).with_name("trec_eval_golden.json")
     out.write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n")
     print(f"wrote {out}")

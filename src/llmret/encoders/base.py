@@ -9,6 +9,7 @@ batch outputs are stored (:meth:`to_output`, :meth:`stack`).
 from __future__ import annotations
 
 import inspect
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, replace
@@ -19,10 +20,17 @@ import torch
 from tqdm.auto import tqdm
 
 from llmret.backbone import Backbone, ModelInfo, load_backbone
-from llmret.config import EncoderSettings
+from llmret.config import DEFAULTS, EncoderSettings
+
+log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 OVERRIDABLE = ("pooling", "normalize", "append_eos", "add_bos", "bidirectional")
+
+
+def _config(model: torch.nn.Module) -> Any:
+    """The model's config, through a DDP (or other) wrapper that has a ``module``."""
+    return getattr(model, "config", None) or model.module.config
 
 
 def bidirectional_mask(attention_mask: torch.Tensor, config: object) -> torch.Tensor:
@@ -39,81 +47,145 @@ def bidirectional_mask(attention_mask: torch.Tensor, config: object) -> torch.Te
     return keep
 
 
+def position_offset(model: torch.nn.Module) -> int:
+    """Where a model's absolute positions start: ``padding_idx + 1`` for RoBERTa, XLM-R, MPNet,
+    CamemBERT and Longformer (their position table reserves the rows up to the padding index), else 0.
+
+    Read from the position embedding itself, so any architecture built that way is covered.
+    """
+    for name, module in model.named_modules():
+        if name.endswith("position_embeddings") and isinstance(module, torch.nn.Embedding) \
+                and module.padding_idx is not None:
+            return int(module.padding_idx) + 1
+    return 0
+
+
 class TextEncoder(ABC):
-    """Encode queries and passages with one backbone; :class:`DenseEncoder` and :class:`SparseEncoder` mirror it."""
+    """Encode queries and passages with one backbone; :class:`DenseEncoder` and :class:`SparseEncoder` mirror it.
+
+    Settings are resolved in layers, each filling what the ones before leave unset: the settings given
+    (flags, config files), then ``dataset`` (the evaluation rules of the data being searched: lengths,
+    and the dataset's instruction, used only for a model trained with instructions), then the settings
+    a trained model was saved with, then the model folder's own defaults (sentence-transformers
+    prompts), then llmret's defaults. ``self.settings`` holds the result; nothing is left unset but
+    optional limits.
+    """
 
     paradigm: ClassVar[str]
     needs_lm_head: ClassVar[bool] = False
 
-    def __init__(self, backbone: Backbone, settings: EncoderSettings, device: str | torch.device | None = None) -> None:
-        overrides = {k: getattr(settings, k) for k in OVERRIDABLE if getattr(settings, k) is not None}
-        self.info: ModelInfo = replace(self.default_info(backbone.info), **overrides)
-        self.settings = settings
+    def __init__(self, backbone: Backbone, settings: EncoderSettings, device: str | torch.device | None = None,
+                 dataset: dict[str, Any] | None = None) -> None:
+        saved = backbone.saved
+        layers: list[dict[str, Any]] = []
+        if dataset is not None:
+            trained_with_instruction = saved is not None and saved.trained_with_instruction
+            layers.append({**dataset, "instruction": dataset.get("instruction", "") if trained_with_instruction else ""})
+        if saved is not None:
+            layers.append(saved.encoder)
+        layers.append(backbone.model_defaults)
+        self.settings = settings.resolve(*layers)
+        overrides = {k: getattr(self.settings, k) for k in OVERRIDABLE if getattr(self.settings, k) is not None}
+        self.info: ModelInfo = replace(self.default_info(backbone), **overrides)
         self.backbone = backbone
         self.tokenizer = backbone.tokenizer
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = backbone.model.to(self.device)
-        self.passage_max_length = settings.passage_max_length or self.info.max_length
+        self.head = backbone.head.to(self.device) if backbone.head is not None else None
+        self.settings.query_max_length = self._capped("query_max_length", self.settings.query_max_length)
+        self.settings.passage_max_length = self._capped("passage_max_length", self.settings.passage_max_length)
+        self.passage_max_length = self.settings.passage_max_length
         self._takes_position_ids = "position_ids" in inspect.signature(self.model.forward).parameters
+        self._position_offset = position_offset(self.model)
+        eos = self.tokenizer.eos_token_id  # an exported llmret tokenizer appends EOS itself
+        self._tokenizer_adds_eos = eos is not None and self.tokenizer("a")["input_ids"][-1:] == [eos]
+        self.truncated = {"queries": 0, "passages": 0}  # texts cut at their maximum length, since loading
 
-    def default_info(self, info: ModelInfo) -> ModelInfo:
+    def _capped(self, name: str, value: int | None) -> int:
+        """A length within what the model can read (its own maximum when unset)."""
+        limit = self.info.max_length
+        if value is None:
+            return limit
+        if value > limit:
+            log.warning("%s %d is above %s's maximum length %d; using %d", name, value, self.settings.model, limit, limit)
+            return limit
+        return int(value)
+
+    def default_info(self, backbone: Backbone) -> ModelInfo:
         """The backbone's defaults as this paradigm wants them (settings override them afterwards)."""
-        return info
+        return backbone.info
 
     @classmethod
-    def load(cls, settings: EncoderSettings, device: str | None = None) -> TextEncoder:
-        """Load the backbone named in ``settings`` and wrap it.
-
-        A model trained by llmret brings the prefixes and instruction it was trained with; they apply
-        unless ``settings`` sets its own, because a query formatted otherwise than in training loses
-        accuracy silently.
-        """
-        backbone = load_backbone(settings.model, dtype=DTYPES[settings.dtype], lm_head=cls.needs_lm_head)
-        defaults = EncoderSettings()
-        for key in ("query_prefix", "passage_prefix", "instruction", "instruction_template"):
-            if key in backbone.saved_settings and getattr(settings, key) == getattr(defaults, key):
-                setattr(settings, key, backbone.saved_settings[key])
-        return cls(backbone, settings, device)
+    def load(cls, settings: EncoderSettings, device: str | None = None,
+             dataset: dict[str, Any] | None = None) -> TextEncoder:
+        """Load the backbone named in ``settings`` and wrap it (see the class docstring for ``dataset``)."""
+        backbone = load_backbone(settings.model, dtype=DTYPES[settings.dtype or DEFAULTS["dtype"]],
+                                 lm_head=cls.needs_lm_head)
+        return cls(backbone, settings, device, dataset)
 
     def signature(self) -> dict[str, object]:
-        """Everything that determines the vectors: recorded with embeddings and runs."""
-        return {"paradigm": self.paradigm, **asdict(self.settings), **asdict(self.info)}
+        """Everything that determines the vectors, the weights' fingerprint included: recorded with
+        embeddings and runs, and compared before corpus vectors are reused."""
+        settings = {k: v for k, v in asdict(self.settings).items() if k != "batch_size"}
+        return {"paradigm": self.paradigm, "weights": self.backbone.fingerprint, **settings, **asdict(self.info)}
 
     def format_query(self, text: str) -> str:
         """The query as the model sees it: with the task instruction (if any) and the query prefix."""
         s = self.settings
         if s.instruction:
             text = s.instruction_template.format(instruction=s.instruction, query=text)
-        return s.query_prefix + text
+        text = s.query_prefix + text
+        return text.lower() if self.info.lowercase else text
 
     def format_passage(self, text: str) -> str:
-        return self.settings.passage_prefix + text
+        text = self.settings.passage_prefix + text
+        return text.lower() if self.info.lowercase else text
 
     # ---- text -> token ids -----------------------------------------------------------------------
-    def tokenize(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    def tokenize(self, texts: Sequence[str], max_length: int, count: str | None = None) -> list[list[int]]:
         """Token ids with the backbone's special tokens, BOS as configured, and EOS appended if asked.
 
         EOS is appended by hand because many tokenizers (all GGUF ones, Llama's) do not add it, and
-        last-token pooling needs a final token that has attended to the whole text.
+        last-token pooling needs a final token that has attended to the whole text. Texts longer than
+        ``max_length`` are cut (keeping the special tokens) and counted in ``self.truncated[count]``.
         """
         tok = self.tokenizer
-        reserve = 1 if self.info.append_eos else 0
-        ids = tok(list(texts), add_special_tokens=True, truncation=True, max_length=max_length - reserve)["input_ids"]
+        reserve = 1 if self.info.append_eos and not self._tokenizer_adds_eos else 0
+        limit = max_length - reserve
+        texts = list(texts)
+        # One token more than the limit shows which texts are too long without tokenizing them whole.
+        ids = tok(texts, add_special_tokens=True, truncation=True, max_length=limit + 1)["input_ids"]
+        long = [i for i, seq in enumerate(ids) if len(seq) > limit]
+        if long:
+            cut = tok([texts[i] for i in long], add_special_tokens=True, truncation=True, max_length=limit)["input_ids"]
+            for i, seq in zip(long, cut):
+                ids[i] = seq
         bos, eos = tok.bos_token_id, tok.eos_token_id
         if self.info.add_bos is False and bos is not None:
             ids = [seq[1:] if seq and seq[0] == bos else seq for seq in ids]
         elif self.info.add_bos and bos is not None:
-            ids = [seq if seq and seq[0] == bos else [bos, *seq][:max_length - reserve] for seq in ids]
+            for i, seq in enumerate(ids):
+                if not seq or seq[0] != bos:
+                    ids[i] = [bos, *seq][:limit]
+                    if len(seq) == limit and i not in long:
+                        long.append(i)
         if self.info.append_eos:
             ids = [seq if seq and seq[-1] == eos else [*seq, eos] for seq in ids]
+        if count is not None:
+            self.truncated[count] += len(long)
         return ids
 
     def collate(self, batch: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
-        """Pad token id lists into ``input_ids`` and ``attention_mask`` on the tokenizer's padding side."""
+        """Pad token id lists into ``input_ids`` and ``attention_mask``.
+
+        Left padding (the tokenizer's side) is kept only for models that take position ids, which
+        llmret numbers from the first real token; a model that numbers positions itself from the
+        left edge (DistilBERT) or not at all (T5) is padded right, where its own numbering is right.
+        """
         width = max(max(len(seq) for seq in batch), 1)
         input_ids = torch.full((len(batch), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
-        left = self.tokenizer.padding_side == "left"
+        left = self.tokenizer.padding_side == "left" and self._takes_position_ids
         for row, seq in enumerate(batch):
             n = len(seq)
             span = slice(width - n, width) if left else slice(0, n)
@@ -126,9 +198,10 @@ class TextEncoder(ABC):
         kwargs: dict[str, Any] = {"input_ids": input_ids}
         if self._takes_position_ids:
             # Positions count real tokens only, so that left padding does not shift absolute position
-            # embeddings (BERT) and every row starts at position 0 (RoPE models, for exactness).
-            kwargs["position_ids"] = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-        kwargs["attention_mask"] = (bidirectional_mask(attention_mask, self.model.config)
+            # embeddings (BERT) and every row starts at position 0 (RoPE models, for exactness); models
+            # whose table starts after the padding index (RoBERTa family) are offset as they expect.
+            kwargs["position_ids"] = (attention_mask.cumsum(dim=1) - 1).clamp(min=0) + self._position_offset
+        kwargs["attention_mask"] = (bidirectional_mask(attention_mask, _config(self.model))
                                     if self.info.bidirectional else attention_mask)
         return kwargs
 
@@ -150,7 +223,7 @@ class TextEncoder(ABC):
         """Encode texts as queries or passages; row i belongs to ``texts[i]``."""
         fmt = self.format_query if query else self.format_passage
         max_length = self.settings.query_max_length if query else self.passage_max_length
-        ids = self.tokenize([fmt(t) for t in texts], max_length)
+        ids = self.tokenize([fmt(t) for t in texts], max_length, count="queries" if query else "passages")
         order = np.argsort([-len(seq) for seq in ids], kind="stable")
         batch_size = batch_size or self.settings.batch_size
         self.model.eval()

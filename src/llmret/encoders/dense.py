@@ -7,7 +7,7 @@ import torch
 
 from llmret.config import SPARSE_ONLY, EncoderSettings
 from llmret.encoders.base import DTYPES, TextEncoder, bidirectional_mask
-from llmret.encoders.pooling import pool
+from llmret.encoders.pooling import check_pooling, pool
 
 __all__ = ["DTYPES", "DenseEncoder", "bidirectional_mask"]
 
@@ -17,21 +17,27 @@ class DenseEncoder(TextEncoder):
 
     paradigm = "dense"
 
-    def __init__(self, backbone, settings: EncoderSettings, device: str | torch.device | None = None) -> None:
-        defaults = EncoderSettings()
-        changed = [k for k in SPARSE_ONLY if getattr(settings, k) != getattr(defaults, k)]
+    def __init__(self, backbone, settings: EncoderSettings, device: str | torch.device | None = None,  # noqa: ANN001
+                 dataset: dict | None = None) -> None:
+        changed = [k for k in SPARSE_ONLY if getattr(settings, k) is not None]
         if changed:
             raise ValueError(f"setting(s) {', '.join(changed)} apply to sparse encoders only")
-        super().__init__(backbone, settings, device)
+        super().__init__(backbone, settings, device, dataset)
+        check_pooling(self.info.pooling)
 
     @property
     def dim(self) -> int:
-        return int(self.model.config.hidden_size)
+        hidden = int(self.model.config.hidden_size) * len(self.info.pooling.split("+"))
+        if self.head is not None:
+            hidden = int([m for m in self.head.modules() if isinstance(m, torch.nn.Linear)][-1].out_features)
+        return hidden
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Pooled (and optionally L2-normalised) vectors."""
+        """Pooled vectors, through the model's Dense head if it has one, optionally L2-normalised."""
         out = self.model(**self.model_inputs(input_ids, attention_mask))
         vectors = pool(out.last_hidden_state, attention_mask, self.info.pooling)
+        if self.head is not None:
+            vectors = self.head(vectors)
         if self.info.normalize:
             vectors = torch.nn.functional.normalize(vectors.float(), dim=-1)
         return vectors

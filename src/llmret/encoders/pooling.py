@@ -2,11 +2,15 @@
 
 Positions come from the attention mask, never from the padding side: the first real token (CLS)
 under left padding is not position 0, and the last real token under right padding is not position -1.
+The modes are sentence-transformers' (so that its folders are reproduced exactly); several modes
+joined by ``+`` are concatenated in the order given.
 """
 
 from __future__ import annotations
 
 import torch
+
+DENSE_POOLINGS = ("cls", "mean", "last", "max", "weightedmean", "mean_sqrt_len")
 
 
 def first_token_index(mask: torch.Tensor) -> torch.Tensor:
@@ -20,14 +24,31 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     return length - 1 - mask.int().flip(dims=[1]).argmax(dim=1)
 
 
-def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
-    """Pool ``hidden`` [batch, length, dim] under ``mask`` [batch, length] by ``cls``, ``mean`` or ``last``."""
+def check_pooling(how: str) -> None:
+    unknown = [m for m in how.split("+") if m not in DENSE_POOLINGS]
+    if unknown:
+        raise ValueError(f"unknown pooling '{'+'.join(unknown)}' (use {', '.join(DENSE_POOLINGS)}, or several joined by +)")
+
+
+def _pool_one(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     if how == "cls":
         return hidden[rows, first_token_index(mask)]
     if how == "last":
         return hidden[rows, last_token_index(mask)]
-    if how == "mean":
+    if how == "max":
+        return hidden.masked_fill(~mask.bool().unsqueeze(-1), float("-inf")).max(dim=1).values
+    if how == "weightedmean":  # weights 1, 2, 3 ... from the first real token (later tokens count more)
+        weights = (mask.cumsum(dim=1) * mask).to(hidden.dtype).unsqueeze(-1)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+    if how in ("mean", "mean_sqrt_len"):
         weights = mask.to(hidden.dtype).unsqueeze(-1)
-        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-    raise ValueError(f"unknown pooling '{how}' (use cls, mean or last)")
+        count = weights.sum(dim=1).clamp(min=1.0)
+        return (hidden * weights).sum(dim=1) / (count if how == "mean" else count.sqrt())
+    raise ValueError(f"unknown pooling '{how}' (use {', '.join(DENSE_POOLINGS)})")
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """Pool ``hidden`` [batch, length, dim] under ``mask`` [batch, length] by one mode or ``+``-joined modes."""
+    parts = [_pool_one(hidden, mask, mode) for mode in how.split("+")]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from llmret.backbone import ModelInfo
+from llmret.backbone import Backbone, ModelInfo
 from llmret.encoders.base import TextEncoder
 from llmret.encoders.vocab_head import VocabHead, head_detached
 
@@ -42,24 +42,23 @@ class SparseEncoder(TextEncoder):
     paradigm = "sparse"
     needs_lm_head = True
 
-    def __init__(self, backbone, settings, device=None) -> None:  # noqa: ANN001 - as TextEncoder
-        super().__init__(backbone, settings, device)
+    def __init__(self, backbone, settings, device=None, dataset=None) -> None:  # noqa: ANN001 - as TextEncoder
+        super().__init__(backbone, settings, device, dataset)
         if self.info.pooling not in SPARSE_POOLINGS:
             raise ValueError(f"sparse pooling must be one of {', '.join(SPARSE_POOLINGS)}, not '{self.info.pooling}'")
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
         config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
         width = getattr(config, "intermediate_size", None) or 4 * int(config.hidden_size)
-        self.vocab_chunk = settings.vocab_chunk or int(width)
+        self.vocab_chunk = self.settings.vocab_chunk or int(width)
 
-    def default_info(self, info: ModelInfo) -> ModelInfo:
+    def default_info(self, backbone: Backbone) -> ModelInfo:
         """Max pooling, no normalisation, no EOS, and no BOS: an attention sink would dominate every max.
 
-        A model trained sparse by llmret already carries sparse settings (its pooling is max or sum),
-        and keeps them.
+        A model saved sparse by llmret already carries its sparse settings, and keeps them.
         """
-        if info.pooling in SPARSE_POOLINGS:
-            return info
-        return replace(info, pooling="max", normalize=False, append_eos=False, add_bos=False)
+        if backbone.saved is not None and backbone.saved.paradigm == "sparse":
+            return backbone.info
+        return replace(backbone.info, pooling="max", normalize=False, append_eos=False, add_bos=False)
 
     @property
     def dim(self) -> int:
@@ -95,7 +94,7 @@ class SparseEncoder(TextEncoder):
 
     def to_output(self, reps: torch.Tensor, query: bool) -> sp.csr_matrix:
         s = self.settings
-        return sparsify(reps, s.query_top_k if query else s.passage_top_k, s.quantize)
+        return sparsify(reps, (s.query_top_k if query else s.passage_top_k) or None, s.quantize or None)
 
     def stack(self, parts: list[sp.csr_matrix]) -> sp.csr_matrix:
         if not parts:

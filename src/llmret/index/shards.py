@@ -27,6 +27,10 @@ Vectors = np.ndarray | sp.csr_matrix
 
 
 class PassageEncoder(Protocol):
+    """An encoder of passages; ``truncated["passages"]`` counts the passages it cut at its maximum length."""
+
+    truncated: dict[str, int]
+
     def encode_passages(self, texts: list[str], **kwargs: Any) -> Vectors: ...
 
 
@@ -45,6 +49,10 @@ class EmbeddingShards:
     def signature(self) -> dict[str, Any]:
         """The encoder settings the shards were made with."""
         return read_json(self.folder / "meta.json").get("signature", {})
+
+    def truncated(self) -> int:
+        """How many of the encoded texts were cut at the encoder's maximum length."""
+        return sum(read_json(self.folder / "meta.json").get("truncated", {}).values())
 
     def __iter__(self) -> Iterator[tuple[list[str], Vectors]]:
         """Yield ``(ids, vectors)`` per shard; dense vectors are memory-mapped, not read whole."""
@@ -68,11 +76,17 @@ def encode_corpus(encoder: PassageEncoder, corpus: Corpus, folder: str | Path, *
     folder.mkdir(parents=True, exist_ok=True)
     meta_path = folder / "meta.json"
     signature = signature or {}
+    truncated: dict[str, int] = {}
     if meta_path.is_file():
         old = read_json(meta_path)
         if old.get("signature") != signature or old.get("shard_size") != shard_size:
-            raise DataError(meta_path, None, "embeddings here were made with other settings; use another folder")
-    write_json(meta_path, {"signature": signature, "shard_size": shard_size, "complete": False})
+            changed = sorted(k for k in set(old.get("signature", {})) | set(signature)
+                             if old.get("signature", {}).get(k) != signature.get(k))
+            raise DataError(meta_path, None, "embeddings here were made with other settings or weights "
+                                             f"({', '.join(changed) or 'shard_size'}); use another folder")
+        truncated = old.get("truncated", {})
+    meta = {"signature": signature, "shard_size": shard_size, "complete": False, "truncated": truncated}
+    write_json(meta_path, meta)
     count = 0
     for number, docs in enumerate(corpus.batches(shard_size)):
         name = f"shard-{number:05d}"
@@ -81,9 +95,12 @@ def encode_corpus(encoder: PassageEncoder, corpus: Corpus, folder: str | Path, *
                 and read_ids(folder / f"{name}.ids") == ids:
             log.info("%s: already encoded, skipped", name)
         else:
+            before = encoder.truncated["passages"] if hasattr(encoder, "truncated") else 0
             _write_shard(folder, name, ids, encoder.encode_passages([d.full_text() for d in docs], progress=progress))
+            truncated[name] = (encoder.truncated["passages"] if hasattr(encoder, "truncated") else 0) - before
+            write_json(meta_path, meta)  # the count survives a kill, with the shard it belongs to
         count += 1
-    write_json(meta_path, {"signature": signature, "shard_size": shard_size, "complete": True, "shards": count})
+    write_json(meta_path, {**meta, "complete": True, "shards": count})
     return EmbeddingShards(folder)
 
 

@@ -25,7 +25,11 @@ class Retriever(ABC):
         """Settings worth recording next to the run."""
         return {"retriever": self.name}
 
+    def truncation(self) -> dict[str, int]:
+        """Queries and passages cut at a maximum length (none for retrievers that read whole texts)."""
+        return {"queries": 0, "passages": 0}
+
 
 def drop_self_hits(run: Run) -> Run:
-    """Remove a query's own id from its results (ArguAna and Quora put the queries in the corpus)."""
+    """Remove a query's own id from its results (BEIR's convention for every dataset)."""
     return {qid: {d: s for d, s in docs.items() if d != qid} for qid, docs in run.items()}

@@ -31,6 +31,11 @@ class EncoderRetriever(Retriever):
         self.encoder, self.shard_size, self.progress = encoder, shard_size, progress
         self.work_dir = Path(work_dir) if work_dir else None
         self.vector_index: VectorIndex | None = None
+        self.passages_truncated = self.queries_truncated = 0
+
+    def truncation(self) -> dict[str, int]:
+        """Texts cut at the encoder's maximum lengths in the last index() and retrieve()."""
+        return {"queries": self.queries_truncated, "passages": self.passages_truncated}
 
     @abstractmethod
     def build_index(self, shards: EmbeddingShards) -> VectorIndex:
@@ -41,12 +46,15 @@ class EncoderRetriever(Retriever):
             folder = self.work_dir / "embeddings" if self.work_dir else Path(tmp)
             shards = encode_corpus(self.encoder, corpus, folder, shard_size=self.shard_size,
                                    signature=self.encoder.signature(), progress=self.progress)
+            self.passages_truncated = shards.truncated()
             self.vector_index = self.build_index(shards)
 
     def retrieve(self, queries: dict[str, str], k: int = 1000) -> Run:
         if self.vector_index is None:
             raise RuntimeError("call index(corpus) before retrieve()")
         qids = list(queries)
+        before = self.encoder.truncated["queries"]
         vectors = self.encoder.encode_queries([queries[q] for q in qids], progress=self.progress)
+        self.queries_truncated = self.encoder.truncated["queries"] - before
         scores, ids = self.vector_index.search(vectors, k)
         return {qid: dict(zip(row_ids, map(float, row_scores))) for qid, row_ids, row_scores in zip(qids, ids, scores)}
