@@ -248,7 +248,10 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
     out = Path(settings.output_dir)
     accelerator = Accelerator(mixed_precision=_mixed_precision(settings.mixed_precision),
                               gradient_accumulation_steps=settings.grad_accum)
-    set_seed(settings.seed)
+    set_seed(settings.seed, device_specific=True)  # each process draws its own dropout masks
+    if settings.batch_size % accelerator.num_processes:
+        # Every process must run as many forward passes as the others, or DDP's collectives deadlock.
+        raise ValueError(f"batch_size {settings.batch_size} does not split evenly over {accelerator.num_processes} processes")
     examples = load_examples(settings)
     if settings.retriever not in ("dense", "sparse"):
         raise ValueError(f"retriever must be dense or sparse, not '{settings.retriever}'")

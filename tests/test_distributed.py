@@ -1,0 +1,90 @@
+"""Training on several processes (gloo, CPU) behaves as on one: the learning rate follows the global step,
+bidirectional decoders work under DDP, and a killed run resumed on every rank ends bit-identical."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = '''
+import json, sys
+from llmret.config import EncoderSettings
+from llmret.train import TrainSettings, train
+
+spec = json.loads(sys.argv[1])
+encoder = EncoderSettings(**spec.pop("encoder"))
+kill_at = spec.pop("kill_at", None)
+resume = spec.pop("resume", False)
+
+def on_step(step, loss):
+    if step == kill_at:
+        raise KeyboardInterrupt("killed")
+
+train(TrainSettings(encoder=encoder, **spec), resume=resume, on_step=on_step)
+'''
+
+
+def launch(tmp_path: Path, processes: int, spec: dict) -> subprocess.CompletedProcess:
+    script = tmp_path / "run_train.py"
+    script.write_text(SCRIPT)
+    # torchrun starts the processes; accelerate joins them into one gloo group on the CPU.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
+           str(29500 + os.getpid() % 1000), str(script), json.dumps(spec)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def spec_for(model: Path, data: Path, out: Path, **extra: object) -> dict:
+    return {"train_data": str(data), "output_dir": str(out), "batch_size": 4, "group_size": 2, "max_steps": 6,
+            "logging_steps": 1, "save_steps": 2, "lora_r": 4, "lora_dropout": 0.3, "learning_rate": 1e-2,
+            "warmup_ratio": 0.34, "seed": 5, "encoder": {"model": str(model), "query_max_length": 16,
+                                                          "passage_max_length": 24, "bidirectional": True}, **extra}
+
+
+def log_of(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture()
+def train_data(tmp_path: Path) -> Path:
+    from helpers import random_texts
+
+    from llmret.data.training import Passage, TrainExample, write_training
+
+    docs = random_texts(40, seed=11, min_words=6)
+    examples = [TrainExample(f"q{i}", " ".join(docs[i].split()[:3]), [Passage(f"d{i}", docs[i])],
+                             [Passage(f"d{j}", docs[j]) for j in ((i + 1) % 40, (i + 7) % 40)]) for i in range(40)]
+    write_training(tmp_path / "train.jsonl", examples)
+    return tmp_path / "train.jsonl"
+
+
+def test_two_processes_follow_the_single_process_schedule_and_resume_exactly(
+        tiny_llama: Path, train_data: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    one = launch(tmp_path, 1, spec_for(tiny_llama, train_data, tmp_path / "one"))
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = launch(tmp_path, 2, spec_for(tiny_llama, train_data, tmp_path / "two"))
+    assert two.returncode == 0, two.stderr[-3000:]
+    lr_one = [r["lr"] for r in log_of(tmp_path / "one")]
+    lr_two = [r["lr"] for r in log_of(tmp_path / "two")]
+    assert len(lr_one) == 6 and lr_two == pytest.approx(lr_one, rel=1e-9)  # warm-up 2 steps, then linear to 0
+    assert lr_one[1] > lr_one[0] and lr_one[-1] == 0.0
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoint-4").iterdir()) == ["rng-0.pt", "rng-1.pt", "state.pt"]
+
+    killed = launch(tmp_path, 2, spec_for(tiny_llama, train_data, tmp_path / "resumed", kill_at=5))
+    assert killed.returncode != 0 and not (tmp_path / "resumed" / "final").exists()
+    resumed = launch(tmp_path, 2, spec_for(tiny_llama, train_data, tmp_path / "resumed", resume=True))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [r["step"] for r in log_of(tmp_path / "resumed")] == [1, 2, 3, 4, 5, 6]  # each step once
+    a = load_file(tmp_path / "two" / "final" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "resumed" / "final" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and a
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
