@@ -6,6 +6,7 @@ best of ``--repeats``. The compute limit is 2 x non-embedding parameters x token
 throughput measured here in the same run (fp32 and bf16).
 
     python benchmarks/encode.py [--models minilm-l6 smollm2-135m] [--passages 128] [--batch-size 32]
+    python benchmarks/encode.py --smoke      # tiny random models, seconds: checks that it runs
 """
 
 from __future__ import annotations
@@ -95,11 +96,19 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true", help="tiny random models and texts (seconds)")
     args = parser.parse_args()
 
-    corpus = Corpus.from_beir(builtin.task_folder("code", "test") / "corpus.jsonl")
-    texts = [doc.full_text() for _, doc in zip(range(args.passages), corpus)]
-    fp32, bf16 = gemm_flops(torch.float32), gemm_flops(torch.bfloat16)
+    if args.smoke:
+        from smoke import texts as smoke_texts, tiny_model
+
+        args.models, args.batch_size, args.max_length, args.repeats = [tiny_model("bert"), tiny_model("llama")], 8, 32, 1
+        texts = smoke_texts(16)
+    else:
+        corpus = Corpus.from_beir(builtin.task_folder("code", "test") / "corpus.jsonl")
+        texts = [doc.full_text() for _, doc in zip(range(args.passages), corpus)]
+    budget = 0.05 if args.smoke else 1.0
+    fp32, bf16 = gemm_flops(torch.float32, budget_s=budget), gemm_flops(torch.bfloat16, budget_s=budget)
     print(f"GEMM throughput on this machine ({torch.get_num_threads()} threads): "
           f"fp32 {fp32 / 1e9:.1f} GFLOP/s, bf16 {bf16 / 1e9:.1f} GFLOP/s")
     rows = []

@@ -13,6 +13,7 @@ same passages densely, sparsely with llmret's chunked head, and sparsely the tex
 [batch, length, vocab] logits); each in a fresh process, peak resident memory above the loaded model.
 
     python benchmarks/sparse.py [--docs 100000] [--vocab 151936] [--batch-size 32] [--length 256]
+    python benchmarks/sparse.py --smoke      # a tiny random model, seconds: checks that it runs
 """
 
 from __future__ import annotations
@@ -29,11 +30,17 @@ import numpy as np
 import scipy.sparse as sp
 
 
-def real_vectors(passages: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+def real_vectors(passages: int, smoke: bool = False) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     """splade-tiny encodings of built-in passages and queries (the statistics to match)."""
     from llmret.config import EncoderSettings
-    from llmret.data import builtin
     from llmret.encoders.sparse import SparseEncoder
+
+    if smoke:
+        from smoke import texts as smoke_texts, tiny_model
+
+        encoder = SparseEncoder.load(EncoderSettings(model=tiny_model("bert"), passage_max_length=32), "cpu")
+        return encoder.encode_passages(smoke_texts(passages)), encoder.encode_queries(smoke_texts(20, seed=1, words=6))
+    from llmret.data import builtin
     from llmret.registry import load
 
     builtin.builtin_root()
@@ -177,14 +184,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--length", type=int, default=256)
     parser.add_argument("--memory-mode", help=argparse.SUPPRESS)
+    parser.add_argument("--smoke", action="store_true", help="a tiny random model and small sizes (seconds)")
     args = parser.parse_args()
+    if args.smoke and not args.memory_mode:
+        args.docs, args.passages, args.vocab, args.batch_size, args.length = 300, 40, 2000, 2, 16
     if args.memory_mode:
         print(json.dumps(measure_memory(args.memory_mode, args.vocab, args.batch_size, args.length)))
         return
 
     from llmret.report import format_table
 
-    real_docs, queries = real_vectors(args.passages)
+    real_docs, queries = real_vectors(args.passages, args.smoke)
     docs = synthetic_corpus(real_docs, args.docs)
     print(f"corpus: {docs.shape[0]} vectors over {docs.shape[1]} terms, {docs.nnz / docs.shape[0]:.1f} non-zero per "
           f"document (real: {real_docs.nnz / real_docs.shape[0]:.1f}); {queries.shape[0]} real queries, "

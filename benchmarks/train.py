@@ -9,6 +9,7 @@ printed is the usual 2 x non-embedding parameters x tokens for the forward plus 
 the adapted layers, over the GEMM throughput measured in this run.
 
     python benchmarks/train.py [--steps 3] [--batch-size 8] [--group-size 2] [--lora-layers 8] [--query-max-length 128]
+    python benchmarks/train.py --smoke       # a tiny random model, seconds: checks that it runs
 """
 
 from __future__ import annotations
@@ -37,18 +38,30 @@ def main() -> None:
     parser.add_argument("--lora-layers", type=int, default=8)
     parser.add_argument("--query-max-length", type=int, default=128)  # sentence-transformers has one max length
     parser.add_argument("--passage-max-length", type=int, default=128)
+    parser.add_argument("--smoke", action="store_true", help="a tiny random model and texts (seconds)")
     args = parser.parse_args()
 
     from llmret.encoders.dense import DenseEncoder
     from llmret.losses.infonce import InfoNCELoss
 
-    folder = builtin.task_folder("code", "train")
-    examples = read_training(folder / "train.jsonl", Corpus.from_beir(folder / "corpus.jsonl"))
+    if args.smoke:
+        from smoke import texts, tiny_model
+
+        from llmret.data.training import Passage, TrainExample
+
+        args.model, args.steps, args.batch_size, args.lora_layers = tiny_model("llama"), 1, 4, 1
+        args.query_max_length = args.passage_max_length = 24
+        docs = texts(3 * (args.steps + 1) * args.batch_size, seed=1)
+        examples = [TrainExample(f"q{i}", " ".join(d.split()[:3]), [Passage(f"d{i}", d)],
+                                 [Passage(f"d{i + 1}", docs[(i + 1) % len(docs)])]) for i, d in enumerate(docs)]
+    else:
+        folder = builtin.task_folder("code", "train")
+        examples = read_training(folder / "train.jsonl", Corpus.from_beir(folder / "corpus.jsonl"))
     enc_settings = EncoderSettings(model=args.model, query_max_length=args.query_max_length,
                                    passage_max_length=args.passage_max_length)
     settings = TrainSettings(encoder=enc_settings, batch_size=args.batch_size, group_size=args.group_size,
-                             lora_layers=args.lora_layers)
-    flops = gemm_flops(torch.float32)
+                             lora_layers=args.lora_layers, temperature=0.02)  # the dense default, stated
+    flops = gemm_flops(torch.float32, budget_s=0.05 if args.smoke else 1.0)
     print(f"GEMM fp32: {flops / 1e9:.1f} GFLOP/s")
 
     # ---- llmret

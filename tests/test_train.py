@@ -111,18 +111,6 @@ def test_training_moves_the_loss_and_export_loads_back(tiny_llama: Path, train_f
     assert not np.allclose(base.encode_passages(texts), adapter.encode_passages(texts), atol=1e-3)
 
 
-def test_export_loads_in_sentence_transformers(tiny_bert: Path, train_file: Path, tmp_path: Path) -> None:
-    from sentence_transformers import SentenceTransformer
-
-    final = train(settings_for(tiny_bert, train_file, tmp_path / "run", max_steps=2, save_steps=0,
-                               encoder=EncoderSettings(model=str(tiny_bert), pooling="mean", passage_max_length=32)))
-    exported = export_model(str(final), tmp_path / "exported")
-    texts = random_texts(6, seed=5)
-    ours = DenseEncoder.load(EncoderSettings(model=str(exported)), "cpu").encode_passages(texts)
-    theirs = SentenceTransformer(str(exported), device="cpu").encode(texts, normalize_embeddings=False)
-    np.testing.assert_allclose(ours, theirs, atol=1e-5)
-
-
 def test_train_cli_with_yaml_config(tiny_llama: Path, train_file: Path, tmp_path: Path,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     from llmret.cli import main

@@ -204,9 +204,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from llmret.pipeline import evaluate_retriever
     from llmret.registry import load
 
+    from llmret.evaluate import parse_measures
+
     data, rules = load(args.data, args.split, args.rules)
     if args.exclude_self:
         rules = replace(rules, exclude_self=True)
+    parse_measures(args.measures or rules.measures, rules.relevance_level)  # a bad name fails before any work
     retriever = build_retriever(args, rules)
     out = Path(args.out) if args.out else Path("results") / f"{data.name}-{retriever.name}"
     result = evaluate_retriever(retriever, data, out, name=args.name, k=args.k, rules=rules, measures=args.measures)

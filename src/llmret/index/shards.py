@@ -66,11 +66,13 @@ class EmbeddingShards:
 
 
 def encode_corpus(encoder: PassageEncoder, corpus: Corpus, folder: str | Path, *, shard_size: int = 50_000,
-                  signature: dict[str, Any] | None = None, progress: bool = True) -> EmbeddingShards:
+                  signature: dict[str, Any] | None = None, progress: bool = True,
+                  replace_stale: bool = False) -> EmbeddingShards:
     """Encode ``corpus`` into shards under ``folder``, resuming from the shards already there.
 
-    ``signature`` (the encoder settings) is stored in meta.json; a folder made with other settings is
-    refused rather than silently mixed.
+    ``signature`` (the encoder settings and the weights' fingerprint) is stored in meta.json. A folder
+    made with another signature is never mixed with new vectors: it is refused, or, with
+    ``replace_stale`` (a retriever's own cache folder), its shards are deleted and the corpus re-encoded.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -79,7 +81,13 @@ def encode_corpus(encoder: PassageEncoder, corpus: Corpus, folder: str | Path, *
     truncated: dict[str, int] = {}
     if meta_path.is_file():
         old = read_json(meta_path)
-        if old.get("signature") != signature or old.get("shard_size") != shard_size:
+        stale = old.get("signature") != signature or old.get("shard_size") != shard_size
+        if stale and replace_stale:
+            log.info("%s: made with other settings or weights; encoding again", folder)
+            for item in folder.glob("shard-*"):
+                item.unlink()
+            old = {}
+        elif stale:
             changed = sorted(k for k in set(old.get("signature", {})) | set(signature)
                              if old.get("signature", {}).get(k) != signature.get(k))
             raise DataError(meta_path, None, "embeddings here were made with other settings or weights "

@@ -45,7 +45,7 @@ class EncoderRetriever(Retriever):
         with tempfile.TemporaryDirectory() as tmp:
             folder = self.work_dir / "embeddings" if self.work_dir else Path(tmp)
             shards = encode_corpus(self.encoder, corpus, folder, shard_size=self.shard_size,
-                                   signature=self.encoder.signature(), progress=self.progress)
+                                   signature=self.encoder.signature(), progress=self.progress, replace_stale=True)
             self.passages_truncated = shards.truncated()
             self.vector_index = self.build_index(shards)
 

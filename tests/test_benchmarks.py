@@ -1,0 +1,22 @@
+"""Every benchmark runs at its --smoke size (tiny random models, seconds), so none can silently break."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.mark.parametrize("script, expect", [("encode.py", "speed ratio"), ("train.py", "sentence-transformers"),
+                                            ("sparse.py", "sparse-full-logits")])
+def test_benchmark_smoke_run(script: str, expect: str) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, script, "--smoke"], cwd=BENCHMARKS, capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert expect in done.stdout
