@@ -10,6 +10,7 @@ from llmret.config import EncoderSettings
 from llmret.data import Corpus, load_dataset
 from llmret.encoders.dense import DenseEncoder
 from llmret.pipeline import evaluate_retriever
+from llmret.registry import rules_for
 from llmret.retrievers import DenseRetriever
 
 pytestmark = pytest.mark.slow
@@ -21,7 +22,7 @@ def minilm() -> DenseEncoder:
 
 
 def test_zoo_lists_every_entry() -> None:
-    assert set(zoo.ZOO) == {"smollm2-135m", "gemma3-270m", "minilm-l6", "splade-tiny"}
+    assert set(zoo.ZOO) == {"smollm2-135m", "gemma3-270m", "minilm-l6", "splade-tiny", "mpnet-base"}
     with pytest.raises(KeyError, match="known: smollm2-135m"):
         zoo.get("nope")
 
@@ -37,9 +38,27 @@ def test_minilm_agrees_with_sentence_transformers(minilm: DenseEncoder) -> None:
     np.testing.assert_allclose(ours, reference, atol=2e-5)
 
 
-def test_minilm_reproduces_published_scifact(minilm: DenseEncoder, tmp_path) -> None:
-    result = evaluate_retriever(DenseRetriever(minilm, progress=False), load_dataset(SCIFACT, "test"), tmp_path)
+def test_minilm_reproduces_published_scifact(tmp_path) -> None:
+    rules = rules_for(SCIFACT)  # BEIR's conventions, as llmret evaluate applies them
+    minilm = DenseEncoder.load(EncoderSettings(model="minilm-l6", batch_size=64), "cpu", rules.encoder_layer())
+    result = evaluate_retriever(DenseRetriever(minilm, progress=False), load_dataset(SCIFACT, "test"), tmp_path,
+                                rules=rules)
     assert abs(100 * result.evaluation.aggregate["nDCG@10"] - 64.51) < 0.3  # MTEB's published figure
+
+
+def test_mpnet_agrees_with_sentence_transformers() -> None:
+    """all-mpnet-base-v2 numbers positions from padding_idx + 1; any other numbering moves its vectors."""
+    from sentence_transformers import SentenceTransformer
+
+    encoder = DenseEncoder.load(EncoderSettings(model="mpnet-base", batch_size=16), device="cpu")
+    assert (encoder.info.kind, encoder.info.pooling, encoder.info.normalize, encoder.info.max_length) == \
+        ("encoder", "mean", True, 384)
+    texts = [doc.full_text() for _, doc in zip(range(48), Corpus.from_beir(SCIFACT / "corpus.jsonl.gz"))]
+    texts += ["short", "A two-word text.", "heart disease"]
+    reference = SentenceTransformer(str(zoo.get("mpnet-base").locate().folder), device="cpu").encode(texts, batch_size=16)
+    for side in ("left", "right"):
+        encoder.tokenizer.padding_side = side
+        np.testing.assert_allclose(encoder.encode_passages(texts), reference, atol=2e-5)
 
 
 def test_smollm2_from_gguf_pools_its_appended_eos() -> None:
@@ -60,10 +79,12 @@ def test_splade_tiny_on_scifact_exact_and_seismic_agree(tmp_path) -> None:
     from llmret.encoders.sparse import SparseEncoder
     from llmret.retrievers import SparseRetriever
 
-    data = load_dataset(SCIFACT, "test")
-    encoder = SparseEncoder.load(EncoderSettings(model="splade-tiny", passage_max_length=256, batch_size=64), "cpu")
-    exact = evaluate_retriever(SparseRetriever(encoder, tmp_path, progress=False), data, k=100)
-    seismic = evaluate_retriever(SparseRetriever(encoder, tmp_path, index="seismic", progress=False), data, k=100)
+    data, rules = load_dataset(SCIFACT, "test"), rules_for(SCIFACT)
+    encoder = SparseEncoder.load(EncoderSettings(model="splade-tiny", passage_max_length=256, batch_size=64), "cpu",
+                                 rules.encoder_layer())
+    exact = evaluate_retriever(SparseRetriever(encoder, tmp_path, progress=False), data, k=100, rules=rules)
+    seismic = evaluate_retriever(SparseRetriever(encoder, tmp_path, index="seismic", progress=False), data, k=100,
+                                 rules=rules)
     assert exact.evaluation.aggregate["nDCG@10"] > 0.60  # 64.66 at 512 tokens; BM25 is 67.62
     top = {q: set(list(docs)[:10]) for q, docs in exact.run.items()}
     recall = np.mean([len(top[q] & set(list(seismic.run[q])[:10])) / max(1, len(top[q])) for q in top])

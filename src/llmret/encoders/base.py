@@ -92,8 +92,9 @@ class TextEncoder(ABC):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = backbone.model.to(self.device)
         self.head = backbone.head.to(self.device) if backbone.head is not None else None
-        self.settings.query_max_length = self._capped("query_max_length", self.settings.query_max_length)
-        self.settings.passage_max_length = self._capped("passage_max_length", self.settings.passage_max_length)
+        explicit = settings.explicit()
+        for name in ("query_max_length", "passage_max_length"):
+            setattr(self.settings, name, self._capped(name, getattr(self.settings, name), name in explicit))
         self.passage_max_length = self.settings.passage_max_length
         self._takes_position_ids = "position_ids" in inspect.signature(self.model.forward).parameters
         self._position_offset = position_offset(self.model)
@@ -101,13 +102,15 @@ class TextEncoder(ABC):
         self._tokenizer_adds_eos = eos is not None and self.tokenizer("a")["input_ids"][-1:] == [eos]
         self.truncated = {"queries": 0, "passages": 0}  # texts cut at their maximum length, since loading
 
-    def _capped(self, name: str, value: int | None) -> int:
-        """A length within what the model can read (its own maximum when unset)."""
+    def _capped(self, name: str, value: int | None, explicit: bool) -> int:
+        """A length within what the model can read (its own maximum when unset); a cap on a length the
+        user asked for is logged (a dataset's lengths are capped quietly, as MTEB does)."""
         limit = self.info.max_length
         if value is None:
             return limit
         if value > limit:
-            log.warning("%s %d is above %s's maximum length %d; using %d", name, value, self.settings.model, limit, limit)
+            if explicit:
+                log.warning("%s %d is above %s's maximum length %d; using %d", name, value, self.settings.model, limit, limit)
             return limit
         return int(value)
 
