@@ -95,3 +95,15 @@ def make_tiny_model(folder: Path, kind: str = "llama", seed: int = 0) -> Path:
 def random_texts(n: int, seed: int, min_words: int = 3, max_words: int = 30) -> list[str]:
     rng = random.Random(seed)
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words))) for _ in range(n)]
+
+
+def write_training_file(path: Path, n: int, shifts: tuple[int, ...] = (5,)) -> Path:
+    """A Tevatron JSONL of ``n`` queries (each its document's first words), one positive and a negative
+    ``shift`` documents further on for each of ``shifts``."""
+    from llmret.data.training import Passage, TrainExample, write_training
+
+    docs = random_texts(n, seed=11, min_words=6)
+    examples = [TrainExample(f"q{i}", " ".join(docs[i].split()[:3]), [Passage(f"d{i}", docs[i])],
+                             [Passage(f"d{(i + k) % n}", docs[(i + k) % n]) for k in shifts]) for i in range(n)]
+    write_training(path, examples)
+    return path

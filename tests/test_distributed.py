@@ -53,15 +53,9 @@ def log_of(out: Path) -> list[dict]:
 
 @pytest.fixture()
 def train_data(tmp_path: Path) -> Path:
-    from helpers import random_texts
+    from helpers import write_training_file
 
-    from llmret.data.training import Passage, TrainExample, write_training
-
-    docs = random_texts(40, seed=11, min_words=6)
-    examples = [TrainExample(f"q{i}", " ".join(docs[i].split()[:3]), [Passage(f"d{i}", docs[i])],
-                             [Passage(f"d{j}", docs[j]) for j in ((i + 1) % 40, (i + 7) % 40)]) for i in range(40)]
-    write_training(tmp_path / "train.jsonl", examples)
-    return tmp_path / "train.jsonl"
+    return write_training_file(tmp_path / "train.jsonl", 40, (1, 7))
 
 
 def test_two_processes_follow_the_single_process_schedule_and_resume_exactly(

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import random_texts
+from helpers import random_texts, write_training_file
 
 from llmret.config import EncoderSettings
-from llmret.data.training import Passage, TrainExample, write_training
 from llmret.encoders.dense import DenseEncoder
 from llmret.encoders.sparse import SparseEncoder
 from llmret.export import export_model
@@ -19,12 +18,7 @@ from llmret.train import TrainSettings, train
 
 @pytest.fixture(scope="module")
 def train_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("train")
-    docs = random_texts(16, seed=11, min_words=6)
-    examples = [TrainExample(f"q{i}", " ".join(docs[i].split()[:3]), [Passage(f"d{i}", docs[i])],
-                             [Passage(f"d{(i + 5) % 16}", docs[(i + 5) % 16])]) for i in range(16)]
-    write_training(folder / "train.jsonl", examples)
-    return folder / "train.jsonl"
+    return write_training_file(tmp_path_factory.mktemp("train") / "train.jsonl", 16)
 
 
 def trained(model: Path, data: Path, out: Path, retriever: str = "dense", **encoder: object) -> Path:

@@ -73,6 +73,9 @@ def _config(family: str, vocab: int):
         "bert": lambda: tf.BertConfig(vocab_size=vocab, max_position_embeddings=64, **SMALL),
         "roberta": lambda: tf.RobertaConfig(vocab_size=vocab, max_position_embeddings=66, **SMALL, **roberta_ids),
         "xlm-roberta": lambda: tf.XLMRobertaConfig(vocab_size=vocab, max_position_embeddings=66, **SMALL, **roberta_ids),
+        "camembert": lambda: tf.CamembertConfig(vocab_size=vocab, max_position_embeddings=66, **SMALL, **roberta_ids),
+        "longformer": lambda: tf.LongformerConfig(vocab_size=vocab, max_position_embeddings=66, attention_window=4,
+                                                  **SMALL, **roberta_ids),
         "mpnet": lambda: tf.MPNetConfig(vocab_size=vocab, max_position_embeddings=66, **SMALL, **roberta_ids),
         "distilbert": lambda: tf.DistilBertConfig(vocab_size=vocab, dim=32, hidden_dim=64, n_layers=2, n_heads=4,
                                                   max_position_embeddings=64, pad_token_id=0),
@@ -101,6 +104,7 @@ def _config(family: str, vocab: int):
 FAMILIES = {  # family -> (tokenizer, kind, default pooling)
     "bert": (BERT_TOK, "encoder", "cls"), "roberta": (ROBERTA_TOK, "encoder", "cls"),
     "xlm-roberta": (ROBERTA_TOK, "encoder", "cls"), "mpnet": (ROBERTA_TOK, "encoder", "cls"),
+    "camembert": (ROBERTA_TOK, "encoder", "cls"), "longformer": (ROBERTA_TOK, "encoder", "cls"),
     "distilbert": (BERT_TOK, "encoder", "cls"), "albert": (BERT_TOK, "encoder", "cls"),
     "electra": (BERT_TOK, "encoder", "cls"), "deberta-v2": (BERT_TOK, "encoder", "cls"),
     "modernbert": (BERT_TOK, "encoder", "cls"), "t5": (T5_TOK, "encoder", "mean"),

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import make_tiny_model, random_texts, write_beir_folder
+from helpers import make_tiny_model, random_texts, write_beir_folder, write_training_file
 
 from llmret.backbone import load_backbone
 from llmret.config import EncoderSettings
 from llmret.data import load_dataset
-from llmret.data.training import Passage, TrainExample, write_training
 from llmret.encoders.dense import DenseEncoder
 from llmret.encoders.sparse import SparseEncoder
 from llmret.pipeline import evaluate_retriever
@@ -24,12 +23,7 @@ from llmret.train import TrainSettings, train
 
 @pytest.fixture(scope="module")
 def train_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("train")
-    docs = random_texts(24, seed=11, min_words=6)
-    examples = [TrainExample(f"q{i}", " ".join(docs[i].split()[:3]), [Passage(f"d{i}", docs[i])],
-                             [Passage(f"d{(i + 5) % 24}", docs[(i + 5) % 24])]) for i in range(24)]
-    write_training(folder / "train.jsonl", examples)
-    return folder / "train.jsonl"
+    return write_training_file(tmp_path_factory.mktemp("train") / "train.jsonl", 24)
 
 
 def quick_train(model: Path, data: Path, out: Path, retriever: str = "dense", **encoder: object) -> Path:

@@ -36,7 +36,7 @@ from llmret.data.training import TrainExample
 from llmret.encoders.base import DTYPES, TextEncoder
 from llmret.encoders.dense import DenseEncoder
 from llmret.encoders.sparse import SparseEncoder
-from llmret.fileio import atomic_dir, atomic_write, write_json
+from llmret.fileio import atomic_dir, atomic_write
 from llmret.losses.infonce import InfoNCELoss
 from llmret.losses.regularizers import nonzero, regularization, warmup_weight
 from llmret.saved import SavedModel
