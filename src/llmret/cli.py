@@ -126,7 +126,10 @@ def cmd_encode(args: argparse.Namespace) -> int:
         qids = list(data.queries)
         save_vectors(out / "queries", qids, encoder.encode_queries([data.queries[q] for q in qids], progress=True),
                      signature=encoder.signature())
-    print(f"embeddings written to {out}")
+    if any(encoder.truncated.values()):
+        log.warning("%d queries and %d passages encoded now were longer than their maximum length and were cut",
+                    encoder.truncated["queries"], encoder.truncated["passages"])
+    print(f"embeddings written to {out} (rules: {rules.convention})")
     return 0
 
 

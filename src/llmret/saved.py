@@ -47,6 +47,8 @@ class SavedModel:
         data = read_json(path)
         if not isinstance(data, dict) or "base_model" not in data:
             raise DataError(path, None, "not an llmret model description (no 'base_model')")
+        if data.get("adaptation") == "mntp":  # the layout llmret 0.1 wrote for MNTP folders
+            data["adaptation"] = {"mntp": data.pop("mntp", {})}
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
             raise DataError(path, None, f"unknown key(s) {', '.join(unknown)}")

@@ -104,6 +104,9 @@ def _dense(folder: Path) -> Dense:
             config.get("module_output_name") not in (None, "sentence_embedding"):
         raise DataError(where, None, "Dense modules reading or writing other features than the sentence embedding "
                                      "are not supported by llmret")
+    missing = [k for k in ("in_features", "out_features") if k not in config]
+    if missing:
+        raise DataError(where, None, f"Dense config lacks {', '.join(missing)}")
     linear = torch.nn.Linear(int(config["in_features"]), int(config["out_features"]), bias=bool(config.get("bias", True)))
     weights = _load_weights(folder)
     linear.load_state_dict({k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith("linear.")})
@@ -151,6 +154,8 @@ def read(folder: Path) -> SentenceTransformersFolder | None:
             normalize = True
         elif name == "Dropout":
             continue  # the identity at inference
+        elif name == "Transformer":
+            raise DataError(modules_file, None, f"module {position} is a second Transformer; llmret reads one, first")
         else:
             raise DataError(modules_file, None, f"module {position} ('{entry.get('type')}') cannot be reproduced by llmret "
                                                 "(it reads Transformer, Pooling, Dense, Dropout and a final Normalize)")
@@ -187,7 +192,8 @@ def write(folder: Path, *, pooling: str, normalize: bool, max_length: int, dim: 
     for layer in head or []:
         index = len(modules)
         path = f"{index}_Dense"
-        assert isinstance(layer, Dense)
+        if not isinstance(layer, Dense):
+            raise TypeError(f"cannot write {type(layer).__name__} as a sentence-transformers module")
         linear = layer.linear
         residual = layer.residual
         write_json(folder / path / "config.json", {
