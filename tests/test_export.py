@@ -61,3 +61,5 @@ def test_sparse_export_keeps_the_head_and_the_settings(tiny_bert: Path, train_fi
     assert plain.settings.logit_scale == 0.5 and not (exported / "adapter_config.json").exists()
     np.testing.assert_allclose(plain.encode_passages(texts).toarray(), adapter.toarray(), atol=1e-5)
     assert "Learned-sparse retriever" in (exported / "README.md").read_text()
+    with pytest.raises(ValueError, match="was trained as a sparse retriever; load it with --retriever sparse"):
+        DenseEncoder.load(EncoderSettings(model=str(exported)), "cpu")

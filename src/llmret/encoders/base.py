@@ -13,6 +13,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 
 from llmret.backbone import Backbone, ModelInfo, load_backbone
 from llmret.config import DEFAULTS, EncoderSettings
+from llmret.saved import SavedModel
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,9 @@ class TextEncoder(ABC):
     def __init__(self, backbone: Backbone, settings: EncoderSettings, device: str | torch.device | None = None,
                  dataset: dict[str, Any] | None = None) -> None:
         saved = backbone.saved
+        if saved is not None and not saved.adaptation and saved.paradigm != self.paradigm:
+            raise ValueError(f"{backbone.source} was trained as a {saved.paradigm} retriever; "
+                             f"load it with --retriever {saved.paradigm}")
         layers: list[dict[str, Any]] = []
         if dataset is not None:
             trained_with_instruction = saved is not None and saved.trained_with_instruction
@@ -122,8 +127,10 @@ class TextEncoder(ABC):
     def load(cls, settings: EncoderSettings, device: str | None = None,
              dataset: dict[str, Any] | None = None) -> TextEncoder:
         """Load the backbone named in ``settings`` and wrap it (see the class docstring for ``dataset``)."""
-        backbone = load_backbone(settings.model, dtype=DTYPES[settings.dtype or DEFAULTS["dtype"]],
-                                 lm_head=cls.needs_lm_head)
+        folder = Path(settings.model).expanduser()
+        saved = SavedModel.read(folder) if folder.is_dir() else None  # its dtype decides how the weights load
+        dtype = settings.dtype or (saved.encoder.get("dtype") if saved else None) or DEFAULTS["dtype"]
+        backbone = load_backbone(settings.model, dtype=DTYPES[dtype], lm_head=cls.needs_lm_head)
         return cls(backbone, settings, device, dataset)
 
     def signature(self) -> dict[str, object]:
