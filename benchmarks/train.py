@@ -76,7 +76,7 @@ def main() -> None:
     ours, ours_tokens = [], 0
     for step, idx in enumerate(batches):
         start = time.perf_counter()
-        q, p = make_batch(encoder, examples, idx, 0, settings)
+        q, p, _ = make_batch(encoder, examples, idx, 0, settings)
         loss = loss_fn(forward_sorted(encoder, q, args.batch_size), forward_sorted(encoder, p, args.batch_size))
         loss.backward()
         optimizer.step()

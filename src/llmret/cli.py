@@ -72,7 +72,9 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_rules_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rules", choices=["beir", "msmarco-dev", "trec-dl", "builtin", "plain"],
+    from llmret.registry import CONVENTIONS
+
+    p.add_argument("--rules", choices=list(CONVENTIONS),
                    help="evaluation convention (default: from the data folder's name; see the README)")
 
 
@@ -169,10 +171,8 @@ def _score_run_file(args: argparse.Namespace) -> int:
 
     from llmret.data.qrels import read_qrels
     from llmret.data.trec import read_run
-    from llmret.evaluate import evaluate
     from llmret.fileio import write_json
     from llmret.registry import resolve_folder, rules_for, rules_for_qrels
-    from llmret.retrievers.base import drop_self_hits
 
     if args.data:
         folder = resolve_folder(args.data, args.split)
@@ -184,10 +184,7 @@ def _score_run_file(args: argparse.Namespace) -> int:
         raise SystemExit("--run needs --qrels or --data")
     if args.exclude_self:
         rules = replace(rules, exclude_self=True)
-    run = read_run(args.run)
-    if rules.exclude_self:
-        run = drop_self_hits(run)
-    evaluation = evaluate(read_qrels(qrels_path), run, args.measures or rules.measures, rules.relevance_level)
+    evaluation = rules.evaluate(read_qrels(qrels_path), read_run(args.run), args.measures)
     if args.out:
         write_json(Path(args.out) / "metrics.json", {"run": args.run, **evaluation.to_json()})
         write_json(Path(args.out) / "settings.json", {"run": args.run, "qrels": str(qrels_path), "rules": rules.describe()})
@@ -261,13 +258,9 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     print(f"fused run written to {args.out}")
     if args.qrels:
         from llmret.data.qrels import read_qrels
-        from llmret.evaluate import evaluate
         from llmret.registry import rules_for_qrels
-        from llmret.retrievers.base import drop_self_hits
 
-        rules = rules_for_qrels(args.qrels, args.rules)
-        scored = drop_self_hits(run) if rules.exclude_self else run
-        evaluation = evaluate(read_qrels(args.qrels), scored, args.measures or rules.measures, rules.relevance_level)
+        evaluation = rules_for_qrels(args.qrels, args.rules).evaluate(read_qrels(args.qrels), run, args.measures)
         _print_result(f"fused ({args.method})", evaluation.aggregate)
     return 0
 
@@ -449,6 +442,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--group-size", dest="group_size", type=int)
     p.add_argument("--temperature", type=float)
+    p.add_argument("--objective", choices=["cl", "kd", "cl+kd", "marginmse"],
+                   help="cl: InfoNCE (default); kd: listwise KL from teacher scores; cl+kd: both; marginmse")
+    p.add_argument("--kd-weight", dest="kd_weight", type=float, help="cl+kd: share of the KL part (default 0.5)")
+    p.add_argument("--kd-student-temperature", dest="kd_student_temperature", type=float)
+    p.add_argument("--kd-teacher-temperature", dest="kd_teacher_temperature", type=float)
     p.add_argument("--epochs", type=float)
     p.add_argument("--max-steps", dest="max_steps", type=int)
     p.add_argument("--max-queries", dest="max_queries", type=int)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from llmret.data.dataset import RetrievalData
 from llmret.data.trec import Run, write_run
-from llmret.evaluate import Evaluation, evaluate
+from llmret.evaluate import Evaluation
 from llmret.fileio import write_json
 from llmret.registry import CONVENTIONS, DatasetRules
-from llmret.retrievers.base import Retriever, drop_self_hits
+from llmret.retrievers.base import Retriever
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,9 @@ def evaluate_retriever(retriever: Retriever, data: RetrievalData, out_dir: str |
     start = time.perf_counter()
     retriever.index(data.corpus)
     indexed = time.perf_counter()
-    run = retriever.retrieve(data.queries, k=k + 1 if rules.exclude_self else k)
-    if rules.exclude_self:
-        run = drop_self_hits(run)
+    run = rules.apply(retriever.retrieve(data.queries, k=k + 1 if rules.exclude_self else k))
     searched = time.perf_counter()
-    evaluation = evaluate(data.qrels, run, measures or rules.measures, rules.relevance_level)
+    evaluation = rules.evaluate(data.qrels, run, measures)
     result = EvalResult(name, evaluation, run, indexed - start, searched - indexed)
     truncated = retriever.truncation()
     if any(truncated.values()):

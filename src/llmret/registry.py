@@ -20,13 +20,16 @@ Conventions are found by the data folder's name (``dl19``, ``trec-dl-2020``, ``d
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from llmret.data import builtin
 from llmret.data.dataset import RetrievalData, load_dataset
-from llmret.evaluate import DEFAULT_MEASURES
+from llmret.data.qrels import Qrels
+from llmret.data.trec import Run
+from llmret.evaluate import DEFAULT_MEASURES, Evaluation, evaluate
 from llmret.fileio import read_json
 
 
@@ -49,6 +52,17 @@ class DatasetRules:
 
     def describe(self) -> dict[str, Any]:
         return asdict(self)
+
+    def apply(self, run: Run) -> Run:
+        """The run as these rules score it: without each query's own id if they drop it."""
+        if not self.exclude_self:
+            return run
+        return {qid: {d: s for d, s in docs.items() if d != qid} for qid, docs in run.items()}
+
+    def evaluate(self, qrels: Qrels, run: Run, measures: Sequence[str] | None = None) -> Evaluation:
+        """Score ``run`` by these rules: own ids dropped if they say so, binary measures at their
+        relevance level, their measures unless ``measures`` names others."""
+        return evaluate(qrels, self.apply(run), measures or self.measures, self.relevance_level)
 
 
 CONVENTIONS: dict[str, DatasetRules] = {

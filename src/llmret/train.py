@@ -32,12 +32,14 @@ from tqdm.auto import tqdm
 
 from llmret.config import EncoderSettings, from_dict, to_dict
 from llmret.data.sampling import epoch_order, sample_group
-from llmret.data.training import TrainExample
+from llmret.data.training import TrainExample, require_teacher_scores
 from llmret.encoders.base import DTYPES, TextEncoder
 from llmret.encoders.dense import DenseEncoder
 from llmret.encoders.sparse import SparseEncoder
 from llmret.fileio import atomic_dir, atomic_write
 from llmret.losses.infonce import InfoNCELoss
+from llmret.losses.kd import ListwiseKDLoss
+from llmret.losses.objective import Objective
 from llmret.losses.regularizers import nonzero, regularization, warmup_weight
 from llmret.saved import SavedModel
 
@@ -65,6 +67,13 @@ class TrainSettings:
     batch_size: int = 128  # queries per micro-batch; in-batch negatives come from these
     group_size: int = 8  # 1 positive + 7 hard negatives
     temperature: float | None = None  # None: 0.02 for dense (cosine), 1.0 for sparse (raw dot products)
+    # cl: InfoNCE; kd: listwise KL from teacher scores; cl+kd: (1 - kd_weight) InfoNCE + kd_weight KL
+    # (Lion's (InfoNCE + KL) / 2 at 0.5); marginmse: MarginMSE. Every objective but cl needs a teacher
+    # 'score' on every training passage.
+    objective: str = "cl"
+    kd_weight: float = 0.5
+    kd_student_temperature: float = 1.0  # distillation temperatures, not the contrastive one
+    kd_teacher_temperature: float = 1.0
     similarity: str = "dot"
     epochs: float = 1.0
     max_steps: int | None = None
@@ -114,13 +123,16 @@ def load_examples(settings: TrainSettings) -> list[TrainExample]:
 
 
 def make_batch(encoder: TextEncoder, examples: list[TrainExample], indexes: list[int], epoch: int,
-               settings: TrainSettings) -> tuple[list[list[int]], list[list[int]]]:
-    """Token ids of the queries and of their passage groups (positive first)."""
+               settings: TrainSettings) -> tuple[list[list[int]], list[list[int]], torch.Tensor | None]:
+    """Token ids of the queries and of their passage groups (positive first), and the teacher's scores
+    of each group [queries, group] when every passage has one (else None)."""
     queries = [encoder.format_query(examples[i].query) for i in indexes]
-    passages = [encoder.format_passage(p.full_text()) for i in indexes
-                for p in sample_group(examples, i, epoch, settings.seed, settings.group_size)]
+    groups = [sample_group(examples, i, epoch, settings.seed, settings.group_size) for i in indexes]
+    passages = [encoder.format_passage(p.full_text()) for group in groups for p in group]
+    scored = all(p.score is not None for group in groups for p in group)
+    teacher = torch.tensor([[p.score for p in group] for group in groups]) if scored and groups else None
     return (encoder.tokenize(queries, encoder.settings.query_max_length),
-            encoder.tokenize(passages, encoder.passage_max_length))
+            encoder.tokenize(passages, encoder.passage_max_length), teacher)
 
 
 def forward_sorted(encoder: TextEncoder, ids: list[list[int]], chunk: int) -> torch.Tensor:
@@ -253,6 +265,8 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
         # Every process must run as many forward passes as the others, or DDP's collectives deadlock.
         raise ValueError(f"batch_size {settings.batch_size} does not split evenly over {accelerator.num_processes} processes")
     examples = load_examples(settings)
+    if settings.objective != "cl":
+        require_teacher_scores(examples, f"objective '{settings.objective}'")  # before the model loads
     if settings.retriever not in ("dense", "sparse"):
         raise ValueError(f"retriever must be dense or sparse, not '{settings.retriever}'")
     sparse = settings.retriever == "sparse"
@@ -288,7 +302,9 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
     scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total), total)
     model, optimizer = accelerator.prepare(model, optimizer)
     encoder.model = model
-    loss_fn = InfoNCELoss(settings.temperature, settings.similarity)
+    objective = Objective(settings.objective, InfoNCELoss(settings.temperature, settings.similarity),
+                          ListwiseKDLoss(settings.kd_student_temperature, settings.kd_teacher_temperature),
+                          settings.kd_weight)
     reg_warmup = int(settings.reg_warmup_ratio * total)
 
     start = 0
@@ -333,15 +349,16 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
         for a in range(settings.grad_accum):
             begin = (within * settings.grad_accum + a) * micro
             indexes = order[begin:begin + micro][rank::world]  # each process its share of the batch
-            q, p = make_batch(encoder, examples, indexes, epoch, settings)
+            q, p, teacher = make_batch(encoder, examples, indexes, epoch, settings)
             with accelerator.accumulate(model):
                 q_reps, p_reps = forward_sorted(encoder, q, micro), forward_sorted(encoder, p, micro)
-                loss = loss_fn(q_reps, p_reps)
+                parts = objective(q_reps, p_reps, teacher)
+                loss = parts.pop("loss")
+                stats = {f"{name}_loss": float(value.detach()) for name, value in parts.items()}
                 if sparse:
                     reg = warmup_weight(settings.query_reg_weight, step, reg_warmup) * regularization(q_reps, settings.regularizer) \
                         + warmup_weight(settings.passage_reg_weight, step, reg_warmup) * regularization(p_reps, settings.regularizer)
-                    stats = {"ranking_loss": float(loss.detach()), "reg_loss": float(reg.detach()),
-                             "q_nonzero": nonzero(q_reps), "p_nonzero": nonzero(p_reps)}
+                    stats |= {"reg_loss": float(reg.detach()), "q_nonzero": nonzero(q_reps), "p_nonzero": nonzero(p_reps)}
                     loss = loss + reg
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and settings.max_grad_norm:

@@ -38,6 +38,19 @@ class TrainExample:
     query: str
     positives: list[Passage]
     negatives: list[Passage] = field(default_factory=list)
+    source: str | None = None  # "file:line" it was read from, for errors found later (e.g. a missing score)
+
+
+def require_teacher_scores(examples: list[TrainExample], what: str) -> None:
+    """Every passage must carry a teacher score (distillation) and every query a hard negative."""
+    for example in examples:
+        where = example.source or f"query '{example.query_id}'"
+        unscored = [p.docid for p in example.positives + example.negatives if p.score is None]
+        if unscored:
+            raise DataError(None, None, f"{where}: {what} needs a teacher 'score' on every passage; "
+                                        f"'{unscored[0]}' has none (add them with a teacher first)")
+        if not example.negatives:
+            raise DataError(None, None, f"{where}: {what} needs scored hard negatives; query '{example.query_id}' has none")
 
 
 def _passages(obj: dict[str, Any], kind: str, path: Path, line: int) -> list[Passage]:
@@ -75,7 +88,7 @@ def read_training(path: str | Path, corpus: Corpus | None = None) -> list[TrainE
         pos = _passages(obj, "positive", path, line)
         if not pos:
             raise DataError(path, line, f"query '{qid}' has no positive passage")
-        examples.append(TrainExample(qid, query, pos, _passages(obj, "negative", path, line)))
+        examples.append(TrainExample(qid, query, pos, _passages(obj, "negative", path, line), f"{path}:{line}"))
         lines.append(line)
     if not examples:
         raise DataError(path, None, "no training examples found")

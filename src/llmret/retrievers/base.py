@@ -29,7 +29,3 @@ class Retriever(ABC):
         """Queries and passages cut at a maximum length (none for retrievers that read whole texts)."""
         return {"queries": 0, "passages": 0}
 
-
-def drop_self_hits(run: Run) -> Run:
-    """Remove a query's own id from its results (BEIR's convention for every dataset)."""
-    return {qid: {d: s for d, s in docs.items() if d != qid} for qid, docs in run.items()}
