@@ -38,7 +38,7 @@ class TrainExample:
     query: str
     positives: list[Passage]
     negatives: list[Passage] = field(default_factory=list)
-    source: str | None = None  # "file:line" it was read from, for errors found later (e.g. a missing score)
+    source: str | None = field(default=None, compare=False)  # "file:line" it was read from, for later errors
 
 
 def require_teacher_scores(examples: list[TrainExample], what: str) -> None:
