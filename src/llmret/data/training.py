@@ -44,13 +44,13 @@ class TrainExample:
 def require_teacher_scores(examples: list[TrainExample], what: str) -> None:
     """Every passage must carry a teacher score (distillation) and every query a hard negative."""
     for example in examples:
-        where = example.source or f"query '{example.query_id}'"
+        where = example.source or f"query '{example.query_id}'"  # DataError's own form, path:line
         unscored = [p.docid for p in example.positives + example.negatives if p.score is None]
         if unscored:
-            raise DataError(None, None, f"{where}: {what} needs a teacher 'score' on every passage; "
-                                        f"'{unscored[0]}' has none (add them with a teacher first)")
+            raise DataError(where, None, f"{what} needs a teacher 'score' on every passage; "
+                                         f"'{unscored[0]}' has none (add them with a teacher first)")
         if not example.negatives:
-            raise DataError(None, None, f"{where}: {what} needs scored hard negatives; query '{example.query_id}' has none")
+            raise DataError(where, None, f"{what} needs scored hard negatives; query '{example.query_id}' has none")
 
 
 def _passages(obj: dict[str, Any], kind: str, path: Path, line: int) -> list[Passage]:
