@@ -97,13 +97,19 @@ def random_texts(n: int, seed: int, min_words: int = 3, max_words: int = 30) -> 
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words))) for _ in range(n)]
 
 
-def write_training_file(path: Path, n: int, shifts: tuple[int, ...] = (5,)) -> Path:
+def write_training_file(path: Path, n: int, shifts: tuple[int, ...] = (5,), scored: bool = False) -> Path:
     """A Tevatron JSONL of ``n`` queries (each its document's first words), one positive and a negative
-    ``shift`` documents further on for each of ``shifts``."""
+    ``shift`` documents further on for each of ``shifts``; ``scored``: with made-up teacher scores."""
     from llmret.data.training import Passage, TrainExample, write_training
 
     docs = random_texts(n, seed=11, min_words=6)
-    examples = [TrainExample(f"q{i}", " ".join(docs[i].split()[:3]), [Passage(f"d{i}", docs[i])],
-                             [Passage(f"d{(i + k) % n}", docs[(i + k) % n]) for k in shifts]) for i in range(n)]
+    rng = random.Random(5)
+
+    def score() -> float | None:
+        return round(rng.uniform(-3, 3), 3) if scored else None
+
+    examples = [TrainExample(f"q{i}", " ".join(docs[i].split()[:3]), [Passage(f"d{i}", docs[i], score=score())],
+                             [Passage(f"d{(i + k) % n}", docs[(i + k) % n], score=score()) for k in shifts])
+                for i in range(n)]
     write_training(path, examples)
     return path

@@ -82,3 +82,31 @@ def test_two_processes_follow_the_single_process_schedule_and_resume_exactly(
     assert a.keys() == b.keys() and a
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("retriever,extra", [("dense", {"objective": "cl+kd", "grad_cache": True, "chunk_size": 2}),
+                                             ("sparse", {})])
+def test_two_processes_train_the_single_process_adapter(tiny_llama: Path, tmp_path: Path, retriever: str,
+                                                        extra: dict) -> None:
+    """Negatives (and FLOPS sums) are gathered over processes, so without dropout two processes sharing a
+    batch take exactly the single-process steps: InfoNCE + KD through GradCache (DDP reduction skipped
+    for all chunks but the last), and sparse InfoNCE + FLOPS."""
+    from safetensors.torch import load_file
+
+    from helpers import write_training_file
+
+    data = write_training_file(tmp_path / "scored.jsonl", 24, (1, 7), scored=True)
+    adapters = []
+    for processes in (1, 2):
+        out = tmp_path / f"{retriever}-{processes}"
+        spec = spec_for(tiny_llama, data, out, retriever=retriever, lora_dropout=0.0, max_steps=3, save_steps=0,
+                        **extra)
+        done = launch(tmp_path, processes, spec)
+        assert done.returncode == 0, done.stderr[-3000:]
+        adapters.append(load_file(out / "final" / "adapter_model.safetensors"))
+    one, two = adapters
+    moved = 0
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-6, msg=key)
+        moved += int(one[key].abs().sum() > 0)
+    assert moved == len(one)  # lora_B left zero would make equality trivial

@@ -4,6 +4,7 @@ the library, so everything here is also reachable from Python."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from dataclasses import fields
@@ -16,10 +17,12 @@ log = logging.getLogger("llmret")
 
 
 # ---- shared argument groups ----------------------------------------------------------------------
-def _add_encoder_args(p: argparse.ArgumentParser) -> None:
+def _add_encoder_args(p: argparse.ArgumentParser, training: bool = False) -> None:
+    """Encoder flags; ``training``: under ``train``, where --config and --batch-size are training ones."""
     g = p.add_argument_group("encoder (defaults come from the model; --config FILE may set them too)")
     g.add_argument("--model", help="zoo name, model folder, .gguf file or hub id")
-    g.add_argument("--config", help="YAML/JSON file with encoder settings (keys as the flags, with _)")
+    if not training:
+        g.add_argument("--config", help="YAML/JSON file with encoder settings (keys as the flags, with _)")
     g.add_argument("--pooling", choices=["cls", "mean", "last", "max", "sum"], help="dense: cls, mean, last; sparse: max, sum")
     g.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--append-eos", action=argparse.BooleanOptionalAction, default=None)
@@ -32,7 +35,8 @@ def _add_encoder_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--instruction-template", help="default: 'Instruct: {instruction}\\nQuery: {query}'")
     g.add_argument("--query-max-length", type=int)
     g.add_argument("--passage-max-length", type=int)
-    g.add_argument("--batch-size", type=int)
+    if not training:
+        g.add_argument("--batch-size", type=int)
     g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     g = p.add_argument_group("sparse encoder (with --retriever sparse)")
     g.add_argument("--logit-scale", type=float, help="multiply vocabulary logits before log(1 + ReLU)")
@@ -40,6 +44,29 @@ def _add_encoder_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--passage-top-k", type=int, help="keep a passage's k largest term weights")
     g.add_argument("--quantize", type=int, help="round weights to multiples of 1/N (e.g. 100)")
     g.add_argument("--vocab-chunk", type=int, help="vocabulary rows projected at once (default: the MLP width)")
+
+
+def _add_settings_args(p: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One flag per field of settings dataclass ``cls`` (``a_b`` -> ``--a-b``), typed and helped from the
+    field itself, so a setting is declared once. Every default is None: unset flags leave the config's
+    (or the dataclass's) value alone."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if f.name in skip or dataclasses.is_dataclass(hints[f.name]):
+            continue
+        kind = hints[f.name]
+        args = [a for a in typing.get_args(kind) if a is not type(None)] or [kind]
+        flag, extra = f"--{f.name.replace('_', '-')}", {"dest": f.name, "default": None, "help": f.metadata.get("help")}
+        if "choices" in f.metadata:
+            extra["choices"] = list(f.metadata["choices"])
+        if args[0] is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **extra)
+        elif typing.get_origin(args[0]) is list:
+            p.add_argument(flag, nargs="+", type=typing.get_args(args[0])[0], **extra)
+        else:
+            p.add_argument(flag, type=args[0], **extra)
 
 
 def encoder_settings(args: argparse.Namespace) -> EncoderSettings:
@@ -201,10 +228,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return _score_run_file(args)
     if not args.data:
         raise SystemExit("evaluate needs --data (or --run with --qrels)")
+    from llmret.evaluate import parse_measures
     from llmret.pipeline import evaluate_retriever
     from llmret.registry import load
-
-    from llmret.evaluate import parse_measures
 
     data, rules = load(args.data, args.split, args.rules)
     if args.exclude_self:
@@ -306,18 +332,57 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     data = load_config(args.config) if args.config else {}
     settings = TrainSettings.from_dict(data, args.config)
-    for key, value in vars(args).items():
-        if value is not None and hasattr(settings, key) and key not in ("encoder", "config"):
-            setattr(settings, key, value)
-    if args.model:
-        settings.encoder.model = args.model
-    for key in ("pooling", "query_prefix", "passage_prefix", "instruction", "query_max_length",
-                "passage_max_length", "dtype", "bidirectional"):
-        if getattr(args, key) is not None:
-            setattr(settings.encoder, key, getattr(args, key))
+    for f in fields(TrainSettings):
+        if getattr(args, f.name, None) is not None and f.name != "encoder":
+            setattr(settings, f.name, getattr(args, f.name))
+    for f in fields(EncoderSettings):
+        if f.name != "batch_size" and getattr(args, f.name, None) is not None:
+            setattr(settings.encoder, f.name, getattr(args, f.name))
     final = train(settings, resume=args.resume, force=args.force)
     print(f"trained model in {final}")
     return 0
+
+
+def cmd_annotate(args: argparse.Namespace) -> int:
+    from llmret.annotate import annotate
+    from llmret.data.corpus import Corpus
+    from llmret.teachers import load_teacher
+
+    teacher = load_teacher(args.teacher, prompt=args.prompt, max_length=args.max_length)
+    corpus = Corpus.from_file(args.corpus) if args.corpus else None
+    out = annotate(args.input, args.out, teacher, corpus=corpus, batch_size=args.batch_size, by_id=args.by_id)
+    print(f"scored by {teacher.name}: {out}")
+    return 0
+
+
+def cmd_mine(args: argparse.Namespace) -> int:
+    from llmret.data.dataset import load_dataset
+    from llmret.data.training import write_training
+    from llmret.data.trec import read_run
+    from llmret.mining import MiningSettings, mine
+    from llmret.registry import resolve_folder
+    from llmret.teachers import load_teacher
+
+    data = load_dataset(resolve_folder(args.data, args.split), args.split)
+    teacher = load_teacher(args.teacher, prompt=args.prompt, max_length=args.max_length) if args.teacher else None
+    settings = MiningSettings(args.depth[0], args.depth[1], args.count, args.margin, args.max_teacher_score)
+    examples, stats = mine(data, read_run(args.run), settings, teacher, args.batch_size)
+    if not examples:
+        raise ValueError(f"{args.data}: no query of split '{args.split}' has a judged positive")
+    write_training(args.out, examples, by_id=args.by_id, extra={"teacher": teacher.name} if teacher else None)
+    for what, n in sorted(stats.items()):
+        print(f"  {what}: {n}")
+    print(f"{len(examples)} training queries written to {args.out}")
+    return 0
+
+
+def _add_teacher_args(p: argparse.ArgumentParser) -> None:
+    from llmret.teachers import DEFAULT_PROMPT
+
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="judge teachers: prompt with {query} and {passage}")
+    p.add_argument("--max-length", type=int, default=512, help="tokens of a (query, passage) pair")
+    p.add_argument("--batch-size", type=int, default=32, help="pairs scored at once")
+    p.add_argument("--by-id", action="store_true", help="passages as ids (and scores) only; train with --corpus")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -430,43 +495,36 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="fine-tune a dense or sparse retriever (LoRA + InfoNCE by default)")
     p.add_argument("--config", help="YAML/JSON training config (keys of TrainSettings; encoder: a mapping)")
-    p.add_argument("--retriever", choices=["dense", "sparse"], help="what to train (default dense)")
-    p.add_argument("--train-data", dest="train_data", help="Tevatron JSONL, BEIR folder or builtin:TASK")
-    p.add_argument("--corpus", help="corpus resolving passages given by id")
-    p.add_argument("--output-dir", dest="output_dir")
-    p.add_argument("--model", help="backbone: zoo name, folder, .gguf or hub id")
-    p.add_argument("--lora", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--lora-r", dest="lora_r", type=int)
-    p.add_argument("--lora-layers", dest="lora_layers", type=int)
-    p.add_argument("--learning-rate", dest="learning_rate", type=float)
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--group-size", dest="group_size", type=int)
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--objective", choices=["cl", "kd", "cl+kd", "marginmse"],
-                   help="cl: InfoNCE (default); kd: listwise KL from teacher scores; cl+kd: both; marginmse")
-    p.add_argument("--kd-weight", dest="kd_weight", type=float, help="cl+kd: share of the KL part (default 0.5)")
-    p.add_argument("--kd-student-temperature", dest="kd_student_temperature", type=float)
-    p.add_argument("--kd-teacher-temperature", dest="kd_teacher_temperature", type=float)
-    p.add_argument("--epochs", type=float)
-    p.add_argument("--max-steps", dest="max_steps", type=int)
-    p.add_argument("--max-queries", dest="max_queries", type=int)
-    p.add_argument("--grad-accum", dest="grad_accum", type=int)
-    p.add_argument("--grad-checkpointing", dest="grad_checkpointing", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--save-steps", dest="save_steps", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--regularizer", choices=["flops", "l1"], help="sparse: sparsity regulariser (default flops)")
-    p.add_argument("--query-reg-weight", dest="query_reg_weight", type=float, help="sparse: default 0.05")
-    p.add_argument("--passage-reg-weight", dest="passage_reg_weight", type=float, help="sparse: default 0.04")
-    p.add_argument("--reg-warmup-ratio", dest="reg_warmup_ratio", type=float, help="sparse: quadratic warm-up share")
-    p.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=None)
+    from llmret.train import TrainSettings
+
+    _add_settings_args(p, TrainSettings)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
     p.add_argument("--force", action="store_true", help="with --resume: accept settings that differ from the run's")
-    for flag in ("--pooling", "--query-prefix", "--passage-prefix", "--instruction", "--dtype"):
-        p.add_argument(flag)
-    p.add_argument("--query-max-length", type=int)
-    p.add_argument("--passage-max-length", type=int)
+    _add_encoder_args(p, training=True)
     p.set_defaults(func=cmd_train)
+
+    teachers = "cross-encoder:MODEL, judge:MODEL (a causal LM), dense:MODEL or sparse:MODEL"
+    p = sub.add_parser("annotate", help="add a teacher's score to every passage of a training file (resumable)")
+    p.add_argument("--input", required=True, help="Tevatron JSONL training file")
+    p.add_argument("--corpus", help="corpus resolving passages given by id")
+    p.add_argument("--teacher", required=True, help=teachers)
+    p.add_argument("--out", required=True, help="scored JSONL (OUT.partial while running; rerun to continue)")
+    _add_teacher_args(p)
+    p.set_defaults(func=cmd_annotate)
+
+    p = sub.add_parser("mine", help="hard negatives from a run, without likely false negatives")
+    p.add_argument("--run", required=True, help="TREC run over the training queries (BM25 or a trained retriever)")
+    p.add_argument("--data", required=True, help="BEIR folder (or builtin:TASK) with the queries and judgments")
+    p.add_argument("--split", default="train")
+    p.add_argument("--out", required=True, help="Tevatron JSONL training file to write")
+    p.add_argument("--depth", nargs=2, type=int, default=[0, 100], metavar=("FROM", "TO"),
+                   help="candidates are ranks FROM..TO-1 (0-based)")
+    p.add_argument("--count", type=int, default=20, help="negatives kept per query")
+    p.add_argument("--teacher", help=f"scores candidates and positives: {teachers}")
+    p.add_argument("--margin", type=float, help="drop candidates scored above (weakest positive - MARGIN)")
+    p.add_argument("--max-teacher-score", type=float, help="drop candidates the teacher scores above this")
+    _add_teacher_args(p)
+    p.set_defaults(func=cmd_mine)
 
     p = sub.add_parser("export", help="merge LoRA and save a plain transformers folder with a model card")
     p.add_argument("--model", required=True, help="trained model folder (e.g. runs/train/final)")

@@ -31,7 +31,6 @@ from llmret.cache import cache_dir
 from llmret.data.corpus import Corpus, Document
 from llmret.data.dataset import RetrievalData, write_queries
 from llmret.data.qrels import write_qrels
-from llmret.data.negatives import mine_bm25_negatives
 from llmret.data.training import write_training
 from llmret.fileio import atomic_dir, read_json, write_json
 
@@ -159,6 +158,10 @@ def _checksum(root: Path) -> str:
 
 def build(root: Path) -> dict[str, object]:
     """Build every task and split under ``root`` and return the manifest."""
+    # The training split ships BM25-mined negatives; mining runs a retriever, which data/ must not
+    # import at module level (retrievers depend on data), hence here.
+    from llmret.mining import mine_bm25_negatives
+
     items = _deduplicate(_extract())
     counts: dict[str, dict[str, dict[str, int]]] = {}
     for task in TASKS:

@@ -114,8 +114,8 @@ def resolve_passages(examples: list[TrainExample], corpus: Corpus | None, path: 
     return examples
 
 
-def write_training(path: str | Path, examples: list[TrainExample], *, by_id: bool = False) -> None:
-    """Write Tevatron JSONL; with ``by_id`` passages carry only ids (and scores) to keep the file small."""
+def example_json(example: TrainExample, *, by_id: bool = False) -> dict[str, Any]:
+    """One Tevatron JSONL row; with ``by_id`` passages carry only ids (and scores) to keep files small."""
 
     def dump(p: Passage) -> dict[str, Any]:
         obj: dict[str, Any] = {"docid": p.docid} if by_id else {"docid": p.docid, "title": p.title, "text": p.text}
@@ -123,12 +123,14 @@ def write_training(path: str | Path, examples: list[TrainExample], *, by_id: boo
             obj["score"] = p.score
         return obj
 
+    return {"query_id": example.query_id, "query": example.query,
+            "positive_passages": [dump(p) for p in example.positives],
+            "negative_passages": [dump(p) for p in example.negatives]}
+
+
+def write_training(path: str | Path, examples: list[TrainExample], *, by_id: bool = False,
+                   extra: dict[str, Any] | None = None) -> None:
+    """Write Tevatron JSONL atomically; ``extra`` keys (e.g. the teacher's name) go on every row."""
     with atomic_write(path) as handle:
         for ex in examples:
-            row = {
-                "query_id": ex.query_id,
-                "query": ex.query,
-                "positive_passages": [dump(p) for p in ex.positives],
-                "negative_passages": [dump(p) for p in ex.negatives],
-            }
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            handle.write(json.dumps({**example_json(ex, by_id=by_id), **(extra or {})}, ensure_ascii=False) + "\n")

@@ -13,22 +13,10 @@ makes the averaged gradient exactly that of the single-process loss on the whole
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
+
+from llmret.distributed import global_sum, scale_for_ddp
 
 REGULARIZERS = ("flops", "l1")
-
-
-def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _global_sum(local: torch.Tensor) -> torch.Tensor:
-    """Sum of ``local`` over processes; the gradient flows into this process's part only."""
-    if _world() == 1:
-        return local
-    total = local.detach().clone()
-    dist.all_reduce(total)
-    return local + (total - local.detach())
 
 
 def regularization(reps: torch.Tensor, kind: str = "flops") -> torch.Tensor:
@@ -36,13 +24,12 @@ def regularization(reps: torch.Tensor, kind: str = "flops") -> torch.Tensor:
     if kind not in REGULARIZERS:
         raise ValueError(f"regularizer must be one of {', '.join(REGULARIZERS)}, not '{kind}'")
     reps = reps.float()
-    count = _global_sum(torch.tensor(float(reps.shape[0]), device=reps.device))
+    count = global_sum(torch.tensor(float(reps.shape[0]), device=reps.device))
     if kind == "l1":
-        value = _global_sum(reps.abs().sum()) / count
+        value = global_sum(reps.abs().sum()) / count
     else:
-        value = ((_global_sum(reps.abs().sum(dim=0)) / count) ** 2).sum()
-    world = _world()
-    return world * value - (world - 1) * value.detach()  # value unchanged, gradient x world (see above)
+        value = ((global_sum(reps.abs().sum(dim=0)) / count) ** 2).sum()
+    return scale_for_ddp(value)  # value unchanged, gradient x world (see above)
 
 
 def warmup_weight(weight: float, step: int, warmup_steps: int) -> float:

@@ -1,0 +1,108 @@
+"""``llmret mine``: hard negatives from a run (BM25 or any trained retriever), without likely false negatives.
+
+For each judged query, candidates are the run's documents ranked within a window (skipping the top
+ranks avoids unjudged relevant documents, which crowd the very top of good runs), judged positives
+are skipped, and candidates that look relevant are dropped as likely false negatives:
+
+- ``max_teacher_score``: a teacher scores every candidate; those scoring above it are dropped;
+- ``margin``: candidates scored above (weakest positive's score - margin) are dropped; scores come
+  from the teacher when there is one, else from the run (a query none of whose positives the run
+  retrieved then cannot be filtered this way; it is counted and reported).
+
+With a teacher the output carries its scores on every passage (positives included), ready for
+distillation. Mining lives outside ``llmret.data`` because it runs retrievers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+from llmret.data.dataset import RetrievalData
+from llmret.data.training import Passage, TrainExample, resolve_passages
+from llmret.data.trec import Run, ranked
+from llmret.teachers import Teacher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MiningSettings:
+    depth_from: int = 0  # first rank taken (0-based), as ranks [depth_from, depth_to)
+    depth_to: int = 100
+    count: int = 20  # negatives kept per query
+    margin: float | None = None
+    max_teacher_score: float | None = None
+
+
+def mine(data: RetrievalData, run: Run, settings: MiningSettings, teacher: Teacher | None = None,
+         batch_size: int = 32) -> tuple[list[TrainExample], Counter[str]]:
+    """Training examples (passages with text) and counts of what was dropped and why."""
+    if not 0 <= settings.depth_from < settings.depth_to:
+        raise ValueError(f"rank window [{settings.depth_from}, {settings.depth_to}) is empty")
+    if settings.max_teacher_score is not None and teacher is None:
+        raise ValueError("max_teacher_score needs a teacher")
+    stats: Counter[str] = Counter()
+    examples = []
+    for qid, query in data.queries.items():
+        judged = data.qrels.get(qid, {})
+        positives = [Passage(d) for d, rel in judged.items() if rel > 0]
+        if not positives:
+            stats["queries without a judged positive"] += 1
+            continue
+        window = ranked(run.get(qid, {}))[settings.depth_from:settings.depth_to]
+        candidates = [Passage(d, score=s) for d, s in window if judged.get(d, 0) <= 0]
+        stats["judged positives skipped"] += len(window) - len(candidates)
+        examples.append(TrainExample(qid, query, positives, candidates))
+    resolve_passages(examples, data.corpus)
+    if teacher is not None:
+        _score(examples, teacher, batch_size)
+    for example in examples:
+        example.negatives = _filter(example, run.get(example.query_id, {}), settings, teacher is not None, stats)
+        if teacher is None:
+            for passage in example.negatives:
+                passage.score = None  # run scores are no teacher scores: distilling from them would be wrong
+    stats["queries"] = len(examples)
+    return examples, stats
+
+
+def _score(examples: list[TrainExample], teacher: Teacher, batch_size: int) -> None:
+    from tqdm.auto import tqdm
+
+    work = [(ex.query, p) for ex in examples for p in ex.positives + ex.negatives]
+    for begin in tqdm(range(0, len(work), batch_size), desc=f"scoring with {teacher.name}", unit="batch"):
+        chunk = work[begin:begin + batch_size]
+        for (_, passage), score in zip(chunk, teacher.score([q for q, _ in chunk], [p.full_text() for _, p in chunk])):
+            passage.score = float(score)
+
+
+def _filter(example: TrainExample, scores: dict[str, float], settings: MiningSettings, by_teacher: bool,
+            stats: Counter[str]) -> list[Passage]:
+    """The first ``count`` candidates (in rank order) that do not look relevant."""
+    kept = example.negatives
+    if settings.max_teacher_score is not None:
+        kept = [p for p in kept if p.score <= settings.max_teacher_score]  # type: ignore[operator]
+        stats["dropped: teacher score above the maximum"] += len(example.negatives) - len(kept)
+    if settings.margin is not None:
+        positive = [p.score if by_teacher else scores.get(p.docid) for p in example.positives]
+        known = [s for s in positive if s is not None]
+        if known:
+            before = len(kept)
+            kept = [p for p in kept if p.score <= min(known) - settings.margin]  # type: ignore[operator]
+            stats["dropped: within the margin of a positive"] += before - len(kept)
+        else:
+            stats["queries not margin-filtered (no positive in the run)"] += 1
+    if len(kept) < settings.count:
+        stats["queries with fewer negatives than asked"] += 1
+    return kept[: settings.count]
+
+
+def mine_bm25_negatives(data: RetrievalData, count: int = 20) -> list[TrainExample]:
+    """One example per judged query: its relevant documents and the top BM25 hits that are not."""
+    from llmret.retrievers.bm25 import BM25Retriever
+
+    bm25 = BM25Retriever()
+    bm25.index(data.corpus)
+    examples, _ = mine(data, bm25.retrieve(data.queries, k=count + 10), MiningSettings(0, count + 10, count))
+    return examples

@@ -1,0 +1,138 @@
+"""Training at scale: negatives gathered across processes give the single-process gradient (InfoNCE, KD,
+MarginMSE, FLOPS), GradCache gives the plain step's gradient with dropout on, and two processes
+train the same adapter as one."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+GATHER = '''
+import json, sys, torch, torch.distributed as dist
+from llmret.losses import InfoNCELoss, ListwiseKDLoss, Objective
+from llmret.steps import Criterion, Regularizer
+
+rank, world = int(sys.argv[1]), int(sys.argv[2])
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[3], rank=rank, world_size=world)
+torch.manual_seed(0)
+B, G, D = 8, 3, 6
+q, p, t = torch.randn(B, D, dtype=torch.float64), torch.rand(B * G, D, dtype=torch.float64), torch.randn(B, G, dtype=torch.float64)
+out = {}
+for kind in ("cl", "kd", "cl+kd", "marginmse", "sparse"):
+    reg = Regularizer("flops", 0.3, 0.2, 0) if kind == "sparse" else None
+    objective = Objective("cl" if kind == "sparse" else kind, InfoNCELoss(0.1), ListwiseKDLoss(0.5, 2.0))
+    mine = list(range(rank, B, world))  # strided shares, as the loop deals them
+    rows = [i * G + g for i in mine for g in range(G)]
+    lq, lp = q[mine].clone().requires_grad_(), p[rows].clone().requires_grad_()
+    parts = Criterion(objective, reg)(lq, lp, t[mine], 5)
+    parts["loss"].backward()
+    # DDP averages gradients over processes: this process's contribution is grad / world
+    out[kind] = {"loss": parts["loss"].item(), "q": (lq.grad / world).tolist(), "p": (lp.grad / world).tolist(),
+                 "q_rows": mine, "p_rows": rows}
+print(json.dumps(out))
+'''
+
+
+def _run_ranks(tmp_path: Path, world: int) -> list[dict]:
+    script = tmp_path / "gather.py"
+    script.write_text(GATHER)
+    port = str(29700 + os.getpid() % 200 + world)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, str(script), str(r), str(world), port], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for r in range(world)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][1][-2000:] + outs[-1][1][-2000:]
+    return [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
+
+
+def test_gathered_losses_on_two_processes_have_the_single_process_gradient(tmp_path: Path) -> None:
+    (one,) = _run_ranks(tmp_path, 1)
+    two = _run_ranks(tmp_path, 2)
+    for kind, full in one.items():
+        q_grad, p_grad = torch.zeros_like(torch.tensor(full["q"])), torch.zeros_like(torch.tensor(full["p"]))
+        for rank in two:
+            part = rank[kind]
+            assert part["loss"] == pytest.approx(full["loss"], rel=1e-6), kind  # every process: the global loss (InfoNCE runs in float32)
+            q_grad[part["q_rows"]] += torch.tensor(part["q"])
+            p_grad[part["p_rows"]] += torch.tensor(part["p"])
+        torch.testing.assert_close(q_grad, torch.tensor(full["q"]), rtol=1e-5, atol=1e-7, msg=kind)
+        torch.testing.assert_close(p_grad, torch.tensor(full["p"]), rtol=1e-5, atol=1e-7, msg=kind)
+
+
+def _lora_encoder(model: Path, sparse: bool, dropout: float):
+    from llmret.config import EncoderSettings
+    from llmret.encoders.dense import DenseEncoder
+    from llmret.encoders.sparse import SparseEncoder
+    from llmret.train import TrainSettings, _wrap_lora
+
+    cls = SparseEncoder if sparse else DenseEncoder
+    encoder = cls.load(EncoderSettings(model=str(model), query_max_length=12, passage_max_length=20), "cpu")
+    torch.manual_seed(1)
+    encoder.model = _wrap_lora(encoder.model, TrainSettings(lora_r=4, lora_dropout=dropout))
+    for name, param in encoder.model.named_parameters():  # LoRA B starts at zero: make the adapter matter
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.2)
+    encoder.model.train()
+    return encoder
+
+
+@pytest.mark.parametrize("sparse,objective", [(False, "cl"), (False, "cl+kd"), (True, "cl")])
+def test_grad_cache_gives_the_plain_gradient_with_dropout(tiny_llama: Path, sparse: bool, objective: str) -> None:
+    from helpers import random_texts
+
+    from llmret.losses import InfoNCELoss, ListwiseKDLoss, Objective
+    from llmret.steps import Batch, Criterion, Regularizer, cached_step, plain_step
+
+    encoder = _lora_encoder(tiny_llama, sparse, dropout=0.3)
+    texts = random_texts(24, seed=4)
+    batch = Batch(encoder.tokenize(texts[:6], 12), encoder.tokenize(texts[6:18], 20), torch.randn(6, 2))
+    criterion = Criterion(Objective(objective, InfoNCELoss(1.0 if sparse else 0.05), ListwiseKDLoss()),
+                          Regularizer("flops", 0.05, 0.04, 0) if sparse else None)
+    grads = []
+    for step in (plain_step, cached_step):
+        torch.manual_seed(3)
+        encoder.model.zero_grad()
+        parts = step(encoder, batch, criterion, 2, 4, lambda loss: loss.backward())
+        grads.append({n: p.grad.clone() for n, p in encoder.model.named_parameters() if p.requires_grad})
+        after = torch.rand(1)  # both steps leave the random state where the plain step does
+        parts["after"] = after
+        grads[-1]["_parts"] = parts
+    plain, cached = grads
+    assert plain["_parts"]["after"] == cached["_parts"]["after"]
+    assert plain["_parts"]["loss"] == pytest.approx(cached["_parts"]["loss"], rel=1e-6)
+    nonzero = 0
+    for name in plain:
+        if name != "_parts":
+            torch.testing.assert_close(cached[name], plain[name], rtol=1e-4, atol=1e-6, msg=name)
+            nonzero += int(plain[name].abs().sum() > 0)
+    assert nonzero >= 8  # the gradient reaches the adapters
+
+
+def test_grad_cache_without_replay_would_differ(tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check above can fail: forwarding the chunks again with fresh dropout changes the gradient."""
+    from contextlib import nullcontext
+
+    from helpers import random_texts
+
+    from llmret import steps
+    from llmret.losses import InfoNCELoss, ListwiseKDLoss, Objective
+
+    encoder = _lora_encoder(tiny_llama, False, dropout=0.3)
+    texts = random_texts(12, seed=4)
+    batch = steps.Batch(encoder.tokenize(texts[:4], 12), encoder.tokenize(texts[4:12], 20))
+    criterion = steps.Criterion(Objective("cl", InfoNCELoss(0.05), ListwiseKDLoss()))
+    grads = []
+    for replay in (True, False):
+        if not replay:
+            monkeypatch.setattr(steps.RandContext, "replay", lambda self: nullcontext())
+        torch.manual_seed(3)
+        encoder.model.zero_grad()
+        steps.cached_step(encoder, batch, criterion, 0, 2, lambda loss: loss.backward())
+        grads.append(torch.cat([p.grad.flatten() for p in encoder.model.parameters() if p.requires_grad]))
+    assert not torch.allclose(grads[0], grads[1], atol=1e-6)
