@@ -1,5 +1,8 @@
 """Training speed: llmret's LoRA + InfoNCE step against sentence-transformers' on the same work.
 
+With ``--grad-cache CHUNK`` both sides run GradCache: llmret's cached step against ST's
+CachedMultipleNegativesRankingLoss with the same mini-batch size.
+
 Both sides train ``smollm2-135m`` with the same LoRA (rank, alpha, layers), batch of queries, group of
 passages (positive + hard negatives), lengths and temperature (ST's MultipleNegativesRankingLoss with
 scale = 1 / temperature is InfoNCE with in-batch and hard negatives). The sentence-transformers side
@@ -9,6 +12,7 @@ printed is the usual 2 x non-embedding parameters x tokens for the forward plus 
 the adapted layers, over the GEMM throughput measured in this run.
 
     python benchmarks/train.py [--steps 3] [--batch-size 8] [--group-size 2] [--lora-layers 8] [--query-max-length 128]
+    python benchmarks/train.py --grad-cache 4 --batch-size 32
     python benchmarks/train.py --smoke       # a tiny random model, seconds: checks that it runs
 """
 
@@ -26,7 +30,8 @@ from llmret.data.corpus import Corpus
 from llmret.data.sampling import sample_group
 from llmret.data.training import read_training
 from llmret.report import format_table
-from llmret.train import TrainSettings, _wrap_lora, forward_sorted, make_batch
+from llmret.steps import Criterion, cached_step, plain_step
+from llmret.train import TrainSettings, _wrap_lora, make_batch
 
 
 def main() -> None:
@@ -38,11 +43,12 @@ def main() -> None:
     parser.add_argument("--lora-layers", type=int, default=8)
     parser.add_argument("--query-max-length", type=int, default=128)  # sentence-transformers has one max length
     parser.add_argument("--passage-max-length", type=int, default=128)
+    parser.add_argument("--grad-cache", type=int, metavar="CHUNK", help="GradCache on both sides, chunks of CHUNK")
     parser.add_argument("--smoke", action="store_true", help="a tiny random model and texts (seconds)")
     args = parser.parse_args()
 
     from llmret.encoders.dense import DenseEncoder
-    from llmret.losses.infonce import InfoNCELoss
+    from llmret.losses import InfoNCELoss, ListwiseKDLoss, Objective
 
     if args.smoke:
         from smoke import texts, tiny_model
@@ -70,29 +76,33 @@ def main() -> None:
     params = non_embedding_parameters(encoder.model)
     encoder.model = _wrap_lora(encoder.model, settings)
     encoder.model.train()
-    loss_fn = InfoNCELoss(settings.temperature)
+    criterion = Criterion(Objective("cl", InfoNCELoss(settings.temperature), ListwiseKDLoss()))
     optimizer = torch.optim.AdamW([p for p in encoder.model.parameters() if p.requires_grad], lr=1e-4)
     batches = [list(range(i * args.batch_size, (i + 1) * args.batch_size)) for i in range(args.steps + 1)]
     ours, ours_tokens = [], 0
     for step, idx in enumerate(batches):
         start = time.perf_counter()
-        q, p, _ = make_batch(encoder, examples, idx, 0, settings)
-        loss = loss_fn(forward_sorted(encoder, q, args.batch_size), forward_sorted(encoder, p, args.batch_size))
-        loss.backward()
+        batch = make_batch(encoder, examples, idx, 0, settings)
+        if args.grad_cache:
+            cached_step(encoder, batch, criterion, step, args.grad_cache, lambda loss: loss.backward())
+        else:
+            plain_step(encoder, batch, criterion, step, args.batch_size, lambda loss: loss.backward())
         optimizer.step()
         optimizer.zero_grad()
         if step:  # the first step warms up
             ours.append(time.perf_counter() - start)
-            ours_tokens += sum(map(len, q)) + sum(map(len, p))
+            ours_tokens += batch.tokens
 
     # ---- sentence-transformers, same weights, same LoRA, same texts
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.losses import (CachedMultipleNegativesRankingLoss,
+                                                                   MultipleNegativesRankingLoss)
 
     base = DenseEncoder.load(enc_settings, "cpu")
     st = sentence_transformer(base, args.passage_max_length)
     st[0].auto_model = _wrap_lora(st[0].auto_model, settings)
     st.train()
-    mnrl = MultipleNegativesRankingLoss(st, scale=1 / settings.temperature)
+    mnrl = (CachedMultipleNegativesRankingLoss(st, scale=1 / settings.temperature, mini_batch_size=args.grad_cache)
+            if args.grad_cache else MultipleNegativesRankingLoss(st, scale=1 / settings.temperature))
     st_opt = torch.optim.AdamW([p for p in st.parameters() if p.requires_grad], lr=1e-4)
     theirs, st_tokens = [], 0
     for step, idx in enumerate(batches):

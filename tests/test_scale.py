@@ -136,3 +136,74 @@ def test_grad_cache_without_replay_would_differ(tiny_llama: Path, monkeypatch: p
         steps.cached_step(encoder, batch, criterion, 0, 2, lambda loss: loss.backward())
         grads.append(torch.cat([p.grad.flatten() for p in encoder.model.parameters() if p.requires_grad]))
     assert not torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_query_subsets_are_seeded_and_nested() -> None:
+    from llmret.data.training import Passage, TrainExample
+    from llmret.train import subset
+
+    examples = [TrainExample(f"q{i}", "x", [Passage(f"d{i}")]) for i in range(50)]
+    small, large = subset(examples, 10, 3), subset(examples, 25, 3)
+    assert len(small) == 10 and len(large) == 25 and set(map(id, small)) <= set(map(id, large))
+    assert [e.query_id for e in small] == sorted((e.query_id for e in small), key=lambda q: int(q[1:]))  # file order
+    assert subset(examples, 10, 3) == small and subset(examples, 10, 4) != small
+    assert subset(examples, None, 3) == examples and subset(examples, 80, 3) == examples
+
+
+def test_budget_buys_steps_and_logs_flops_and_checkpoints_are_evaluated(tiny_llama: Path, tmp_path: Path) -> None:
+    """FLOPs per token by the formula from the model's own parameter list; the budget's steps are the
+    steps run; checkpoint models evaluated during training score as they do when loaded later; and
+    evaluating does not change the training (same final adapter without it)."""
+    from helpers import random_texts, write_beir_folder, write_training_file
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    from llmret.config import EncoderSettings
+    from llmret.encoders.dense import DenseEncoder
+    from llmret.pipeline import evaluate_retriever
+    from llmret.registry import load
+    from llmret.retrievers.dense import DenseRetriever
+    from llmret.train import TrainSettings, train
+
+    data = write_training_file(tmp_path / "train.jsonl", 16, (1, 5))
+    texts = random_texts(10, seed=9, min_words=5)
+    dev = write_beir_folder(tmp_path / "dev", {f"d{i}": t for i, t in enumerate(texts)},
+                            {f"q{i}": " ".join(t.split()[:3]) for i, t in enumerate(texts[:5])},
+                            {f"q{i}": {f"d{i}": 1} for i in range(5)}, split="dev")
+
+    def settings(out: str, **extra: object) -> TrainSettings:
+        return TrainSettings(train_data=str(data), output_dir=str(tmp_path / out), batch_size=4, group_size=2,
+                             lora_r=4, lora_dropout=0.1, logging_steps=1, seed=3, learning_rate=1e-2,
+                             encoder=EncoderSettings(model=str(tiny_llama), query_max_length=12, passage_max_length=20),
+                             **extra)
+
+    probe = settings("probe", max_steps=1)
+    train(probe)
+    compute = json.loads((tmp_path / "probe" / "compute.json").read_text())
+    base = AutoModel.from_pretrained(tiny_llama)
+    frozen = sum(p.numel() for n, p in base.named_parameters() if "embed_tokens" not in n)
+    assert compute["parameters"] - compute["trainable"] == frozen
+    assert compute["flops_per_token"] == 4 * frozen + 6 * compute["trainable"]
+    budget = compute["flops_per_step"] * 3.5
+    out = tmp_path / "budget"
+    train(settings("budget", budget_flops=budget, eval_steps=[1, 3], eval_data=str(dev)))
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert json.loads((out / "compute.json").read_text())["steps"] == 3 and [r["step"] for r in log] == [1, 2, 3]
+    assert 0 < log[0]["flops"] < log[1]["flops"] < log[2]["flops"]
+    assert log[2]["flops"] == pytest.approx(3 * compute["flops_per_step"], rel=0.5)  # estimated vs real tokens
+
+    evals = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [1, 3] and "nDCG@10" in evals[0]
+    data_dev, rules = load(str(dev), "dev")
+    encoder = DenseEncoder.load(EncoderSettings(model=str(out / "checkpoint-3" / "model")), dataset=rules.encoder_layer())
+    again = evaluate_retriever(DenseRetriever(encoder), data_dev, rules=rules).evaluation.aggregate
+    assert again["nDCG@10"] == pytest.approx(evals[1]["nDCG@10"], abs=1e-9)
+
+    train(settings("plain", max_steps=3))
+    a, b = (load_file(tmp_path / name / "final" / "adapter_model.safetensors") for name in ("budget", "plain"))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    with pytest.raises(ValueError, match="not both"):
+        train(settings("x", budget_flops=budget, max_steps=2))
+    with pytest.raises(ValueError, match="less than one step"):
+        train(settings("x", budget_flops=10.0))

@@ -272,3 +272,21 @@ def test_mntp_masks_predicts_from_the_previous_position_and_loads_bidirectional(
     adapted = SparseEncoder.load(EncoderSettings(model=str(final)), "cpu")
     assert adapted.info.bidirectional and adapted.info.pooling == "max"
     assert DenseEncoder.load(EncoderSettings(model=str(final)), "cpu").info.bidirectional
+
+    # MNTP runs on the shared loop: killed after a checkpoint and resumed, it ends where one run does.
+    def kill(step: int, loss: float) -> None:
+        if step == 7:
+            raise KeyboardInterrupt("killed")
+
+    again = MNTPSettings(model=str(tiny_llama), data=str(corpus), output_dir=str(tmp_path / "again"),
+                         max_steps=12, batch_size=8, learning_rate=1e-2, save_steps=4)
+    with pytest.raises(KeyboardInterrupt):
+        run_mntp(again, on_step=kill)
+    resumed = run_mntp(again, resume=True)
+    assert [json.loads(line)["step"] for line in (tmp_path / "again" / "log.jsonl").read_text().splitlines()] == list(range(1, 13))
+    from safetensors.torch import load_file
+
+    a, b = load_file(final / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

@@ -14,7 +14,8 @@ from llmret.data.training import Passage, TrainExample, write_training
 from llmret.encoders.dense import DenseEncoder
 from llmret.export import export_model
 from llmret.losses.infonce import InfoNCELoss
-from llmret.train import TrainSettings, latest_checkpoint, train
+from llmret.loop import latest_checkpoint
+from llmret.train import TrainSettings, train
 
 
 def test_infonce_value_and_gradient_by_hand() -> None:

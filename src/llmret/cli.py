@@ -323,7 +323,7 @@ def cmd_mntp(args: argparse.Namespace) -> int:
     from llmret.mntp import MNTPSettings, run_mntp
 
     settings = MNTPSettings(**{k: v for k, v in vars(args).items() if k in MNTPSettings.__dataclass_fields__ and v is not None})
-    print(f"adapted model in {run_mntp(settings)}")
+    print(f"adapted model in {run_mntp(settings, resume=args.resume, force=args.force)}")
     return 0
 
 
@@ -380,7 +380,8 @@ def _add_teacher_args(p: argparse.ArgumentParser) -> None:
     from llmret.teachers import DEFAULT_PROMPT
 
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="judge teachers: prompt with {query} and {passage}")
-    p.add_argument("--max-length", type=int, default=512, help="tokens of a (query, passage) pair")
+    p.add_argument("--max-length", type=int, help="tokens of a (query, passage) pair (default 512); "
+                                                  "retriever teachers: of a passage (default the model's)")
     p.add_argument("--batch-size", type=int, default=32, help="pairs scored at once")
     p.add_argument("--by-id", action="store_true", help="passages as ids (and scores) only; train with --corpus")
 
@@ -491,6 +492,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-ratio", dest="mask_ratio", type=float)
     p.add_argument("--learning-rate", dest="learning_rate", type=float)
     p.add_argument("--seed", type=int)
+    p.add_argument("--save-steps", dest="save_steps", type=int, help="full state every N steps, for --resume")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    p.add_argument("--force", action="store_true", help="with --resume: accept settings that differ from the run's")
     p.set_defaults(func=cmd_mntp)
 
     p = sub.add_parser("train", help="fine-tune a dense or sparse retriever (LoRA + InfoNCE by default)")

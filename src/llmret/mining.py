@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from llmret.data.dataset import RetrievalData
 from llmret.data.training import Passage, TrainExample, resolve_passages
-from llmret.data.trec import Run, ranked
+from llmret.data.trec import Run
 from llmret.teachers import Teacher
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,8 @@ def mine(data: RetrievalData, run: Run, settings: MiningSettings, teacher: Teach
         if not positives:
             stats["queries without a judged positive"] += 1
             continue
-        window = ranked(run.get(qid, {}))[settings.depth_from:settings.depth_to]
+        # Ties keep the run's own order (a run file's rank order), as retrievers return them.
+        window = sorted(run.get(qid, {}).items(), key=lambda kv: -kv[1])[settings.depth_from:settings.depth_to]
         candidates = [Passage(d, score=s) for d, s in window if judged.get(d, 0) <= 0]
         stats["judged positives skipped"] += len(window) - len(candidates)
         examples.append(TrainExample(qid, query, positives, candidates))

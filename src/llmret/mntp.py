@@ -12,15 +12,14 @@ so ``llmret train --model FOLDER`` (dense or sparse) starts from it with full at
 
 from __future__ import annotations
 
-import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from llmret.config import EncoderSettings, to_dict
 from llmret.data.sampling import epoch_order
@@ -46,6 +45,8 @@ class MNTPSettings:
     lora_r: int = 16
     lora_alpha: int = 32
     seed: int = 42
+    save_steps: int = 0  # full state every N steps, for resume
+    logging_steps: int = 1
 
 
 def corpus_texts(spec: str) -> list[str]:
@@ -78,57 +79,65 @@ def mntp_loss(model: torch.nn.Module, encoder: SparseEncoder, input_ids: torch.T
     return F.cross_entropy(logits.float(), input_ids[rows, cols])
 
 
-def run_mntp(settings: MNTPSettings) -> Path:
-    """Adapt ``settings.model`` and return the merged model folder (``OUTPUT/final``)."""
+def run_mntp(settings: MNTPSettings, *, resume: bool = False, force: bool = False,
+             on_step: Callable[[int, float], None] | None = None) -> Path:
+    """Adapt ``settings.model`` and return the merged model folder (``OUTPUT/final``).
+
+    It runs on :func:`llmret.loop.run_loop`, as retrieval training does: several processes share each
+    batch, checkpoints every ``save_steps`` resume exactly (masks are drawn from the step's own seed),
+    and ``log.jsonl`` has the loss and tokens/s.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
     from peft import LoraConfig, get_peft_model
-    from transformers import get_linear_schedule_with_warmup
 
     from llmret.backbone import load_backbone
+    from llmret.loop import LoopSettings, run_loop
 
-    torch.manual_seed(settings.seed)
+    accelerator = Accelerator()
+    set_seed(settings.seed)
     texts = corpus_texts(settings.data)  # bad data fails before the model loads
     if len(texts) < settings.batch_size:
         raise ValueError(f"{settings.data}: {len(texts)} texts are fewer than one batch of {settings.batch_size}")
+    if settings.batch_size % accelerator.num_processes:
+        raise ValueError(f"batch_size {settings.batch_size} does not split evenly over {accelerator.num_processes} processes")
     backbone = load_backbone(settings.model, dtype=DTYPES["float32"], lm_head=True)
     if backbone.info.kind != "decoder":
         raise ValueError(f"{settings.model}: MNTP adapts decoders; encoders are bidirectional already")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    encoder = SparseEncoder(backbone, EncoderSettings(model=settings.model, bidirectional=True), device)
+    encoder = SparseEncoder(backbone, EncoderSettings(model=settings.model, bidirectional=True), accelerator.device)
     tok = backbone.tokenizer
     mask_id = next(i for i in (tok.mask_token_id, tok.unk_token_id, tok.pad_token_id) if i is not None)
     model = get_peft_model(encoder.model, LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha,
                                                      target_modules="all-linear", bias="none"))
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.learning_rate)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(0.1 * settings.max_steps), settings.max_steps)
-    generator = torch.Generator().manual_seed(settings.seed)
-    out = Path(settings.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     per_epoch = len(texts) // settings.batch_size
-    bar = tqdm(range(settings.max_steps), desc="mntp")
-    with open(out / "log.jsonl", "w") as handle:
-        for step in bar:
-            epoch, within = divmod(step, per_epoch)
-            rows = epoch_order(len(texts), epoch, settings.seed)[within * settings.batch_size:(within + 1) * settings.batch_size]
-            batch = encoder.collate(encoder.tokenize([texts[i] for i in rows], settings.max_length))
-            masked, chosen = mask_tokens(batch["input_ids"].cpu(), batch["attention_mask"].cpu(), mask_id,
-                                         settings.mask_ratio, generator)
-            loss = mntp_loss(model, encoder, batch["input_ids"], batch["attention_mask"], masked.to(device), chosen.to(device))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise FloatingPointError(f"MNTP loss became {value} at step {step + 1}; lower the learning rate")
-            handle.write(json.dumps({"step": step + 1, "loss": value}) + "\n")
-            bar.set_postfix(loss=f"{value:.3f}")
-    merged = model.merge_and_unload()
-    final = out / "final"
-    info = replace(backbone.info, bidirectional=True)
-    with atomic_dir(final) as tmp:
-        merged.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        SavedModel(base_model=settings.model, model_info=info, adaptation={"mntp": to_dict(settings)}).write(tmp)
-    return final
+    world, rank = accelerator.num_processes, accelerator.process_index
+
+    def micro_step(prepared: torch.nn.Module, step: int, micro: int) -> tuple[dict[str, float], int]:
+        epoch, within = divmod(step, per_epoch)
+        rows = epoch_order(len(texts), epoch, settings.seed)[within * settings.batch_size:(within + 1) * settings.batch_size]
+        batch = encoder.collate(encoder.tokenize([texts[i] for i in rows[rank::world]], settings.max_length))
+        generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + step * 1_009 + rank)
+        masked, chosen = mask_tokens(batch["input_ids"].cpu(), batch["attention_mask"].cpu(), mask_id,
+                                     settings.mask_ratio, generator)
+        loss = mntp_loss(prepared, encoder, batch["input_ids"], batch["attention_mask"], masked.to(accelerator.device),
+                         chosen.to(accelerator.device))
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"MNTP loss became {value} at step {step + 1}; lower the learning rate")
+        accelerator.backward(loss)
+        return {"loss": value}, int(batch["attention_mask"].sum())
+
+    def save_model(unwrapped: torch.nn.Module, folder: Path) -> None:
+        merged = unwrapped.merge_and_unload()  # only at the end: merging changes the model
+        with atomic_dir(folder) as tmp:
+            merged.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            SavedModel(base_model=settings.model, model_info=replace(backbone.info, bidirectional=True),
+                       adaptation={"mntp": to_dict(settings)}).write(tmp)
+
+    loop = LoopSettings(settings.output_dir, settings.learning_rate, warmup_ratio=0.1, max_grad_norm=1.0,
+                        save_steps=settings.save_steps, logging_steps=settings.logging_steps,
+                        config_name="mntp_config.yaml", name="mntp")
+    return run_loop(accelerator, model, micro_step, settings.max_steps, loop, to_dict(settings), save_model=save_model,
+                    resume=resume, force=force, on_step=on_step)

@@ -101,33 +101,39 @@ class JudgeTeacher:
 class RetrieverTeacher:
     """An llmret dense or sparse encoder: the score is the similarity its index would compute."""
 
-    def __init__(self, kind: str, model: str, device: str | None = None) -> None:
+    def __init__(self, kind: str, model: str, max_length: int | None = None, device: str | None = None) -> None:
         from llmret.config import EncoderSettings
         from llmret.encoders.dense import DenseEncoder
         from llmret.encoders.sparse import SparseEncoder
 
         self.name = f"{kind}:{model}"
-        self.encoder = (SparseEncoder if kind == "sparse" else DenseEncoder).load(EncoderSettings(model=model), device)
+        settings = EncoderSettings(model=model, passage_max_length=max_length)  # None: the model's own maximum
+        self.encoder = (SparseEncoder if kind == "sparse" else DenseEncoder).load(settings, device)
 
     def score(self, queries: Sequence[str], passages: Sequence[str]) -> list[float]:
         import numpy as np
         import scipy.sparse as sp
 
-        q = self.encoder.encode_queries(list(queries))
-        p = self.encoder.encode_passages(list(passages))
+        # A query is paired with all its passages: encode each distinct text once.
+        unique_q, unique_p = list(dict.fromkeys(queries)), list(dict.fromkeys(passages))
+        q_rows, p_rows = {t: i for i, t in enumerate(unique_q)}, {t: i for i, t in enumerate(unique_p)}
+        q = self.encoder.encode_queries(unique_q)[[q_rows[t] for t in queries]]
+        p = self.encoder.encode_passages(unique_p)[[p_rows[t] for t in passages]]
         if sp.issparse(q):
             return np.asarray(q.multiply(p).sum(axis=1)).ravel().tolist()
         return (q * p).sum(axis=1).tolist()
 
 
-def load_teacher(spec: str, *, prompt: str = DEFAULT_PROMPT, max_length: int = 512,
+def load_teacher(spec: str, *, prompt: str = DEFAULT_PROMPT, max_length: int | None = None,
                  device: str | None = None) -> Teacher:
+    """``max_length``: tokens of a pair (cross-encoder, judge: default 512) or of a passage (retrievers:
+    default the model's own)."""
     """A teacher from ``KIND:MODEL`` (see the module's text)."""
     kind, _, model = spec.partition(":")
     if kind not in KINDS or not model:
         raise ValueError(f"teacher '{spec}': expected KIND:MODEL with KIND one of {', '.join(KINDS)}")
     if kind == "cross-encoder":
-        return CrossEncoderTeacher(model, max_length, device)
+        return CrossEncoderTeacher(model, max_length or 512, device)
     if kind == "judge":
-        return JudgeTeacher(model, prompt, max_length=max_length, device=device)
-    return RetrieverTeacher(kind, model, device)
+        return JudgeTeacher(model, prompt, max_length=max_length or 512, device=device)
+    return RetrieverTeacher(kind, model, max_length, device)

@@ -14,7 +14,6 @@ tokenizer, ``llmret.json``); ``train_config.yaml`` (the settings used); ``log.js
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -24,18 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import yaml
-from tqdm.auto import tqdm
 
 from llmret import budget
 from llmret.callbacks import (
     Callback,
-    CheckpointCallback,
     EvalCallback,
-    LogCallback,
-    LoopState,
 )
 from llmret.config import EncoderSettings, from_dict, to_dict
 from llmret.data.sampling import epoch_order, sample_group
@@ -43,7 +36,8 @@ from llmret.data.training import TrainExample, require_teacher_scores
 from llmret.encoders.base import DTYPES, TextEncoder
 from llmret.encoders.dense import DenseEncoder
 from llmret.encoders.sparse import SparseEncoder
-from llmret.fileio import atomic_dir, atomic_write, write_json
+from llmret.fileio import atomic_dir, write_json
+from llmret.loop import LoopSettings, mixed_precision, run_loop
 from llmret.losses.infonce import InfoNCELoss
 from llmret.losses.kd import ListwiseKDLoss
 from llmret.losses.objective import Objective
@@ -177,77 +171,6 @@ def estimate_tokens_per_step(encoder: TextEncoder, examples: list[TrainExample],
     return batch.tokens / len(order) * settings.batch_size * settings.grad_accum
 
 
-# ---- checkpoints -------------------------------------------------------------------------------------
-def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    step: int, accelerator: Any) -> None:
-    """The whole training state: trainable weights, optimizer, scheduler, the fp16 loss scaler, and the
-    random state of every process (each rank writes its own), written atomically; ``state.pt`` is
-    written last, after every rank has written, so its presence marks a complete checkpoint."""
-    with atomic_write(folder / f"rng-{accelerator.process_index}.pt", "wb") as handle:
-        torch.save(_rng_state(), handle)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        scaler = getattr(accelerator, "scaler", None)
-        state = {"step": step, "model": _trainable_state(model), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
-                 "world_size": accelerator.num_processes}
-        with atomic_write(folder / "state.pt", "wb") as handle:
-            torch.save(state, handle)
-    accelerator.wait_for_everyone()
-
-
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    """The newest complete checkpoint (one whose state.pt was fully written)."""
-    done = [p for p in output_dir.glob("checkpoint-*") if (p / "state.pt").is_file()]
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
-
-
-# Settings that change what is logged or saved, not what is trained: a resume may change them.
-BOOKKEEPING = ("save_steps", "logging_steps", "tensorboard", "output_dir", "eval_steps", "eval_data", "eval_split")
-
-
-def settings_changes(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
-    """Names of the settings (``encoder.x`` for nested ones) that differ between two settings dicts."""
-    changed = []
-    for key in sorted(set(saved) | set(now)):
-        if key in BOOKKEEPING and not prefix:
-            continue
-        old, new = saved.get(key), now.get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            changed += settings_changes(old, new, f"{prefix}{key}.")
-        elif old != new:
-            changed.append(f"{prefix}{key} ({old!r} -> {new!r})")
-    return changed
-
-
-def _trim_log(path: Path, last_step: int) -> None:
-    """Drop log records after ``last_step`` (written after the checkpoint a resume starts from)."""
-    if not path.is_file():
-        return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
-    with atomic_write(path) as handle:
-        handle.write("".join(f"{line}\n" for line in keep))
-
-
 # ---- the loop ----------------------------------------------------------------------------------------
 def _wrap_lora(model: torch.nn.Module, settings: TrainSettings) -> torch.nn.Module:
     from peft import LoraConfig, get_peft_model
@@ -267,12 +190,6 @@ def _wrap_lora(model: torch.nn.Module, settings: TrainSettings) -> torch.nn.Modu
     return get_peft_model(model, config)
 
 
-def _mixed_precision(choice: str) -> str:
-    if choice != "auto":
-        return choice
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-
-
 def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
           on_step: Callable[[int, float], None] | None = None, callbacks: Sequence[Callback] = ()) -> Path:
     """Train and return the folder of the final model (``OUTPUT/final``).
@@ -283,12 +200,10 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from transformers import get_linear_schedule_with_warmup
 
     from llmret.backbone import load_backbone
 
-    out = Path(settings.output_dir)
-    accelerator = Accelerator(mixed_precision=_mixed_precision(settings.mixed_precision),
+    accelerator = Accelerator(mixed_precision=mixed_precision(settings.mixed_precision),
                               gradient_accumulation_steps=settings.grad_accum)
     set_seed(settings.seed, device_specific=True)  # each process draws its own dropout masks
     if settings.batch_size % accelerator.num_processes:
@@ -312,12 +227,6 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
     backbone = load_backbone(settings.encoder.model, dtype=DTYPES[settings.encoder.dtype or "float32"], lm_head=sparse)
     encoder = (SparseEncoder if sparse else DenseEncoder)(backbone, settings.encoder, accelerator.device)
     used = {**to_dict(settings), "encoder": {"model": settings.encoder.model, **to_dict(encoder.settings)}}
-    ckpt = latest_checkpoint(out) if resume else None
-    if ckpt is not None and (out / "train_config.yaml").is_file() and not force:
-        changed = settings_changes(yaml.safe_load((out / "train_config.yaml").read_text()) or {}, used)
-        if changed:
-            raise ValueError(f"{out / 'train_config.yaml'}: resuming with other settings than the run started with: "
-                             f"{'; '.join(changed)} (pass --force to accept them)")
 
     model = backbone.model
     if settings.grad_checkpointing:
@@ -325,7 +234,6 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
     model = _wrap_lora(model, settings) if settings.lora else model
     model.train()
 
-    world, rank = accelerator.num_processes, accelerator.process_index
     steps_per_epoch = len(examples) // (settings.batch_size * settings.grad_accum)
     if steps_per_epoch == 0:
         raise ValueError(f"{len(examples)} training queries are fewer than one step's "
@@ -335,106 +243,36 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
     total = compute.steps or settings.max_steps or math.ceil(steps_per_epoch * settings.epochs)
     log.info("%d steps of ~%.3g FLOPs (%.3g per token, %d of %d parameters trained%s)", total, compute.flops_per_step,
              compute.flops_per_token, compute.trainable, compute.parameters, ", LoRA" if settings.lora else "")
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    # The scheduler stays out of accelerator.prepare: prepared, it steps once per process, which is
-    # right only when each process takes its own batches; here every process takes a share of the
-    # same global batch, so the rate must follow the global step (stepped below once per update).
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total), total)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    encoder.model = model
+    if accelerator.is_main_process:
+        write_json(Path(settings.output_dir) / "compute.json", {**compute.to_json(), "steps": total})
     regularizer = Regularizer(settings.regularizer, settings.query_reg_weight, settings.passage_reg_weight,
                               int(settings.reg_warmup_ratio * total)) if sparse else None
     criterion = Criterion(objective, regularizer)
+    world, rank = accelerator.num_processes, accelerator.process_index
 
-    start = 0
-    if ckpt is not None:
-        start = _restore(ckpt, accelerator, model, optimizer, scheduler)
-        log.info("resumed from %s at step %d of %d", ckpt, start, total)
-    elif resume:
-        log.info("no checkpoint in %s: starting from scratch", out)
-
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        _trim_log(out / "log.jsonl", start)  # a fresh run starts an empty log; a resumed one drops what followed its checkpoint
-        with atomic_write(out / "train_config.yaml") as handle:
-            yaml.safe_dump(used, handle, sort_keys=False)
-        write_json(out / "compute.json", {**compute.to_json(), "steps": total})
-
-    def save_model(folder: Path) -> None:
-        save_final(folder, accelerator.unwrap_model(model), encoder, settings)
-
-    def save_state(folder: Path, state: LoopState) -> None:
-        save_checkpoint(folder, accelerator.unwrap_model(model), optimizer, scheduler, state.step, accelerator)
-
-    bar = tqdm(total=total, initial=start, desc="training", disable=not accelerator.is_main_process)
-    done_flops = _logged_flops(out / "log.jsonl") if start else 0.0
-    evaluate = _checkpoint_evaluator(settings) if settings.eval_data else None
-    loop = [LogCallback(settings.logging_steps, settings.tensorboard, bar, done_flops),
-            CheckpointCallback(settings.save_steps, save_state), EvalCallback(settings.eval_steps, evaluate),
-            *callbacks]
-    state = LoopState(start, total, out, accelerator, model, optimizer, scheduler, save_model,
-                      flops_per_token=compute.flops_per_token)
-    micro = settings.batch_size
-    for step in range(start, total):
+    def micro_step(prepared: torch.nn.Module, step: int, micro: int) -> tuple[dict[str, float], int]:
         epoch, within = divmod(step, steps_per_epoch)
-        order = epoch_order(len(examples), epoch, settings.seed)
-        state.tokens = 0
-        for a in range(settings.grad_accum):
-            begin = (within * settings.grad_accum + a) * micro
-            indexes = order[begin:begin + micro][rank::world]  # each process its share of the batch
-            batch = make_batch(encoder, examples, indexes, epoch, settings, objective.needs_teacher)
-            with accelerator.accumulate(model):
-                if settings.grad_cache:
-                    state.record = cached_step(encoder, batch, criterion, step, settings.chunk_size,
-                                               accelerator.backward, lambda: accelerator.no_sync(model))
-                else:
-                    state.record = plain_step(encoder, batch, criterion, step, micro, accelerator.backward)
-                if accelerator.sync_gradients and settings.max_grad_norm:
-                    accelerator.clip_grad_norm_(params, settings.max_grad_norm)
-                optimizer.step()
-                if accelerator.sync_gradients:
-                    scheduler.step()
-                optimizer.zero_grad()
-            state.tokens += batch.tokens
-        state.step = step + 1
-        for callback in loop:
-            callback.on_step(state)
-        if on_step is not None:
-            on_step(state.step, state.record["loss"])
-    bar.close()
-    final = out / "final"
-    if accelerator.is_main_process:
-        save_model(final)
-    accelerator.wait_for_everyone()
-    return final
+        begin = (within * settings.grad_accum + micro) * settings.batch_size
+        indexes = epoch_order(len(examples), epoch, settings.seed)[begin:begin + settings.batch_size][rank::world]
+        batch = make_batch(encoder, examples, indexes, epoch, settings, objective.needs_teacher)
+        if settings.grad_cache:
+            parts = cached_step(encoder, batch, criterion, step, settings.chunk_size, accelerator.backward,
+                                lambda: accelerator.no_sync(prepared))
+        else:
+            parts = plain_step(encoder, batch, criterion, step, settings.batch_size, accelerator.backward)
+        return parts, batch.tokens
 
+    def use_prepared(prepared: torch.nn.Module) -> None:
+        encoder.model = prepared
 
-def _restore(ckpt: Path, accelerator: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-             scheduler: Any) -> int:
-    """Load a checkpoint's training state into this process; returns its step."""
-    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
-    world = accelerator.num_processes
-    if state.get("world_size", world) != world:
-        raise ValueError(f"{ckpt}: saved by {state['world_size']} processes; resume it with as many (now {world})")
-    missing = accelerator.unwrap_model(model).load_state_dict(state["model"], strict=False)
-    if missing.unexpected_keys:
-        raise ValueError(f"{ckpt}: checkpoint does not match the model ({missing.unexpected_keys[:3]} ...)")
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if state.get("scaler") is not None and getattr(accelerator, "scaler", None) is not None:
-        accelerator.scaler.load_state_dict(state["scaler"])
-    rng_file = ckpt / f"rng-{accelerator.process_index}.pt"
-    if not rng_file.is_file():
-        raise ValueError(f"{rng_file}: this process's random state is missing from the checkpoint")
-    _set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
-    return int(state["step"])
-
-
-def _logged_flops(path: Path) -> float:
-    """The cumulative FLOPs of the last log record (a resumed run counts on from there)."""
-    lines = [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-    return float(json.loads(lines[-1]).get("flops", 0.0)) if lines else 0.0
+    loop = LoopSettings(settings.output_dir, settings.learning_rate, settings.weight_decay, settings.warmup_ratio,
+                        settings.max_grad_norm, settings.grad_accum, settings.save_steps, settings.logging_steps,
+                        settings.tensorboard)
+    evaluate = _checkpoint_evaluator(settings) if settings.eval_data else None
+    return run_loop(accelerator, model, micro_step, total, loop, used, resume=resume, force=force,
+                    save_model=lambda unwrapped, folder: save_final(folder, unwrapped, encoder, settings),
+                    prepared=use_prepared, callbacks=[EvalCallback(settings.eval_steps, evaluate), *callbacks],
+                    on_step=on_step, flops_per_token=compute.flops_per_token)
 
 
 def _checkpoint_evaluator(settings: TrainSettings) -> Callable[[Path], dict[str, float]]:

@@ -1,0 +1,229 @@
+"""The optimisation loop every trainer in llmret shares: retrieval training and MNTP alike.
+
+A trainer supplies the prepared model's micro-step (forward, loss, backward; it returns the loss parts
+and the tokens it processed) and what a saved model is; the loop owns the optimizer, the warm-up
+schedule, gradient accumulation and clipping, checkpoints with every process's random state, the
+resume check, and the callbacks (logging, checkpoints, evaluation, the caller's own).
+
+``OUTPUT/checkpoint-N/state.pt`` every ``save_steps`` (``rng-R.pt`` per process), ``config.yaml`` or
+the caller's name for the settings used, ``log.jsonl``, and ``final/`` at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from llmret.callbacks import Callback, CheckpointCallback, LogCallback, LoopState
+from llmret.fileio import atomic_write
+
+log = logging.getLogger(__name__)
+
+MicroStep = Callable[[torch.nn.Module, int, int], tuple[dict[str, float], int]]
+"""(prepared model, step, micro-batch index) -> (loss parts incl. ``loss``, tokens processed here)."""
+
+
+@dataclass
+class LoopSettings:
+    output_dir: str
+    learning_rate: float
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    grad_accum: int = 1
+    save_steps: int = 0
+    logging_steps: int = 10
+    tensorboard: bool = False
+    config_name: str = "train_config.yaml"  # the settings used, checked on resume
+    name: str = "training"  # progress bar label
+
+
+def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                    step: int, accelerator: Any) -> None:
+    """The whole training state: trainable weights, optimizer, scheduler, the fp16 loss scaler, and the
+    random state of every process (each rank writes its own), written atomically; ``state.pt`` is
+    written last, after every rank has written, so its presence marks a complete checkpoint."""
+    with atomic_write(folder / f"rng-{accelerator.process_index}.pt", "wb") as handle:
+        torch.save(_rng_state(), handle)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        scaler = getattr(accelerator, "scaler", None)
+        state = {"step": step, "model": _trainable_state(model), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
+                 "world_size": accelerator.num_processes}
+        with atomic_write(folder / "state.pt", "wb") as handle:
+            torch.save(state, handle)
+    accelerator.wait_for_everyone()
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The newest complete checkpoint (one whose state.pt was fully written)."""
+    done = [p for p in output_dir.glob("checkpoint-*") if (p / "state.pt").is_file()]
+    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+# Settings that change what is logged or saved, not what is trained: a resume may change them.
+BOOKKEEPING = ("save_steps", "logging_steps", "tensorboard", "output_dir", "eval_steps", "eval_data", "eval_split")
+
+
+def settings_changes(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
+    """Names of the settings (``encoder.x`` for nested ones) that differ between two settings dicts."""
+    changed = []
+    for key in sorted(set(saved) | set(now)):
+        if key in BOOKKEEPING and not prefix:
+            continue
+        old, new = saved.get(key), now.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += settings_changes(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changed.append(f"{prefix}{key} ({old!r} -> {new!r})")
+    return changed
+
+
+def _trim_log(path: Path, last_step: int) -> None:
+    """Drop log records after ``last_step`` (written after the checkpoint a resume starts from)."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    with atomic_write(path) as handle:
+        handle.write("".join(f"{line}\n" for line in keep))
+
+
+
+
+def mixed_precision(choice: str) -> str:
+    """auto: bf16 where the GPU supports it, else none (CPU bf16 matmul is slow)."""
+    if choice != "auto":
+        return choice
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def _restore(ckpt: Path, accelerator: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             scheduler: Any) -> int:
+    """Load a checkpoint's training state into this process; returns its step."""
+    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+    world = accelerator.num_processes
+    if state.get("world_size", world) != world:
+        raise ValueError(f"{ckpt}: saved by {state['world_size']} processes; resume it with as many (now {world})")
+    missing = accelerator.unwrap_model(model).load_state_dict(state["model"], strict=False)
+    if missing.unexpected_keys:
+        raise ValueError(f"{ckpt}: checkpoint does not match the model ({missing.unexpected_keys[:3]} ...)")
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler") is not None and getattr(accelerator, "scaler", None) is not None:
+        accelerator.scaler.load_state_dict(state["scaler"])
+    rng_file = ckpt / f"rng-{accelerator.process_index}.pt"
+    if not rng_file.is_file():
+        raise ValueError(f"{rng_file}: this process's random state is missing from the checkpoint")
+    _set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
+    return int(state["step"])
+
+
+def _logged_flops(path: Path) -> float:
+    """The cumulative FLOPs of the last log record (a resumed run counts on from there)."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return float(json.loads(lines[-1]).get("flops", 0.0)) if lines else 0.0
+
+
+def run_loop(accelerator: Any, model: torch.nn.Module, micro_step: MicroStep, total: int, settings: LoopSettings,
+             used: dict[str, Any], *, save_model: Callable[[torch.nn.Module, Path], None], resume: bool = False,
+             force: bool = False, prepared: Callable[[torch.nn.Module], None] | None = None,
+             callbacks: Sequence[Callback] = (), on_step: Callable[[int, float], None] | None = None,
+             flops_per_token: float = 0.0) -> Path:
+    """Run ``total`` optimizer steps of ``micro_step`` over ``model`` and save ``final/``; returns it.
+
+    ``used`` are the settings written to the output folder; on ``resume`` they must equal the saved
+    ones (``force`` accepts differences). ``prepared`` receives the model as accelerate wrapped it.
+    ``save_model(unwrapped model, folder)`` writes a loadable model (main process only).
+    """
+    from transformers import get_linear_schedule_with_warmup
+
+    out = Path(settings.output_dir)
+    ckpt = latest_checkpoint(out) if resume else None
+    if ckpt is not None and (out / settings.config_name).is_file() and not force:
+        changed = settings_changes(yaml.safe_load((out / settings.config_name).read_text()) or {}, used)
+        if changed:
+            raise ValueError(f"{out / settings.config_name}: resuming with other settings than the run started with: "
+                             f"{'; '.join(changed)} (pass --force to accept them)")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    # The scheduler stays out of accelerator.prepare: prepared, it steps once per process, which is
+    # right only when each process takes its own batches; here every process takes a share of the
+    # same global batch, so the rate must follow the global step (stepped below once per update).
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total), total)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if prepared is not None:
+        prepared(model)
+
+    start = 0
+    if ckpt is not None:
+        start = _restore(ckpt, accelerator, model, optimizer, scheduler)
+        log.info("resumed from %s at step %d of %d", ckpt, start, total)
+    elif resume:
+        log.info("no checkpoint in %s: starting from scratch", out)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        _trim_log(out / "log.jsonl", start)  # a fresh run starts an empty log; a resumed one drops what followed its checkpoint
+        with atomic_write(out / settings.config_name) as handle:
+            yaml.safe_dump(used, handle, sort_keys=False)
+
+    def save_state(folder: Path, state: LoopState) -> None:
+        save_checkpoint(folder, accelerator.unwrap_model(model), optimizer, scheduler, state.step, accelerator)
+
+    bar = tqdm(total=total, initial=start, desc=settings.name, disable=not accelerator.is_main_process)
+    loop = [LogCallback(settings.logging_steps, settings.tensorboard, bar, _logged_flops(out / "log.jsonl") if start else 0.0),
+            CheckpointCallback(settings.save_steps, save_state), *callbacks]
+    state = LoopState(start, total, out, accelerator, model, optimizer, scheduler,
+                      lambda folder: save_model(accelerator.unwrap_model(model), folder), flops_per_token=flops_per_token)
+    for step in range(start, total):
+        state.tokens = 0
+        for micro in range(settings.grad_accum):
+            with accelerator.accumulate(model):
+                state.record, tokens = micro_step(model, step, micro)
+                if accelerator.sync_gradients and settings.max_grad_norm:
+                    accelerator.clip_grad_norm_(params, settings.max_grad_norm)
+                optimizer.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
+                optimizer.zero_grad()
+            state.tokens += tokens
+        state.step = step + 1
+        for callback in loop:
+            callback.on_step(state)
+        if on_step is not None:
+            on_step(state.step, state.record["loss"])
+    bar.close()
+    final = out / "final"
+    if accelerator.is_main_process:
+        state.save_model(final)
+    accelerator.wait_for_everyone()
+    return final
