@@ -105,6 +105,9 @@ def test_two_processes_train_the_single_process_adapter(tiny_llama: Path, tmp_pa
         assert done.returncode == 0, done.stderr[-3000:]
         adapters.append(load_file(out / "final" / "adapter_model.safetensors"))
     one, two = adapters
+    logs = [log_of(tmp_path / f"{retriever}-{processes}") for processes in (1, 2)]
+    assert [r["flops"] for r in logs[1]] == [r["flops"] for r in logs[0]]  # the global batch's tokens, counted once
+    assert [r["loss"] for r in logs[1]] == pytest.approx([r["loss"] for r in logs[0]], rel=1e-5)
     moved = 0
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-6, msg=key)

@@ -32,7 +32,7 @@ class LoopState:
     scheduler: Any
     save_model: Callable[[Path], None]  # writes a loadable model folder (main process)
     record: dict[str, float] = field(default_factory=dict)
-    tokens: int = 0  # real tokens this step, on this process
+    tokens: int = 0  # real tokens this step, over all processes
     flops_per_token: float = 0.0
 
     @property
@@ -54,9 +54,8 @@ class LogCallback(Callback):
         self.tokens, self.clock = 0, time.perf_counter()
 
     def on_step(self, state: LoopState) -> None:
-        tokens = state.tokens * state.accelerator.num_processes  # the shares are equal in count, close in length
-        self.tokens += tokens
-        self.flops += tokens * state.flops_per_token
+        self.tokens += state.tokens
+        self.flops += state.tokens * state.flops_per_token
         self.bar.update(1)
         if state.step % self.every and state.step != state.total:
             return

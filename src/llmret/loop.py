@@ -216,6 +216,8 @@ def run_loop(accelerator: Any, model: torch.nn.Module, micro_step: MicroStep, to
                     scheduler.step()
                 optimizer.zero_grad()
             state.tokens += tokens
+        if accelerator.num_processes > 1:  # the global step's tokens, for tokens/s and FLOPs
+            state.tokens = int(accelerator.reduce(torch.tensor(state.tokens, device=accelerator.device), reduction="sum"))
         state.step = step + 1
         for callback in loop:
             callback.on_step(state)
