@@ -160,6 +160,11 @@ def test_mine_skips_positives_and_drops_likely_false_negatives(tmp_path: Path, t
     rows = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
     assert [p["docid"] for p in rows[0]["negative_passages"]] == ["d2", "d3", "d4"] and "text" not in rows[0]["positive_passages"][0]
     assert "dropped: within the margin of a positive: 1" in capsys.readouterr().out
+    qrels = {"q1": {"d0": 1, "d3": 0}, "q2": {"d5": 2}}
+    for row in rows:  # no judged positive among any query's negatives
+        assert not {p["docid"] for p in row["negative_passages"]} & {d for d, r in qrels[row["query_id"]].items() if r > 0}
+    assert main(["mine", "--run", str(tmp_path / "run.trec"), "--data", str(folder), "--out", str(tmp_path / "x.jsonl"),
+                 "--max-teacher-score", "1"]) == 2  # needs a teacher: a clear error
 
 
 def test_annotated_file_trains_with_kd_from_the_cli(tiny_cross_encoder: Path, tiny_llama: Path, tmp_path: Path) -> None:

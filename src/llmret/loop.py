@@ -25,7 +25,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from llmret.callbacks import Callback, CheckpointCallback, LogCallback, LoopState
-from llmret.fileio import atomic_write
+from llmret.fileio import atomic_write, write_json
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +158,13 @@ def run_loop(accelerator: Any, model: torch.nn.Module, micro_step: MicroStep, to
              used: dict[str, Any], *, save_model: Callable[[torch.nn.Module, Path], None], resume: bool = False,
              force: bool = False, prepared: Callable[[torch.nn.Module], None] | None = None,
              callbacks: Sequence[Callback] = (), on_step: Callable[[int, float], None] | None = None,
-             flops_per_token: float = 0.0) -> Path:
+             flops_per_token: float = 0.0, records: dict[str, Any] | None = None) -> Path:
     """Run ``total`` optimizer steps of ``micro_step`` over ``model`` and save ``final/``; returns it.
 
     ``used`` are the settings written to the output folder; on ``resume`` they must equal the saved
     ones (``force`` accepts differences). ``prepared`` receives the model as accelerate wrapped it.
-    ``save_model(unwrapped model, folder)`` writes a loadable model (main process only).
+    ``save_model(unwrapped model, folder)`` writes a loadable model (main process only). ``records``
+    (file name -> JSON object) are written beside the settings once the resume check has passed.
     """
     from transformers import get_linear_schedule_with_warmup
 
@@ -195,6 +196,8 @@ def run_loop(accelerator: Any, model: torch.nn.Module, micro_step: MicroStep, to
         _trim_log(out / "log.jsonl", start)  # a fresh run starts an empty log; a resumed one drops what followed its checkpoint
         with atomic_write(out / settings.config_name) as handle:
             yaml.safe_dump(used, handle, sort_keys=False)
+        for name, record in (records or {}).items():
+            write_json(out / name, record)
 
     def save_state(folder: Path, state: LoopState) -> None:
         save_checkpoint(folder, accelerator.unwrap_model(model), optimizer, scheduler, state.step, accelerator)

@@ -36,7 +36,7 @@ from llmret.data.training import TrainExample, require_teacher_scores
 from llmret.encoders.base import DTYPES, TextEncoder
 from llmret.encoders.dense import DenseEncoder
 from llmret.encoders.sparse import SparseEncoder
-from llmret.fileio import atomic_dir, write_json
+from llmret.fileio import atomic_dir
 from llmret.loop import LoopSettings, mixed_precision, run_loop
 from llmret.losses.infonce import InfoNCELoss
 from llmret.losses.kd import ListwiseKDLoss
@@ -243,8 +243,6 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
     total = compute.steps or settings.max_steps or math.ceil(steps_per_epoch * settings.epochs)
     log.info("%d steps of ~%.3g FLOPs (%.3g per token, %d of %d parameters trained%s)", total, compute.flops_per_step,
              compute.flops_per_token, compute.trainable, compute.parameters, ", LoRA" if settings.lora else "")
-    if accelerator.is_main_process:
-        write_json(Path(settings.output_dir) / "compute.json", {**compute.to_json(), "steps": total})
     regularizer = Regularizer(settings.regularizer, settings.query_reg_weight, settings.passage_reg_weight,
                               int(settings.reg_warmup_ratio * total)) if sparse else None
     criterion = Criterion(objective, regularizer)
@@ -272,7 +270,8 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
     return run_loop(accelerator, model, micro_step, total, loop, used, resume=resume, force=force,
                     save_model=lambda unwrapped, folder: save_final(folder, unwrapped, encoder, settings),
                     prepared=use_prepared, callbacks=[EvalCallback(settings.eval_steps, evaluate), *callbacks],
-                    on_step=on_step, flops_per_token=compute.flops_per_token)
+                    on_step=on_step, flops_per_token=compute.flops_per_token,
+                    records={"compute.json": {**compute.to_json(), "steps": total}})
 
 
 def _checkpoint_evaluator(settings: TrainSettings) -> Callable[[Path], dict[str, float]]:
