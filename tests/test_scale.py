@@ -207,3 +207,5 @@ def test_budget_buys_steps_and_logs_flops_and_checkpoints_are_evaluated(tiny_lla
         train(settings("x", budget_flops=budget, max_steps=2))
     with pytest.raises(ValueError, match="less than one step"):
         train(settings("x", budget_flops=10.0))
+    with pytest.raises(ValueError, match="at least 1"):
+        train(settings("x", max_train_queries=0))

@@ -139,6 +139,9 @@ def load_examples(settings: TrainSettings) -> list[TrainExample]:
         examples = resolve_passages(mine_bm25_negatives(data), data.corpus)
     else:
         examples = read_training(path, Corpus.from_file(settings.corpus) if settings.corpus else None)
+    if settings.max_train_queries and settings.max_train_queries > len(examples):
+        log.warning("max_train_queries %d is more than the %d training queries: training on all of them",
+                    settings.max_train_queries, len(examples))
     return subset(examples, settings.max_train_queries, settings.seed)
 
 
@@ -211,6 +214,8 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
         raise ValueError(f"batch_size {settings.batch_size} does not split evenly over {accelerator.num_processes} processes")
     if settings.budget_flops is not None and settings.max_steps is not None:
         raise ValueError("give --budget-flops or --max-steps, not both: the budget decides the number of steps")
+    if settings.chunk_size < 1 or (settings.max_train_queries is not None and settings.max_train_queries < 1):
+        raise ValueError("chunk_size and max_train_queries must be at least 1")
     if settings.eval_data and not settings.eval_steps:
         raise ValueError("--eval-data needs --eval-steps: the steps at which to evaluate")
     if settings.retriever not in ("dense", "sparse"):
