@@ -190,6 +190,18 @@ def test_sparse_evaluate_mirrors_dense_and_staged_search(tiny_bert: Path, sparse
         assert list(staged[qid]) == list(one[qid])
         np.testing.assert_allclose(list(staged[qid].values()), list(one[qid].values()), rtol=1e-5)
 
+    # The sparsity report (index size, non-zeros, FLOPS) by hand from the staged vectors
+    import scipy.sparse as sp
+
+    from llmret.index.shards import EmbeddingShards
+
+    docs_m, queries_m = (sp.vstack([v for _, v in EmbeddingShards(emb / part)]).toarray() > 0 for part in ("corpus", "queries"))
+    report = settings["sparsity"]
+    assert report["postings"] == int(docs_m.sum()) and report["passage_nonzero"] == pytest.approx(docs_m.sum() / 30)
+    assert report["query_nonzero"] == pytest.approx(queries_m.sum() / len(queries_m))
+    assert report["flops"] == pytest.approx(float((docs_m.mean(axis=0) * queries_m.mean(axis=0)).sum()), rel=1e-9)
+    assert report["flops_per_query"] == pytest.approx(report["flops"] * 30)
+
     assert main(["anserini", "--embeddings", str(emb / "corpus"), "--out", str(tmp_path / "docs.jsonl")]) == 0
     assert main(["anserini", "--embeddings", str(emb / "queries"), "--queries", "--out", str(tmp_path / "q.tsv")]) == 0
     lines = [json.loads(line) for line in (tmp_path / "docs.jsonl").read_text().splitlines()]

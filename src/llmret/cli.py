@@ -240,6 +240,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("results") / f"{data.name}-{retriever.name}"
     result = evaluate_retriever(retriever, data, out, name=args.name, k=args.k, rules=rules, measures=args.measures)
     _print_result(result.name, result.evaluation.aggregate)
+    report = retriever.sparsity() if hasattr(retriever, "sparsity") else None
+    if report is not None:
+        print(f"sparsity: {report.postings:,} postings; {report.passage_nonzero:.1f} terms a passage, "
+              f"{report.query_nonzero:.1f} a query; FLOPS {report.flops:.2f} a query-passage pair, "
+              f"{report.flops_per_query:,.0f} a query over the corpus")
     print(f"run and metrics in {out}")
     return 0
 

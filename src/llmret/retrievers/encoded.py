@@ -49,6 +49,9 @@ class EncoderRetriever(Retriever):
             self.passages_truncated = shards.truncated()
             self.vector_index = self.build_index(shards)
 
+    def observe_queries(self, vectors: Any) -> None:
+        """See the encoded queries of a retrieve() (the sparse retriever counts their terms)."""
+
     def retrieve(self, queries: dict[str, str], k: int = 1000) -> Run:
         if self.vector_index is None:
             raise RuntimeError("call index(corpus) before retrieve()")
@@ -56,5 +59,6 @@ class EncoderRetriever(Retriever):
         before = self.encoder.truncated["queries"]
         vectors = self.encoder.encode_queries([queries[q] for q in qids], progress=self.progress)
         self.queries_truncated = self.encoder.truncated["queries"] - before
+        self.observe_queries(vectors)
         scores, ids = self.vector_index.search(vectors, k)
         return {qid: dict(zip(row_ids, map(float, row_scores))) for qid, row_ids, row_scores in zip(qids, ids, scores)}
