@@ -296,6 +296,35 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from llmret.fileio import read_json
+    from llmret.report import format_table
+    from llmret.significance import compare
+
+    per_query: dict[str, dict[str, float]] = {}
+    for path in args.metrics:
+        data = read_json(path)
+        name = str(data.get("system") or Path(path).parent.name)
+        values = data.get("per_query", {}).get(args.measure) if isinstance(data, dict) else None
+        if values is None:
+            raise DataError(path, None, f"no per-query '{args.measure}' values (a metrics.json of llmret evaluate, "
+                                        f"evaluated with that measure)")
+        if name in per_query:
+            raise DataError(path, None, f"a second system named '{name}'")
+        per_query[name] = values
+    baseline = args.baseline or next(iter(per_query))
+    rows = compare(per_query, baseline, args.measure, alpha=args.alpha, correction=args.correction, trials=args.trials)
+    table = [{"system": r.system, args.measure: r.mean, "delta": r.delta, "p (t)": f"{r.p_t_corrected:.4f}",
+              "p (rand)": f"{r.p_randomization_corrected:.4f}", "sig": "yes" if r.significant else ""} for r in rows]
+    print(f"baseline {baseline}: {args.measure} {100 * rows[0].baseline_mean if rows else float('nan'):.2f} "
+          f"over {rows[0].queries if rows else 0} queries")
+    print(format_table(table, ["system", args.measure, "delta", "p (t)", "p (rand)", "sig"],
+                       percent=[args.measure, "delta"]))
+    print(f"paired two-sided t-test and randomisation test ({args.trials} sign flips or all of them), p-values "
+          f"corrected by {args.correction}; sig: both below {args.alpha}")
+    return 0
+
+
 def cmd_anserini(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
@@ -479,6 +508,16 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--measures", nargs="+", help="default: the dataset convention's")
     _add_rules_arg(p)
     p.set_defaults(func=cmd_fuse)
+
+    p = sub.add_parser("compare", help="paired significance tests between evaluated systems (per-query values)")
+    p.add_argument("metrics", nargs="+", help="metrics.json files written by llmret evaluate (the first is the "
+                                              "baseline unless --baseline names one)")
+    p.add_argument("--measure", default="nDCG@10")
+    p.add_argument("--baseline", help="system name (from metrics.json) to compare the others with")
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--correction", choices=["holm", "bonferroni", "none"], default="holm")
+    p.add_argument("--trials", type=int, default=10_000, help="randomisation test: sign flips sampled")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("anserini", help="export sparse embeddings for Lucene (JsonVectorCollection or TSV topics)")
     p.add_argument("--embeddings", required=True, help="folder of sparse embedding shards (llmret encode --retriever sparse)")
