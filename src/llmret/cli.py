@@ -44,6 +44,11 @@ def _add_encoder_args(p: argparse.ArgumentParser, training: bool = False) -> Non
     g.add_argument("--passage-top-k", type=int, help="keep a passage's k largest term weights")
     g.add_argument("--quantize", type=int, help="round weights to multiples of 1/N (e.g. 100)")
     g.add_argument("--vocab-chunk", type=int, help="vocabulary rows projected at once (default: the MLP width)")
+    g.add_argument("--zero-special-terms", action=argparse.BooleanOptionalAction, default=None,
+                   help="special tokens' dimensions always 0")
+    g.add_argument("--input-terms-only", action=argparse.BooleanOptionalAction, default=None,
+                   help="only the text's own tokens get weight (plus --expansion-terms)")
+    g.add_argument("--expansion-terms", type=int, help="with --input-terms-only: keep this many strongest other terms")
 
 
 def _add_settings_args(p: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
@@ -365,6 +370,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from llmret.train import TrainSettings, train
 
     data = load_config(args.config) if args.config else {}
+    if args.recipe:
+        data["recipe"] = args.recipe
     settings = TrainSettings.from_dict(data, args.config)
     for f in fields(TrainSettings):
         if getattr(args, f.name, None) is not None and f.name != "encoder":

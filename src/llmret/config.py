@@ -52,6 +52,10 @@ class EncoderSettings:
     # Vocabulary rows projected at once, bounding memory at batch x length x chunk; None: the MLP width,
     # so the chunk's logits are no larger than activations the forward already holds.
     vocab_chunk: int | None = None
+    # Ways to be sparse from the first step (a decoder's head makes nearly every term positive):
+    zero_special_terms: bool | None = None  # special tokens' dimensions (BOS, EOS, pad ...) are always 0
+    input_terms_only: bool | None = None  # only the text's own tokens get weight ...
+    expansion_terms: int | None = None  # ... plus this many of the strongest other terms (with input_terms_only)
 
     def explicit(self) -> dict[str, Any]:
         """The settings given here (not None), the model name excluded."""
@@ -75,7 +79,8 @@ DEFAULTS: dict[str, Any] = {
     "instruction_template": "Instruct: {instruction}\nQuery: {query}",
     "query_max_length": 64, "batch_size": 32, "dtype": "float32", "logit_scale": 1.0,
 }
-SPARSE_ONLY = ("logit_scale", "query_top_k", "passage_top_k", "quantize", "vocab_chunk")
+SPARSE_ONLY = ("logit_scale", "query_top_k", "passage_top_k", "quantize", "vocab_chunk", "zero_special_terms",
+               "input_terms_only", "expansion_terms")
 
 
 def from_dict(cls: type[T], data: dict[str, Any], source: str | Path | None = None) -> T:

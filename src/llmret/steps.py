@@ -23,6 +23,7 @@ import torch
 
 from llmret.distributed import gather_with_grad, scale_for_ddp
 from llmret.encoders.base import TextEncoder
+from llmret.encoders.sparse import keep_top_k
 from llmret.losses.objective import Objective
 from llmret.losses.regularizers import nonzero, regularization, warmup_weight
 
@@ -43,12 +44,15 @@ class Batch:
 
 @dataclass
 class Regularizer:
-    """Sparse models' term-weight regulariser, its query and passage weights and their warm-up."""
+    """Sparse models' term-weight regulariser, its query and passage weights and their warm-up; and the
+    top-k cut of queries and passages applied in training as at encoding (None: no cut)."""
 
     kind: str
     query_weight: float
     passage_weight: float
     warmup_steps: int
+    query_top_k: int | None = None
+    passage_top_k: int | None = None
 
 
 class Criterion:
@@ -59,12 +63,14 @@ class Criterion:
 
     def __call__(self, queries: torch.Tensor, passages: torch.Tensor, teacher: torch.Tensor | None,
                  step: int) -> dict[str, torch.Tensor]:
+        reg = self.regularizer
+        if reg is not None:
+            queries, passages = keep_top_k(queries, reg.query_top_k), keep_top_k(passages, reg.passage_top_k)
         if teacher is not None:
             teacher = gather_with_grad(teacher.to(queries.device))
         parts = self.objective(gather_with_grad(queries), gather_with_grad(passages), teacher)
         loss = scale_for_ddp(parts.pop("loss"))
         out = {f"{name}_loss": value for name, value in parts.items()}
-        reg = self.regularizer
         if reg is not None:
             value = warmup_weight(reg.query_weight, step, reg.warmup_steps) * regularization(queries, reg.kind) \
                 + warmup_weight(reg.passage_weight, step, reg.warmup_steps) * regularization(passages, reg.kind)

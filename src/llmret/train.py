@@ -41,6 +41,7 @@ from llmret.loop import LoopSettings, mixed_precision, run_loop
 from llmret.losses.infonce import InfoNCELoss
 from llmret.losses.kd import ListwiseKDLoss
 from llmret.losses.objective import Objective
+from llmret.recipes import RECIPES, lion_logit_scale, with_recipe
 from llmret.saved import SavedModel
 from llmret.steps import Batch, Criterion, Regularizer, cached_step, plain_step
 
@@ -61,6 +62,8 @@ class TrainSettings:
     Each field is a ``train`` flag (``max_steps`` -> ``--max-steps``) and a key of a ``--config`` file.
     """
 
+    recipe: str | None = _opt(None, "a published system's settings under yours: lion-sparse (see llmret.recipes)",
+                              choices=tuple(RECIPES))
     retriever: str = _opt("dense", "what to train", choices=("dense", "sparse"))
     train_data: str = _opt("builtin:code", "Tevatron JSONL, a BEIR folder (qrels/train.tsv) or builtin:TASK")
     corpus: str | None = _opt(None, "corpus resolving passages given by id in a JSONL file")
@@ -111,13 +114,17 @@ class TrainSettings:
     query_reg_weight: float = _opt(0.05, "sparse: query regulariser weight")
     passage_reg_weight: float = _opt(0.04, "sparse: passage regulariser weight")
     reg_warmup_ratio: float = _opt(0.33, "sparse: the weights rise quadratically over this share of the steps")
+    reg_warmup_steps: int | None = _opt(None, "sparse: the warm-up in steps (instead of reg_warmup_ratio)")
+    top_k_in_training: bool = _opt(False, "sparse: cut queries and passages to the encoder's query_top_k / "
+                                          "passage_top_k in training too (gradient through the kept weights)")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | Path | None = None) -> TrainSettings:
-        data = dict(data)
+        data = with_recipe(dict(data))
         encoder = from_dict(EncoderSettings, data.pop("encoder", {}) or {}, source)
         settings = from_dict(cls, data, source)
         settings.encoder = encoder
+        settings.recipe_applied = True  # not a field: train() refuses a recipe named but never applied
         return settings
 
 
@@ -220,7 +227,12 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
         raise ValueError("--eval-data needs --eval-steps: the steps at which to evaluate")
     if settings.retriever not in ("dense", "sparse"):
         raise ValueError(f"retriever must be dense or sparse, not '{settings.retriever}'")
+    if settings.recipe and not getattr(settings, "recipe_applied", False):
+        raise ValueError(f"recipe '{settings.recipe}' was named but not applied: build the settings with "
+                         "TrainSettings.from_dict({'recipe': ...}) (the CLI and config files do)")
     sparse = settings.retriever == "sparse"
+    if settings.top_k_in_training and not (sparse and (settings.encoder.query_top_k or settings.encoder.passage_top_k)):
+        raise ValueError("top_k_in_training needs a sparse retriever with query_top_k or passage_top_k")
     if settings.temperature is None:  # resolved here, so the saved config shows the value used
         settings.temperature = 1.0 if sparse else 0.02
     objective = Objective(settings.objective, InfoNCELoss(settings.temperature, settings.similarity),
@@ -230,6 +242,10 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
     if objective.needs_teacher:
         require_teacher_scores(examples, f"objective '{settings.objective}'")  # before the model loads
     backbone = load_backbone(settings.encoder.model, dtype=DTYPES[settings.encoder.dtype or "float32"], lm_head=sparse)
+    if settings.recipe == "lion-sparse" and settings.encoder.logit_scale is None:
+        config = backbone.model.config
+        config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        settings.encoder.logit_scale = lion_logit_scale(int(config.hidden_size))  # saved with the model
     encoder = (SparseEncoder if sparse else DenseEncoder)(backbone, settings.encoder, accelerator.device)
     used = {**to_dict(settings), "encoder": {"model": settings.encoder.model, **to_dict(encoder.settings)}}
 
@@ -248,8 +264,10 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
     total = compute.steps or settings.max_steps or math.ceil(steps_per_epoch * settings.epochs)
     log.info("%d steps of ~%.3g FLOPs (%.3g per token, %d of %d parameters trained%s)", total, compute.flops_per_step,
              compute.flops_per_token, compute.trainable, compute.parameters, ", LoRA" if settings.lora else "")
+    warmup = settings.reg_warmup_steps if settings.reg_warmup_steps is not None else int(settings.reg_warmup_ratio * total)
+    cut = (encoder.settings.query_top_k, encoder.settings.passage_top_k) if settings.top_k_in_training else (None, None)
     regularizer = Regularizer(settings.regularizer, settings.query_reg_weight, settings.passage_reg_weight,
-                              int(settings.reg_warmup_ratio * total)) if sparse else None
+                              warmup, *cut) if sparse else None
     criterion = Criterion(objective, regularizer)
     world, rank = accelerator.num_processes, accelerator.process_index
 

@@ -23,6 +23,15 @@ from llmret.encoders.vocab_head import VocabHead, head_detached
 SPARSE_POOLINGS = ("max", "sum")
 
 
+def keep_top_k(reps: torch.Tensor, k: int | None) -> torch.Tensor:
+    """Each row's ``k`` largest weights, the rest 0; the kept weights keep their gradient (training with
+    the sparsity encoding will have, so that the model learns what survives the cut)."""
+    if not k or k >= reps.shape[1]:
+        return reps
+    mask = torch.zeros_like(reps, dtype=torch.bool).scatter_(1, reps.detach().topk(k, dim=1).indices, True)
+    return reps * mask
+
+
 def sparsify(reps: torch.Tensor, top_k: int | None = None, quantize: int | None = None) -> sp.csr_matrix:
     """Weights [n, vocab] as a CSR matrix, keeping each row's ``top_k`` largest and rounding to 1/``quantize``."""
     reps = reps.detach().float()
@@ -50,6 +59,8 @@ class SparseEncoder(TextEncoder):
         config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
         width = getattr(config, "intermediate_size", None) or 4 * int(config.hidden_size)
         self.vocab_chunk = self.settings.vocab_chunk or int(width)
+        if self.settings.expansion_terms and not self.settings.input_terms_only:
+            raise ValueError("expansion_terms adds terms to the input's own: it needs input_terms_only")
 
     def default_info(self, backbone: Backbone) -> ModelInfo:
         """Max pooling, no normalisation, no EOS, and no BOS: an attention sink would dominate every max.
@@ -78,7 +89,28 @@ class SparseEncoder(TextEncoder):
                 chunks.append(checkpoint(self._sum_chunk, head, hidden, mask, start, stop, use_reentrant=False))
             else:
                 chunks.append(self._sum_chunk(head, hidden, mask, start, stop))
-        return torch.cat(chunks, dim=1)
+        return self.restrict(torch.cat(chunks, dim=1), input_ids, attention_mask)
+
+    def restrict(self, reps: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Zero the terms the settings exclude: special tokens' dimensions, and (``input_terms_only``)
+        every term that is not one of the text's own tokens or its ``expansion_terms`` strongest others.
+        A product with a 0/1 mask, so the kept weights keep their gradient."""
+        s = self.settings
+        keep = None
+        if s.zero_special_terms:
+            keep = torch.ones(reps.shape[1], dtype=torch.bool, device=reps.device)
+            special = [i for i in self.tokenizer.all_special_ids if i < reps.shape[1]]
+            keep[special] = False
+            keep = keep.expand_as(reps)
+        if s.input_terms_only:
+            ids = input_ids.clamp(max=reps.shape[1] - 1)  # padded positions carry weight 0 below
+            own = torch.zeros_like(reps).scatter_reduce(1, ids, attention_mask.to(reps.dtype), reduce="amax") > 0
+            if s.expansion_terms:
+                others = reps.detach().masked_fill(own, float("-inf"))
+                top = others.topk(min(s.expansion_terms, reps.shape[1]), dim=1).indices
+                own = own.scatter(1, top, True)
+            keep = own if keep is None else keep & own
+        return reps if keep is None else reps * keep
 
     def _activation(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.log1p(torch.relu(logits.float() * self.settings.logit_scale))
