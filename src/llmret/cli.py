@@ -167,26 +167,43 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_search(args: argparse.Namespace) -> int:
-    from llmret.data.trec import write_run
+def cmd_index(args: argparse.Namespace) -> int:
+    from llmret.index import saved
     from llmret.index.shards import EmbeddingShards
 
-    corpus = EmbeddingShards(Path(args.corpus))
-    if corpus.signature().get("paradigm") == "sparse":
-        from llmret.index.sparse import SeismicSparseIndex, SparseIndex
+    shards = EmbeddingShards(Path(args.embeddings))
+    kind, index = saved.build(shards, args.index)
+    saved.save(index, kind, args.out, shards.signature(), sum(len(ids) for ids, _ in shards))
+    print(f"{kind} index written to {args.out}")
+    return 0
 
-        if args.index not in (None, "exact", "seismic"):
-            raise SystemExit(f"sparse embeddings take --index exact or seismic, not {args.index}")
-        index = SeismicSparseIndex.from_shards(corpus) if args.index == "seismic" else SparseIndex.from_shards(corpus)
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from llmret.data.trec import write_run
+    from llmret.index import saved
+    from llmret.index.shards import EmbeddingShards
+
+    if args.index_dir and args.data:  # queries as text: encoded by the index's own encoder
+        from llmret.registry import load
+
+        data, rules = load(args.data, args.split, args.rules)
+        searcher = saved.Searcher.open(args.index_dir)
+        run = rules.apply(searcher.search(data.queries, args.k + 1 if rules.exclude_self else args.k))
     else:
-        from llmret.index.dense import DenseIndex
-
-        index = DenseIndex.from_shards(corpus, args.index or "Flat")
-    run = {}
-    for qids, vectors in EmbeddingShards(Path(args.queries)):
-        scores, ids = index.search(vectors, args.k)
-        run.update({q: dict(zip(i, map(float, s))) for q, i, s in zip(qids, ids, scores)})
-    write_run(args.out, run, tag=args.tag)
+        if not args.queries or not (args.corpus or args.index_dir):
+            raise SystemExit("search needs --queries with --corpus or --index-dir, or --index-dir with --data")
+        queries = EmbeddingShards(Path(args.queries))
+        if args.index_dir:
+            index, meta = saved.open_index(args.index_dir)
+            if queries.signature() != meta.get("encoder"):
+                raise DataError(Path(args.queries) / "meta.json", None,
+                                f"encoded with other settings or weights than the index in {args.index_dir}")
+        else:
+            _, index = saved.build(EmbeddingShards(Path(args.corpus)), args.index)
+        run = {}
+        for qids, vectors in queries:
+            run.update(saved.to_run(qids, *index.search(vectors, args.k)))
+    write_run(args.out, run, tag=args.tag, depth=args.k)  # ids dropped by the rules made room for one more
     print(f"run written to {args.out}")
     return 0
 
@@ -468,9 +485,19 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=50_000)
     p.set_defaults(func=cmd_encode)
 
-    p = sub.add_parser("search", help="search corpus shards with query shards, write a TREC run")
-    p.add_argument("--corpus", required=True, help="folder of corpus embedding shards")
-    p.add_argument("--queries", required=True, help="folder of query embedding shards")
+    p = sub.add_parser("index", help="build an index over corpus shards and save it (searchable later)")
+    p.add_argument("--embeddings", required=True, help="folder of corpus embedding shards (llmret encode)")
+    p.add_argument("--out", required=True, help="index folder to write")
+    p.add_argument("--index", help="dense: FAISS index_factory string (default Flat = exact); sparse: exact or seismic")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="search corpus shards or a saved index, write a TREC run")
+    p.add_argument("--corpus", help="folder of corpus embedding shards (an index is built in memory)")
+    p.add_argument("--index-dir", help="a saved index (llmret index)")
+    p.add_argument("--queries", help="folder of query embedding shards")
+    p.add_argument("--data", help="with --index-dir: search these queries as text, encoded by the index's encoder")
+    p.add_argument("--split", default="test")
+    _add_rules_arg(p)
     p.add_argument("--out", required=True, help="TREC run file to write")
     p.add_argument("--k", type=_positive_k, default=1000)
     p.add_argument("--index", help="dense: FAISS index_factory string (default Flat = exact); sparse: exact or seismic")

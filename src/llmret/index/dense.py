@@ -53,6 +53,9 @@ class DenseIndex:
         scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         return scores, [[self.ids[r] for r in row if r >= 0] for row in rows]
 
+    def params(self) -> dict[str, object]:
+        return {"factory": self.factory}
+
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -61,11 +64,12 @@ class DenseIndex:
         write_ids(folder / "index.ids", self.ids)
 
     @classmethod
-    def load(cls, folder: str | Path) -> DenseIndex:
+    def load(cls, folder: str | Path, factory: str = "Flat") -> DenseIndex:
+        """An index saved by :meth:`save`; ``factory`` is what it was built with (kept in meta.json)."""
         folder = Path(folder)
         raw = faiss.read_index(str(folder / "index.faiss"))
         index = cls.__new__(cls)
-        index.index, index.dim, index.factory = raw, raw.d, "loaded"
+        index.index, index.dim, index.factory = raw, raw.d, factory
         index.ids = read_ids(folder / "index.ids")
         if len(index.ids) != raw.ntotal:
             raise DataError(folder / "index.ids", None, f"{len(index.ids)} ids for {raw.ntotal} vectors")

@@ -7,7 +7,7 @@ score 0 and are not returned, as in any inverted index.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +87,9 @@ class SparseIndex:
             ids.extend([self.ids[c] for c in cols] for cols in columns)
         return scores, ids
 
+    def params(self) -> dict[str, object]:
+        return {}
+
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -142,6 +145,24 @@ class SeismicSparseIndex:
         self.index = SeismicIndex.build_from_dataset(
             dataset, n_postings=s.n_postings, centroid_fraction=s.centroid_fraction,
             summary_energy=s.summary_energy, num_threads=s.threads)
+
+    def params(self) -> dict[str, object]:
+        return asdict(self.settings)
+
+    def save(self, folder: str | Path) -> None:
+        """Seismic's own binary file (``index.index.seismic``) and the dimension; write into a fresh folder."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.index.save(str(folder / "index"))
+
+    @classmethod
+    def load(cls, folder: str | Path, settings: SeismicSettings | None = None, dim: int = 0) -> SeismicSparseIndex:
+        from seismic import SeismicIndex
+
+        index = cls.__new__(cls)
+        index.settings, index.dim = settings or SeismicSettings(), dim
+        index.index = SeismicIndex.load(str(Path(folder) / "index.index.seismic"))
+        return index
 
     @classmethod
     def from_shards(cls, shards: EmbeddingShards, settings: SeismicSettings | None = None) -> SeismicSparseIndex:

@@ -1,0 +1,113 @@
+"""Indexes saved to a folder, opened later and searched with the query encoder they were built with.
+
+A folder holds the index's own files and ``meta.json``: the kind (``faiss``, ``exact``, ``seismic``),
+its parameters (FAISS factory string, Seismic's knobs), the number of documents, and the signature of
+the encoder that made the corpus vectors (model, every setting, the weights' fingerprint).
+:meth:`Searcher.open` loads the index and that encoder (Pyserini's ``FaissSearcher(index_dir,
+encoder)`` in one call) and refuses an encoder whose signature differs from the index's, since its
+query vectors would not live in the space of the index's passages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmret.data.trec import Run
+from llmret.errors import DataError
+from llmret.fileio import atomic_dir, read_json, write_json
+from llmret.index.dense import DenseIndex
+from llmret.index.shards import EmbeddingShards
+from llmret.index.sparse import SeismicSettings, SeismicSparseIndex, SparseIndex
+
+Index = DenseIndex | SparseIndex | SeismicSparseIndex
+SPARSE_KINDS = ("exact", "seismic")
+
+
+def build(shards: EmbeddingShards, how: str | None = None) -> tuple[str, Index]:
+    """(kind, index) over encoded shards: ``how`` is ``exact`` or ``seismic`` for sparse vectors and a
+    FAISS factory string for dense ones (default exact search either way)."""
+    sparse = shards.signature().get("paradigm") == "sparse"
+    if sparse:
+        if how not in (None, *SPARSE_KINDS):
+            raise ValueError(f"sparse embeddings take --index exact or seismic, not {how}")
+        if how == "seismic":
+            return "seismic", SeismicSparseIndex.from_shards(shards)
+        return "exact", SparseIndex.from_shards(shards)
+    if how in SPARSE_KINDS:
+        raise ValueError(f"{shards.folder}: dense embeddings take a FAISS factory string (Flat, HNSW32 ...), not {how}")
+    return "faiss", DenseIndex.from_shards(shards, how or "Flat")
+
+
+def save(index: Index, kind: str, folder: str | Path, signature: dict[str, Any], documents: int) -> Path:
+    """Write ``index`` and its meta.json into ``folder`` as one atomic step (a reader never sees half)."""
+    folder = Path(folder)
+    with atomic_dir(folder) as tmp:
+        index.save(tmp)
+        write_json(tmp / "meta.json", {"kind": kind, "params": index.params(), "documents": documents,
+                                       "dim": int(index.dim), "encoder": signature})
+    return folder
+
+
+def open_index(folder: str | Path) -> tuple[Index, dict[str, Any]]:
+    """The index saved in ``folder`` and its meta.json."""
+    folder = Path(folder)
+    meta = read_json(folder / "meta.json")
+    kind, params = meta.get("kind"), meta.get("params", {})
+    if kind == "faiss":
+        return DenseIndex.load(folder, params.get("factory", "Flat")), meta
+    if kind == "exact":
+        return SparseIndex.load(folder), meta
+    if kind == "seismic":
+        return SeismicSparseIndex.load(folder, SeismicSettings(**params), int(meta.get("dim", 0))), meta
+    raise DataError(folder / "meta.json", None, f"unknown index kind {kind!r} (faiss, exact or seismic)")
+
+
+def to_run(qids: list[str], scores: Any, ids: list[list[str]]) -> Run:
+    return {q: dict(zip(row_ids, map(float, row_scores))) for q, row_ids, row_scores in zip(qids, ids, scores)}
+
+
+class Searcher:
+    """A saved index with its query encoder: ``Searcher.open(folder).search({"q1": "text"}, k=10)``."""
+
+    def __init__(self, index: Index, encoder: Any, meta: dict[str, Any]) -> None:
+        self.index, self.encoder, self.meta = index, encoder, meta
+
+    @classmethod
+    def open(cls, folder: str | Path, device: str | None = None) -> Searcher:
+        from llmret.config import SPARSE_ONLY, EncoderSettings
+        from llmret.encoders.dense import DenseEncoder
+        from llmret.encoders.sparse import SparseEncoder
+
+        index, meta = open_index(folder)
+        signature = meta.get("encoder", {})
+        if "model" not in signature:
+            raise DataError(Path(folder) / "meta.json", None, "no encoder signature: this index cannot encode queries")
+        sparse = signature.get("paradigm") == "sparse"
+        names = {f.name for f in fields(EncoderSettings)} - (set() if sparse else set(SPARSE_ONLY))
+        settings = EncoderSettings(**{k: v for k, v in signature.items() if k in names})
+        cls_ = SparseEncoder if sparse else DenseEncoder
+        encoder = cls_.load(settings, device)
+        now = encoder.signature()
+        changed = sorted(k for k in set(now) | set(signature) if now.get(k) != signature.get(k))
+        if changed:
+            raise DataError(Path(folder) / "meta.json", None, f"the query encoder differs from the one the index was "
+                                                              f"built with ({', '.join(changed)}): rebuild the index")
+        return cls(index, encoder, meta)
+
+    def search_vectors(self, qids: list[str], vectors: Any, k: int) -> Run:
+        scores, ids = self.index.search(vectors, k)
+        return to_run(qids, scores, ids)
+
+    def search(self, queries: dict[str, str], k: int = 1000) -> Run:
+        """Encode ``queries`` (id -> text) as the index's encoder does and return the top ``k`` of each."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1, not {k}")
+        qids = list(queries)
+        vectors = self.encoder.encode_queries([queries[q] for q in qids])
+        if isinstance(vectors, np.ndarray) and vectors.shape[0] == 0:
+            return {}
+        return self.search_vectors(qids, vectors, k)
