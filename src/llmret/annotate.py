@@ -18,9 +18,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from llmret.data.corpus import Corpus
-from llmret.data.training import Passage, TrainExample, example_json, read_training
+from llmret.data.training import TrainExample, example_json, read_training
 from llmret.errors import DataError
-from llmret.teachers import Teacher
+from llmret.teachers import Teacher, score_pairs
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +73,8 @@ def annotate(source: str | Path, out: str | Path, teacher: Teacher, *, corpus: C
     bar = tqdm(total=pairs[1], initial=pairs[0], desc=f"scoring with {teacher.name}", unit="pair")
     with open(partial, "a", encoding="utf-8") as handle:
         for block in _blocks(examples, start, block_queries):
-            work: list[tuple[str, Passage]] = [(ex.query, p) for ex in block for p in ex.positives + ex.negatives]
-            for begin in range(0, len(work), batch_size):
-                chunk = work[begin:begin + batch_size]
-                scores = teacher.score([q for q, _ in chunk], [p.full_text() for _, p in chunk])
-                for (_, passage), score in zip(chunk, scores):
-                    passage.score = float(score)
-                bar.update(len(chunk))
+            score_pairs(teacher, [(ex.query, p) for ex in block for p in ex.positives + ex.negatives], batch_size,
+                        bar.update)
             handle.write("".join(json.dumps({**example_json(ex, by_id=by_id), "teacher": teacher.name},
                                             ensure_ascii=False) + "\n" for ex in block))
             handle.flush()

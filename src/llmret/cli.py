@@ -406,6 +406,8 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     from llmret.data.corpus import Corpus
     from llmret.teachers import load_teacher
 
+    if not Path(args.input).is_file():  # before the teacher loads (minutes for an LLM judge)
+        raise DataError(args.input, None, "file not found")
     teacher = load_teacher(args.teacher, prompt=args.prompt, max_length=args.max_length)
     corpus = Corpus.from_file(args.corpus) if args.corpus else None
     out = annotate(args.input, args.out, teacher, corpus=corpus, batch_size=args.batch_size, by_id=args.by_id)
@@ -422,9 +424,10 @@ def cmd_mine(args: argparse.Namespace) -> int:
     from llmret.teachers import load_teacher
 
     data = load_dataset(resolve_folder(args.data, args.split), args.split)
+    run = read_run(args.run)  # bad input fails before a teacher loads
     teacher = load_teacher(args.teacher, prompt=args.prompt, max_length=args.max_length) if args.teacher else None
     settings = MiningSettings(args.depth[0], args.depth[1], args.count, args.margin, args.max_teacher_score)
-    examples, stats = mine(data, read_run(args.run), settings, teacher, args.batch_size)
+    examples, stats = mine(data, run, settings, teacher, args.batch_size)
     if not examples:
         raise ValueError(f"{args.data}: no query of split '{args.split}' has a judged positive")
     write_training(args.out, examples, by_id=args.by_id, extra={"teacher": teacher.name} if teacher else None)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from llmret.data.dataset import RetrievalData
 from llmret.data.training import Passage, TrainExample, resolve_passages
 from llmret.data.trec import Run
-from llmret.teachers import Teacher
+from llmret.teachers import Teacher, score_pairs
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,9 @@ def mine(data: RetrievalData, run: Run, settings: MiningSettings, teacher: Teach
 def _score(examples: list[TrainExample], teacher: Teacher, batch_size: int) -> None:
     from tqdm.auto import tqdm
 
-    work = [(ex.query, p) for ex in examples for p in ex.positives + ex.negatives]
-    for begin in tqdm(range(0, len(work), batch_size), desc=f"scoring with {teacher.name}", unit="batch"):
-        chunk = work[begin:begin + batch_size]
-        for (_, passage), score in zip(chunk, teacher.score([q for q, _ in chunk], [p.full_text() for _, p in chunk])):
-            passage.score = float(score)
+    pairs = [(ex.query, p) for ex in examples for p in ex.positives + ex.negatives]
+    with tqdm(total=len(pairs), desc=f"scoring with {teacher.name}", unit="pair") as bar:
+        score_pairs(teacher, pairs, batch_size, bar.update)
 
 
 def _filter(example: TrainExample, scores: dict[str, float], settings: MiningSettings, by_teacher: bool,

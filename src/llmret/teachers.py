@@ -14,10 +14,12 @@ Scores of different teachers live on different scales; the distillation temperat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
+
+from llmret.data.training import Passage
 
 DEFAULT_PROMPT = ("Query: {query}\nPassage: {passage}\n"
                   "Is the passage relevant to the query? Answer yes or no.\nAnswer:")
@@ -122,6 +124,17 @@ class RetrieverTeacher:
         if sp.issparse(q):
             return np.asarray(q.multiply(p).sum(axis=1)).ravel().tolist()
         return (q * p).sum(axis=1).tolist()
+
+
+def score_pairs(teacher: Teacher, pairs: Sequence[tuple[str, Passage]], batch_size: int,
+                progress: Callable[[int], object] | None = None) -> None:
+    """Set ``passage.score`` for each (query, passage) pair, scored ``batch_size`` pairs at a time."""
+    for begin in range(0, len(pairs), batch_size):
+        chunk = pairs[begin:begin + batch_size]
+        for (_, passage), score in zip(chunk, teacher.score([q for q, _ in chunk], [p.full_text() for _, p in chunk])):
+            passage.score = float(score)
+        if progress is not None:
+            progress(len(chunk))
 
 
 def load_teacher(spec: str, *, prompt: str = DEFAULT_PROMPT, max_length: int | None = None,
