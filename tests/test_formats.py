@@ -1,8 +1,8 @@
 """Readers and writers for every format, and a clear error for each kind of malformed input."""
 
 import gzip
-import re
 import json
+import re
 from pathlib import Path
 
 import pytest

@@ -167,7 +167,8 @@ def sparse_dataset(tmp_path: Path) -> Path:
     return write_beir_folder(tmp_path / "lexical", docs, queries, qrels)
 
 
-def test_sparse_evaluate_mirrors_dense_and_staged_search(tiny_bert: Path, sparse_dataset: Path, tmp_path: Path) -> None:
+def test_sparse_evaluate_mirrors_dense_and_staged_search(tiny_bert: Path, sparse_dataset: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
     common = ["--data", str(sparse_dataset), "--model", str(tiny_bert), "--k", "5"]
     assert main(["evaluate", "--retriever", "dense", "--out", str(tmp_path / "dense"), *common]) == 0
     assert main(["evaluate", "--retriever", "sparse", "--out", str(tmp_path / "sparse"), *common]) == 0
@@ -201,6 +202,20 @@ def test_sparse_evaluate_mirrors_dense_and_staged_search(tiny_bert: Path, sparse
     assert report["query_nonzero"] == pytest.approx(queries_m.sum() / len(queries_m))
     assert report["flops"] == pytest.approx(float((docs_m.mean(axis=0) * queries_m.mean(axis=0)).sum()), rel=1e-9)
     assert report["flops_per_query"] == pytest.approx(report["flops"] * 30)
+
+    # ... and the same report from a saved index (Seismic's files keep no counts: the index saves them)
+    assert main(["index", "--embeddings", str(emb / "corpus"), "--index", "seismic", "--out", str(tmp_path / "ix")]) == 0
+    meta = json.loads((tmp_path / "ix" / "meta.json").read_text())
+    assert meta["sparsity"]["postings"] == report["postings"]
+    capsys.readouterr()
+    assert main(["inspect", "--index-dir", str(tmp_path / "ix"), "--queries", str(emb / "queries")]) == 0
+    out = capsys.readouterr().out
+    assert f"{report['postings']:,} postings" in out and f"{report['query_nonzero']:.1f} a query" in out
+    assert f"FLOPS {report['flops']:.2f} a query-passage pair" in out
+    assert main(["inspect", "--embeddings", str(emb / "corpus")]) == 0
+    assert f"{report['passage_nonzero']:.1f} terms a passage" in capsys.readouterr().out
+    assert main(["inspect", "--embeddings", str(tmp_path / "dense" / "embeddings")]) == 2
+    assert "dense embeddings" in capsys.readouterr().err
 
     assert main(["anserini", "--embeddings", str(emb / "corpus"), "--out", str(tmp_path / "docs.jsonl")]) == 0
     assert main(["anserini", "--embeddings", str(emb / "queries"), "--queries", "--out", str(tmp_path / "q.tsv")]) == 0

@@ -13,8 +13,8 @@ from llmret.config import EncoderSettings
 from llmret.data.training import Passage, TrainExample, write_training
 from llmret.encoders.dense import DenseEncoder
 from llmret.export import export_model
-from llmret.losses.infonce import InfoNCELoss
 from llmret.loop import latest_checkpoint
+from llmret.losses.infonce import InfoNCELoss
 from llmret.train import TrainSettings, train
 
 

@@ -9,9 +9,14 @@ import logging
 import sys
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llmret.config import EncoderSettings, from_dict, load_config
 from llmret.errors import DataError
+from llmret.fileio import read_json
+
+if TYPE_CHECKING:
+    from llmret.index.sparsity import Sparsity
 
 log = logging.getLogger("llmret")
 
@@ -170,10 +175,12 @@ def cmd_encode(args: argparse.Namespace) -> int:
 def cmd_index(args: argparse.Namespace) -> int:
     from llmret.index import saved
     from llmret.index.shards import EmbeddingShards
+    from llmret.index.sparsity import TermCounts
 
     shards = EmbeddingShards(Path(args.embeddings))
     kind, index = saved.build(shards, args.index)
-    saved.save(index, kind, args.out, shards.signature(), sum(len(ids) for ids, _ in shards))
+    terms = TermCounts.of_shards(shards) if kind in saved.SPARSE_KINDS else None
+    saved.save(index, kind, args.out, shards.signature(), sum(len(ids) for ids, _ in shards), terms)
     print(f"{kind} index written to {args.out}")
     return 0
 
@@ -264,9 +271,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _print_result(result.name, result.evaluation.aggregate)
     report = retriever.sparsity() if hasattr(retriever, "sparsity") else None
     if report is not None:
-        print(f"sparsity: {report.postings:,} postings; {report.passage_nonzero:.1f} terms a passage, "
-              f"{report.query_nonzero:.1f} a query; FLOPS {report.flops:.2f} a query-passage pair, "
-              f"{report.flops_per_query:,.0f} a query over the corpus")
+        _print_sparsity(report)
     print(f"run and metrics in {out}")
     return 0
 
@@ -287,7 +292,17 @@ def build_retriever(args: argparse.Namespace, rules=None):  # noqa: ANN001, ANN2
     return DenseRetriever(encoder, work_dir=args.out, factory=args.index or "Flat")
 
 
+def _print_sparsity(report: Sparsity) -> None:
+    print(f"sparsity: {report.postings:,} postings; {report.passage_nonzero:.1f} terms a passage, "
+          f"{report.query_nonzero:.1f} a query; FLOPS {report.flops:.2f} a query-passage pair, "
+          f"{report.flops_per_query:,.0f} a query over the corpus")
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
+    if args.index_dir or args.embeddings:
+        return _inspect_index(args)
+    if not args.texts:
+        raise SystemExit("inspect needs texts, or --index-dir / --embeddings for a sparsity report")
     empty = [i for i, text in enumerate(args.texts, start=1) if not text.strip()]
     if empty:
         raise ValueError(f"text {empty[0]} is empty; inspect needs text to expand")
@@ -299,6 +314,37 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         terms = encoder.terms(row.indices[order])
         print(f"{text[:80]!r}: {row.nnz} non-zero terms")
         print("  " + "  ".join(f"{t} {w:.2f}" for t, w in zip(terms, row.data[order])))
+    return 0
+
+
+def _inspect_index(args: argparse.Namespace) -> int:
+    """The sparsity report of a saved sparse index or of encoded corpus shards, with FLOPS against
+    encoded queries when ``--queries`` names them."""
+    from llmret.index import saved
+    from llmret.index.shards import EmbeddingShards
+    from llmret.index.sparsity import TermCounts, sparsity
+
+    if args.index_dir:
+        documents = saved.document_terms(args.index_dir)
+        signature = read_json(Path(args.index_dir) / "meta.json").get("encoder")
+    else:
+        corpus = EmbeddingShards(Path(args.embeddings))
+        documents, signature = TermCounts.of_shards(corpus), corpus.signature()
+    if documents is None:
+        raise SystemExit(f"{args.embeddings}: no embeddings")
+    if not args.queries:
+        postings = int(documents.per_term.sum())
+        print(f"sparsity: {postings:,} postings over {documents.rows:,} passages; "
+              f"{postings / max(documents.rows, 1):.1f} terms a passage (add --queries for FLOPS)")
+        return 0
+    queries = EmbeddingShards(Path(args.queries))
+    if queries.signature() != signature:
+        raise DataError(Path(args.queries) / "meta.json", None, "encoded with other settings or weights than the "
+                                                                "passages: their FLOPS would mean nothing")
+    counts = TermCounts.of_shards(queries)
+    if counts is None or counts.per_term.shape != documents.per_term.shape:
+        raise DataError(Path(args.queries) / "meta.json", None, "no query vectors, or another vocabulary width")
+    _print_sparsity(sparsity(documents, counts))
     return 0
 
 
@@ -527,9 +573,13 @@ def make_parser() -> argparse.ArgumentParser:
     _add_encoder_args(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("inspect", help="show a text's top expansion terms under a sparse encoder")
+    p = sub.add_parser("inspect", help="a text's top expansion terms under a sparse encoder, or a sparse index's "
+                                       "size, non-zeros and FLOPS")
     _add_encoder_args(p)
-    p.add_argument("texts", nargs="+")
+    p.add_argument("texts", nargs="*")
+    p.add_argument("--index-dir", help="report on this saved sparse index (llmret index)")
+    p.add_argument("--embeddings", help="report on these sparse corpus shards (llmret encode)")
+    p.add_argument("--queries", help="with --index-dir or --embeddings: encoded queries, for non-zeros and FLOPS")
     p.add_argument("--query", action="store_true", help="encode as queries (prefix, instruction, query length)")
     p.add_argument("--top", type=int, default=20)
     p.set_defaults(func=cmd_inspect)

@@ -22,6 +22,7 @@ from llmret.fileio import atomic_dir, read_json, write_json
 from llmret.index.dense import DenseIndex
 from llmret.index.shards import EmbeddingShards
 from llmret.index.sparse import SeismicSettings, SeismicSparseIndex, SparseIndex
+from llmret.index.sparsity import TermCounts
 
 Index = DenseIndex | SparseIndex | SeismicSparseIndex
 SPARSE_KINDS = ("exact", "seismic")
@@ -42,14 +43,35 @@ def build(shards: EmbeddingShards, how: str | None = None) -> tuple[str, Index]:
     return "faiss", DenseIndex.from_shards(shards, how or "Flat")
 
 
-def save(index: Index, kind: str, folder: str | Path, signature: dict[str, Any], documents: int) -> Path:
-    """Write ``index`` and its meta.json into ``folder`` as one atomic step (a reader never sees half)."""
+TERMS_FILE = "terms.npy"
+
+
+def save(index: Index, kind: str, folder: str | Path, signature: dict[str, Any], documents: int,
+         terms: TermCounts | None = None) -> Path:
+    """Write ``index`` and its meta.json into ``folder`` as one atomic step (a reader never sees half).
+
+    A sparse index also keeps its per-term document counts (``terms.npy``): Seismic's files do not
+    give them back, and with them the index's FLOPS against any query set is known without the corpus.
+    """
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
         index.save(tmp)
-        write_json(tmp / "meta.json", {"kind": kind, "params": index.params(), "documents": documents,
-                                       "dim": int(index.dim), "encoder": signature})
+        meta = {"kind": kind, "params": index.params(), "documents": documents, "dim": int(index.dim),
+                "encoder": signature}
+        if terms is not None:
+            terms.save(tmp / TERMS_FILE)
+            postings = int(terms.per_term.sum())
+            meta["sparsity"] = {"postings": postings, "passage_nonzero": postings / max(terms.rows, 1)}
+        write_json(tmp / "meta.json", meta)
     return folder
+
+
+def document_terms(folder: str | Path) -> TermCounts:
+    """The per-term document counts a sparse index was saved with."""
+    path = Path(folder) / TERMS_FILE
+    if not path.is_file():
+        raise DataError(path, None, "missing: a sparse index saved by llmret index has it (dense indexes have none)")
+    return TermCounts.load(path)
 
 
 def open_index(folder: str | Path) -> tuple[Index, dict[str, Any]]:

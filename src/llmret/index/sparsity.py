@@ -9,10 +9,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+
+from llmret.errors import DataError
+from llmret.fileio import atomic_write
 
 
 @dataclass
@@ -26,8 +31,31 @@ class TermCounts:
     def of(cls, vectors: sp.csr_matrix, width: int | None = None) -> TermCounts:
         return cls(vectors.shape[0], np.bincount(vectors.indices, minlength=width or vectors.shape[1]))
 
+    @classmethod
+    def of_shards(cls, shards: Iterable[tuple[list[str], sp.csr_matrix]]) -> TermCounts | None:
+        """Counts over every shard of an encoded folder (None for no shard)."""
+        total = None
+        for _, vectors in shards:
+            if not sp.issparse(vectors):
+                raise ValueError("these are dense embeddings: sparsity is a sparse index's measure")
+            counts = cls.of(vectors)
+            total = counts if total is None else total + counts
+        return total
+
     def __add__(self, other: TermCounts) -> TermCounts:
         return TermCounts(self.rows + other.rows, self.per_term + other.per_term)
+
+    def save(self, path: Path) -> None:
+        """As ``.npy``: the row count first, then the per-term counts (plain numpy for outside tools)."""
+        with atomic_write(path, "wb") as handle:
+            np.save(handle, np.concatenate([[self.rows], self.per_term]).astype(np.int64))
+
+    @classmethod
+    def load(cls, path: Path) -> TermCounts:
+        data = np.load(path)
+        if data.ndim != 1 or data.size < 2 or data[0] < 0:
+            raise DataError(path, None, "not a term-count file (row count, then one count per term)")
+        return cls(int(data[0]), data[1:])
 
 
 @dataclass

@@ -30,8 +30,7 @@ class SparseRetriever(EncoderRetriever):
         self.query_terms: TermCounts | None = None
 
     def build_index(self, shards: EmbeddingShards) -> SparseIndex | SeismicSparseIndex:
-        counts = [TermCounts.of(vectors) for _, vectors in shards]
-        self.document_terms = sum(counts[1:], counts[0]) if counts else None
+        self.document_terms = TermCounts.of_shards(shards)
         if self.kind == "seismic":
             return SeismicSparseIndex.from_shards(shards, self.seismic)
         return SparseIndex.from_shards(shards)
