@@ -27,8 +27,12 @@ def _add_encoder_args(p: argparse.ArgumentParser, training: bool = False) -> Non
     g = p.add_argument_group("encoder (defaults come from the model; --config FILE may set them too)")
     g.add_argument("--model", help="zoo name, model folder, .gguf file or hub id")
     if not training:
+        from llmret.recipes import ENCODER_RECIPES
+
         g.add_argument("--config", help="YAML/JSON file with encoder settings (keys as the flags, with _)")
-    g.add_argument("--pooling", choices=["cls", "mean", "last", "max", "sum"], help="dense: cls, mean, last; sparse: max, sum")
+        g.add_argument("--recipe", choices=ENCODER_RECIPES, help="a published encoder's settings under yours "
+                                                                 "(promptreps: zero-shot sparse from a decoder)")
+    g.add_argument("--pooling", choices=["cls", "mean", "last", "max", "sum"], help="dense: cls, mean, last; sparse: max, sum, last (next-word logits)")
     g.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--append-eos", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--add-bos", action=argparse.BooleanOptionalAction, default=None)
@@ -36,6 +40,8 @@ def _add_encoder_args(p: argparse.ArgumentParser, training: bool = False) -> Non
                    help="decoders: full attention instead of causal (Llama, Mistral, Qwen, Gemma, Phi-3 ...)")
     g.add_argument("--query-prefix")
     g.add_argument("--passage-prefix")
+    g.add_argument("--query-suffix", help="put after each query, never cut (a prompt's end)")
+    g.add_argument("--passage-suffix", help="put after each passage, never cut (a prompt's end)")
     g.add_argument("--instruction", help="task instruction put before each query")
     g.add_argument("--instruction-template", help="default: 'Instruct: {instruction}\\nQuery: {query}'")
     g.add_argument("--query-max-length", type=int)
@@ -80,9 +86,13 @@ def _add_settings_args(p: argparse.ArgumentParser, cls: type, skip: tuple[str, .
 
 
 def encoder_settings(args: argparse.Namespace) -> EncoderSettings:
-    """Config file first, flags on top."""
+    """A recipe's settings first, the config file over them, flags on top."""
+    from llmret.recipes import encoder_recipe
+
     data = load_config(args.config) if getattr(args, "config", None) else {}
-    settings = from_dict(EncoderSettings, data, args.config)
+    if getattr(args, "recipe", None):
+        data = {**encoder_recipe(args.recipe, args.retriever), **data}
+    settings = from_dict(EncoderSettings, data, getattr(args, "config", None))
     for f in fields(EncoderSettings):
         value = getattr(args, f.name, None)
         if value is not None:

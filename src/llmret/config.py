@@ -36,6 +36,10 @@ class EncoderSettings:
     bidirectional: bool | None = None
     query_prefix: str | None = None
     passage_prefix: str | None = None
+    # Put after the text, and kept when the text is cut: a prompt's end (PromptReps: '". The word is: "'),
+    # which last-token pooling reads, so it must never be truncated away.
+    query_suffix: str | None = None
+    passage_suffix: str | None = None
     # A task instruction put before each query (instruction-based retrieval); the same template must
     # be used at training and evaluation time, so it is part of the settings saved with a model.
     instruction: str | None = None
@@ -44,7 +48,7 @@ class EncoderSettings:
     passage_max_length: int | None = None  # resolved to the model's maximum when no layer sets it
     batch_size: int | None = None
     dtype: str | None = None
-    # Sparse encoders only (pooling there is "max" or "sum"):
+    # Sparse encoders only (pooling there is "max", "sum", or "last": the next-word logits after the text):
     logit_scale: float | None = None  # vocabulary logits are multiplied by this before log(1 + ReLU)
     query_top_k: int | None = None  # keep a query's k largest weights (0 or unset: all non-zero)
     passage_top_k: int | None = None
@@ -75,7 +79,7 @@ class EncoderSettings:
 
 
 DEFAULTS: dict[str, Any] = {
-    "query_prefix": "", "passage_prefix": "", "instruction": "",
+    "query_prefix": "", "passage_prefix": "", "query_suffix": "", "passage_suffix": "", "instruction": "",
     "instruction_template": "Instruct: {instruction}\nQuery: {query}",
     "query_max_length": 64, "batch_size": 32, "dtype": "float32", "logit_scale": 1.0,
 }

@@ -53,6 +53,9 @@ def export_model(model: str, out: str | Path) -> Path:
 def _prompts(encoder: TextEncoder) -> dict[str, str]:
     """The text llmret puts before queries and passages, as sentence-transformers prompts."""
     s = encoder.settings
+    if s.query_suffix or s.passage_suffix:
+        raise ValueError("sentence-transformers prompts only go before the text: a model encoding with a suffix "
+                         "(query_suffix / passage_suffix) cannot be exported as a sentence-transformers folder")
     query = s.query_prefix
     if s.instruction:
         if not s.instruction_template.endswith("{query}"):

@@ -5,12 +5,25 @@ sparse head with its logits scaled by hidden_size ** -0.25 (0.204 for SmolLM2) b
 log1p; BOS kept; lr 1e-4 with 4% warm-up; 16 hard negatives; lengths 64 / 128 (the paper evaluates
 passages at 192); FLOPS 0.05 (queries) / 0.04 (passages) rising quadratically over a third of the
 steps; LoRA on every attention and MLP projection, the LM head frozen. Its MNTP stage is ``llmret mntp``.
+
+``promptreps`` (Zhuang et al., 2024) needs no training: a decoder is prompted to name the text in one
+word, and the next-word logits after the prompt, through log(1 + ReLU), restricted to the text's own
+tokens (never the prompt's) and cut to the 128 largest, rounded to hundredths, are the sparse vector.
+The prompt here is plain text; an instruct model's chat markup can be added with the prefix and
+suffix flags (the paper's prompts use each model's chat template).
 """
 
 from __future__ import annotations
 
 import copy
 from typing import Any
+
+
+def _one_word(kind: str) -> dict[str, str]:
+    return {f"{kind}_prefix": f'{kind.capitalize()}: "',
+            f"{kind}_suffix": f'". Use one most important word to represent the {kind} in a retrieval task. '
+                              'Make sure your word is in lowercase.\nThe word is: "'}
+
 
 RECIPES: dict[str, dict[str, Any]] = {
     "lion-sparse": {
@@ -19,7 +32,14 @@ RECIPES: dict[str, dict[str, Any]] = {
         "lora_target_modules": "all-linear",
         "encoder": {"query_max_length": 64, "passage_max_length": 128, "add_bos": True},
     },
+    "promptreps": {
+        "retriever": "sparse",
+        "encoder": {"pooling": "last", "add_bos": True, "append_eos": False, "input_terms_only": True,
+                    "zero_special_terms": True, "query_top_k": 128, "passage_top_k": 128, "quantize": 100,
+                    **_one_word("query"), **_one_word("passage")},
+    },
 }
+ENCODER_RECIPES = tuple(name for name, r in RECIPES.items() if set(r) <= {"retriever", "encoder"})
 
 
 def with_recipe(data: dict[str, Any]) -> dict[str, Any]:
@@ -33,6 +53,16 @@ def with_recipe(data: dict[str, Any]) -> dict[str, Any]:
     merged = copy.deepcopy(RECIPES[name])
     encoder = {**merged.pop("encoder", {}), **(data.get("encoder") or {})}
     return {**merged, **data, "encoder": encoder}
+
+
+def encoder_recipe(name: str, retriever: str) -> dict[str, Any]:
+    """The encoder settings of recipe ``name`` (for encoding and evaluating without training)."""
+    if name not in ENCODER_RECIPES:
+        raise ValueError(f"'{name}' is not an encoder recipe; known: {', '.join(ENCODER_RECIPES)}")
+    wanted = RECIPES[name].get("retriever", retriever)
+    if wanted != retriever:
+        raise ValueError(f"recipe '{name}' makes a {wanted} encoder: add --retriever {wanted}")
+    return copy.deepcopy(RECIPES[name]["encoder"])
 
 
 def lion_logit_scale(hidden_size: int) -> float:

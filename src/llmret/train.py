@@ -165,12 +165,10 @@ def make_batch(encoder: TextEncoder, examples: list[TrainExample], indexes: list
                settings: TrainSettings, with_teacher: bool = False) -> Batch:
     """Token ids of the queries and of their passage groups (positive first), with the teacher's scores
     of each group when the objective uses them (every process must then send them: collectives)."""
-    queries = [encoder.format_query(examples[i].query) for i in indexes]
     groups = [sample_group(examples, i, epoch, settings.seed, settings.group_size) for i in indexes]
-    passages = [encoder.format_passage(p.full_text()) for group in groups for p in group]
     teacher = torch.tensor([[p.score for p in group] for group in groups]) if with_teacher else None
-    return Batch(encoder.tokenize(queries, encoder.settings.query_max_length),
-                 encoder.tokenize(passages, encoder.passage_max_length), teacher)
+    return Batch(encoder.token_ids([examples[i].query for i in indexes], query=True),
+                 encoder.token_ids([p.full_text() for group in groups for p in group], query=False), teacher)
 
 
 def estimate_tokens_per_step(encoder: TextEncoder, examples: list[TrainExample], settings: TrainSettings,

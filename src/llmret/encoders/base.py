@@ -62,6 +62,26 @@ def position_offset(model: torch.nn.Module) -> int:
     return 0
 
 
+class TokenIds(list):
+    """One text's token ids; ``own`` (when asked for) flags the ids that come from the text itself
+    rather than from a prompt, instruction or special token around it, so that restricting sparse
+    terms to the input's own tokens (PromptReps) never counts the prompt's words as the text's."""
+
+    def __init__(self, ids: Sequence[int], own: Sequence[bool] | None = None) -> None:
+        super().__init__(ids)
+        self.own = list(own) if own is not None else None
+
+
+def closing_specials(tokenizer: Any) -> int:
+    """How many special tokens the tokenizer puts after a text (BERT's [SEP]: 1; Llama's: 0)."""
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    for start in range(len(full) - len(bare) + 1):
+        if full[start:start + len(bare)] == bare:
+            return len(full) - start - len(bare)
+    return 0
+
+
 class TextEncoder(ABC):
     """Encode queries and passages with one backbone; :class:`DenseEncoder` and :class:`SparseEncoder` mirror it.
 
@@ -75,6 +95,7 @@ class TextEncoder(ABC):
 
     paradigm: ClassVar[str]
     needs_lm_head: ClassVar[bool] = False
+    wants_own_terms: bool = False  # token ids carry which are the text's own (TokenIds.own)
 
     def __init__(self, backbone: Backbone, settings: EncoderSettings, device: str | torch.device | None = None,
                  dataset: dict[str, Any] | None = None) -> None:
@@ -105,6 +126,7 @@ class TextEncoder(ABC):
         self._position_offset = position_offset(self.model)
         eos = self.tokenizer.eos_token_id  # an exported llmret tokenizer appends EOS itself
         self._tokenizer_adds_eos = eos is not None and self.tokenizer("a")["input_ids"][-1:] == [eos]
+        self._closing_specials = closing_specials(self.tokenizer)
         self.truncated = {"queries": 0, "passages": 0}  # texts cut at their maximum length, since loading
 
     def _capped(self, name: str, value: int | None, explicit: bool) -> int:
@@ -152,41 +174,87 @@ class TextEncoder(ABC):
         return text.lower() if self.info.lowercase else text
 
     # ---- text -> token ids -----------------------------------------------------------------------
-    def tokenize(self, texts: Sequence[str], max_length: int, count: str | None = None) -> list[list[int]]:
-        """Token ids with the backbone's special tokens, BOS as configured, and EOS appended if asked.
+    def token_ids(self, texts: Sequence[str], *, query: bool, count: bool = False) -> list[TokenIds]:
+        """Queries or passages as the model reads them: formatted (instruction, prefix), cut at the
+        maximum length, with the suffix after the text; ``count`` adds cut texts to ``self.truncated``."""
+        fmt = self.format_query if query else self.format_passage
+        s = self.settings
+        return self.tokenize([fmt(t) for t in texts], s.query_max_length if query else self.passage_max_length,
+                             count=("queries" if query else "passages") if count else None,
+                             suffix=s.query_suffix if query else s.passage_suffix,
+                             own=self._own_span(fmt) if self.wants_own_terms else None)
+
+    def _own_span(self, fmt: Any) -> tuple[int, int]:
+        """Characters the formatting puts before and after a text (instruction template, prefix)."""
+        sentinel = "\x00"
+        formatted = fmt(sentinel)
+        start = formatted.index(sentinel)
+        return start, len(formatted) - start - len(sentinel)
+
+    def tokenize(self, texts: Sequence[str], max_length: int, count: str | None = None, suffix: str | None = None,
+                 own: tuple[int, int] | None = None) -> list[TokenIds]:
+        """Token ids with the backbone's special tokens, BOS as configured, ``suffix``, and EOS if asked.
 
         EOS is appended by hand because many tokenizers (all GGUF ones, Llama's) do not add it, and
         last-token pooling needs a final token that has attended to the whole text. Texts longer than
-        ``max_length`` are cut (keeping the special tokens) and counted in ``self.truncated[count]``.
+        ``max_length`` are cut (keeping the special tokens and the suffix) and counted in
+        ``self.truncated[count]``. ``own`` (characters of formatting before and after each text) marks
+        each id that belongs to the text itself, not to a prompt around it (:class:`TokenIds`).
         """
         tok = self.tokenizer
         reserve = 1 if self.info.append_eos and not self._tokenizer_adds_eos else 0
-        limit = max_length - reserve
+        tail = tok(suffix, add_special_tokens=False)["input_ids"] if suffix else []
+        limit = max_length - reserve - len(tail)
+        if limit < 1:
+            raise ValueError(f"a maximum length of {max_length} leaves no room for text after the suffix "
+                             f"({len(tail)} tokens) and special tokens")
         texts = list(texts)
+        offsets = own is not None
+
+        def run(batch: list[str], most: int) -> tuple[list[list[int]], list[list[bool]] | None]:
+            out = tok(batch, add_special_tokens=True, truncation=True, max_length=most, return_offsets_mapping=offsets)
+            if not offsets:
+                return out["input_ids"], None
+            flags = []
+            for text, spans in zip(batch, out["offset_mapping"]):
+                lo, hi = own[0], len(text) - own[1]
+                flags.append([b > a and a >= lo and b <= hi for a, b in spans])
+            return out["input_ids"], flags
+
         # One token more than the limit shows which texts are too long without tokenizing them whole.
-        ids = tok(texts, add_special_tokens=True, truncation=True, max_length=limit + 1)["input_ids"]
+        ids, flags = run(texts, limit + 1)
         long = [i for i, seq in enumerate(ids) if len(seq) > limit]
         if long:
-            cut = tok([texts[i] for i in long], add_special_tokens=True, truncation=True, max_length=limit)["input_ids"]
-            for i, seq in zip(long, cut):
-                ids[i] = seq
+            cut, cut_flags = run([texts[i] for i in long], limit)
+            for j, i in enumerate(long):
+                ids[i] = cut[j]
+                if flags is not None:
+                    flags[i] = cut_flags[j]
+        flags = flags if flags is not None else [None] * len(ids)
         bos, eos = tok.bos_token_id, tok.eos_token_id
-        if self.info.add_bos is False and bos is not None:
-            ids = [seq[1:] if seq and seq[0] == bos else seq for seq in ids]
-        elif self.info.add_bos and bos is not None:
-            for i, seq in enumerate(ids):
-                if not seq or seq[0] != bos:
-                    ids[i] = [bos, *seq][:limit]
-                    if len(seq) == limit and i not in long:
-                        long.append(i)
-        if self.info.append_eos:
-            ids = [seq if seq and seq[-1] == eos else [*seq, eos] for seq in ids]
+        out: list[TokenIds] = []
+        for i, (seq, mine) in enumerate(zip(ids, flags)):
+            mine = list(mine) if mine is not None else None
+            if self.info.add_bos is False and bos is not None and seq and seq[0] == bos:
+                seq, mine = seq[1:], mine[1:] if mine is not None else None
+            elif self.info.add_bos and bos is not None and (not seq or seq[0] != bos):
+                if len(seq) == limit and i not in long:
+                    long.append(i)
+                seq, mine = [bos, *seq][:limit], [False, *mine][:limit] if mine is not None else None
+            if tail:  # before the special tokens the tokenizer closes a text with (BERT's [SEP])
+                at = len(seq) - self._closing_specials
+                seq = [*seq[:at], *tail, *seq[at:]]
+                mine = [*mine[:at], *[False] * len(tail), *mine[at:]] if mine is not None else None
+            if self.info.append_eos and not (seq and seq[-1] == eos):
+                seq, mine = [*seq, eos], [*mine, False] if mine is not None else None
+            out.append(TokenIds(seq, mine))
         if count is not None:
             self.truncated[count] += len(long)
-        return ids
+        return out
 
     def collate(self, batch: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
-        """Pad token id lists into ``input_ids`` and ``attention_mask``.
+        """Pad token id lists into ``input_ids`` and ``attention_mask`` (and ``own_mask``, 1 on a text's
+        own tokens, when the encoder restricts terms to them and the ids carry it).
 
         Left padding (the tokenizer's side) is kept only for models that take position ids, which
         llmret numbers from the first real token; a model that numbers positions itself from the
@@ -195,13 +263,20 @@ class TextEncoder(ABC):
         width = max(max(len(seq) for seq in batch), 1)
         input_ids = torch.full((len(batch), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
+        marked = self.wants_own_terms and all(getattr(seq, "own", None) is not None for seq in batch)
+        own = torch.zeros((len(batch), width), dtype=torch.long) if marked else None
         left = self.tokenizer.padding_side == "left" and self._takes_position_ids
         for row, seq in enumerate(batch):
             n = len(seq)
             span = slice(width - n, width) if left else slice(0, n)
-            input_ids[row, span] = torch.tensor(seq, dtype=torch.long)
+            input_ids[row, span] = torch.tensor(list(seq), dtype=torch.long)
             mask[row, span] = 1
-        return {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
+            if own is not None:
+                own[row, span] = torch.tensor(seq.own, dtype=torch.long)
+        out = {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
+        if own is not None:
+            out["own_mask"] = own.to(self.device)
+        return out
 
     def model_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
         """Arguments for the backbone: positions of real tokens, and a bidirectional mask if asked."""
@@ -231,9 +306,7 @@ class TextEncoder(ABC):
     @torch.inference_mode()
     def encode(self, texts: Sequence[str], *, query: bool, batch_size: int | None = None, progress: bool = False) -> Any:
         """Encode texts as queries or passages; row i belongs to ``texts[i]``."""
-        fmt = self.format_query if query else self.format_passage
-        max_length = self.settings.query_max_length if query else self.passage_max_length
-        ids = self.tokenize([fmt(t) for t in texts], max_length, count="queries" if query else "passages")
+        ids = self.token_ids(texts, query=query, count=True)
         order = np.argsort([-len(seq) for seq in ids], kind="stable")
         batch_size = batch_size or self.settings.batch_size
         self.model.eval()

@@ -1,7 +1,8 @@
 """Learned-sparse encoder (SPLADE, Lion-SP): term weights w = log(1 + ReLU(logit)) over the vocabulary.
 
 Logits come from the backbone's own MLM or LM head; they are pooled over real tokens by max (SPLADE v2
-onwards) or sum. Memory stays where the dense model's is: the vocabulary is projected in chunks
+onwards) or sum, or read at the last token only (``last``: a decoder's next-word distribution after a
+prompt, PromptReps' zero-shot sparse vector). Memory stays where the dense model's is: the vocabulary is projected in chunks
 (:mod:`llmret.encoders.vocab_head`), and for max pooling the max over tokens is taken on the logits,
 before the activation, which is monotone, so the result is the same and the activation runs on
 [batch, vocab] instead of [batch, length, vocab].
@@ -20,7 +21,7 @@ from llmret.backbone import Backbone, ModelInfo
 from llmret.encoders.base import TextEncoder
 from llmret.encoders.vocab_head import VocabHead, head_detached
 
-SPARSE_POOLINGS = ("max", "sum")
+SPARSE_POOLINGS = ("max", "sum", "last")
 
 
 def keep_top_k(reps: torch.Tensor, k: int | None) -> torch.Tensor:
@@ -61,9 +62,11 @@ class SparseEncoder(TextEncoder):
         self.vocab_chunk = self.settings.vocab_chunk or int(width)
         if self.settings.expansion_terms and not self.settings.input_terms_only:
             raise ValueError("expansion_terms adds terms to the input's own: it needs input_terms_only")
+        self.wants_own_terms = bool(self.settings.input_terms_only)
 
     def default_info(self, backbone: Backbone) -> ModelInfo:
         """Max pooling, no normalisation, no EOS, and no BOS: an attention sink would dominate every max.
+        (``last`` pooling needs no EOS either: the prompt's end is the last token.)
 
         A model saved sparse by llmret already carries its sparse settings, and keeps them.
         """
@@ -75,26 +78,34 @@ class SparseEncoder(TextEncoder):
     def dim(self) -> int:
         return self.vocab_size
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Term weights [batch, vocab] (dense in the vocabulary; zero where ReLU cut)."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                own_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Term weights [batch, vocab] (dense in the vocabulary; zero where ReLU cut). ``own_mask``
+        marks the text's own tokens among prompts (without it every real token is the text's)."""
         with head_detached(self.model) as head:
             hidden = self.model(**self.model_inputs(input_ids, attention_mask)).logits
-        mask = attention_mask.bool().unsqueeze(-1)
+        real = attention_mask
+        if self.info.pooling == "last":  # the hidden state that predicts the word after the last real token
+            last = (attention_mask * torch.arange(attention_mask.shape[1], device=attention_mask.device)).argmax(dim=1)
+            hidden = hidden[torch.arange(hidden.shape[0], device=hidden.device), last].unsqueeze(1)
+            real = attention_mask.new_ones(hidden.shape[:2])
+        mask = real.bool().unsqueeze(-1)
         chunks = []
         for start in range(0, head.vocab_size, self.vocab_chunk):
             stop = min(start + self.vocab_chunk, head.vocab_size)
-            if self.info.pooling == "max":
+            if self.info.pooling in ("max", "last"):  # the max over one position is that position
                 chunks.append(self._max_chunk(head, hidden, mask, start, stop))
             elif torch.is_grad_enabled():  # sum keeps every token's activation for backward: recompute it
                 chunks.append(checkpoint(self._sum_chunk, head, hidden, mask, start, stop, use_reentrant=False))
             else:
                 chunks.append(self._sum_chunk(head, hidden, mask, start, stop))
-        return self.restrict(torch.cat(chunks, dim=1), input_ids, attention_mask)
+        return self.restrict(torch.cat(chunks, dim=1), input_ids, attention_mask if own_mask is None else own_mask)
 
-    def restrict(self, reps: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def restrict(self, reps: torch.Tensor, input_ids: torch.Tensor, own_mask: torch.Tensor) -> torch.Tensor:
         """Zero the terms the settings exclude: special tokens' dimensions, and (``input_terms_only``)
-        every term that is not one of the text's own tokens or its ``expansion_terms`` strongest others.
-        A product with a 0/1 mask, so the kept weights keep their gradient."""
+        every term that is not one of the text's own tokens (``own_mask``: 1 at the positions that are
+        the text's) or its ``expansion_terms`` strongest others. A product with a 0/1 mask, so the kept
+        weights keep their gradient."""
         s = self.settings
         keep = None
         if s.zero_special_terms:
@@ -104,7 +115,7 @@ class SparseEncoder(TextEncoder):
             keep = keep.expand_as(reps)
         if s.input_terms_only:
             ids = input_ids.clamp(max=reps.shape[1] - 1)  # padded positions carry weight 0 below
-            own = torch.zeros_like(reps).scatter_reduce(1, ids, attention_mask.to(reps.dtype), reduce="amax") > 0
+            own = torch.zeros_like(reps).scatter_reduce(1, ids, own_mask.to(reps.dtype), reduce="amax") > 0
             if s.expansion_terms:
                 others = reps.detach().masked_fill(own, float("-inf"))
                 top = others.topk(min(s.expansion_terms, reps.shape[1]), dim=1).indices
