@@ -91,3 +91,37 @@ def test_lion_sparse_recipe_is_saved_and_reloads_to_the_training_vectors(tiny_ll
         assert (reloaded.encode(texts, query=query) != at_training.encode(texts, query=query)).nnz == 0
     with pytest.raises(ValueError, match="named but not applied"):
         train(TrainSettings(recipe="lion-sparse", train_data=str(data), encoder=EncoderSettings(model=str(tiny_llama))))
+
+
+def test_lion_dense_recipe_pools_normalised_states_and_reloads(tiny_llama: Path, tmp_path: Path) -> None:
+    """Lion's dense pooling by hand from transformers' own hidden states (the mean of the L2-normalised
+    token states over real tokens, left and right padded); the recipe's settings saved and reloaded."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from llmret.encoders.dense import DenseEncoder
+    from llmret.export import export_model
+
+    data = write_training_file(tmp_path / "train.jsonl", 16, (1, 5, 9))
+    settings = TrainSettings.from_dict({"recipe": "lion-dense", "train_data": str(data), "output_dir": str(tmp_path / "ld"),
+                                        "batch_size": 4, "max_steps": 2, "lora_r": 4, "group_size": 2,
+                                        "encoder": {"model": str(tiny_llama), "passage_max_length": 20}})
+    assert (settings.temperature, settings.learning_rate, settings.encoder.pooling) == (0.01, 1e-4, "mean_normalized")
+    final = train(settings)
+    reloaded = DenseEncoder.load(EncoderSettings(model=str(final)), "cpu")
+    assert reloaded.info.pooling == "mean_normalized" and reloaded.info.normalize is False
+
+    encoder = DenseEncoder.load(EncoderSettings(model=str(tiny_llama), pooling="mean_normalized", normalize=False,
+                                                add_bos=True, append_eos=False), "cpu")
+    model, tok = AutoModel.from_pretrained(tiny_llama), AutoTokenizer.from_pretrained(tiny_llama)
+    texts = random_texts(4, seed=6, max_words=12)
+    for side in ("right", "left"):
+        encoder.tokenizer.padding_side = side
+        got = encoder.encode_passages(texts)
+        for row, text in enumerate(texts):
+            with torch.no_grad():
+                states = model(torch.tensor([tok(text)["input_ids"]])).last_hidden_state[0]
+            expected = torch.nn.functional.normalize(states, dim=-1).mean(dim=0)
+            torch.testing.assert_close(torch.tensor(got[row]), expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="no sentence-transformers module"):
+        export_model(str(final), tmp_path / "st")
+    assert not (tmp_path / "st").exists()  # nothing half-written

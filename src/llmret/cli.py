@@ -32,7 +32,8 @@ def _add_encoder_args(p: argparse.ArgumentParser, training: bool = False) -> Non
         g.add_argument("--config", help="YAML/JSON file with encoder settings (keys as the flags, with _)")
         g.add_argument("--recipe", choices=ENCODER_RECIPES, help="a published encoder's settings under yours "
                                                                  "(promptreps: zero-shot sparse from a decoder)")
-    g.add_argument("--pooling", choices=["cls", "mean", "last", "max", "sum"], help="dense: cls, mean, last; sparse: max, sum, last (next-word logits)")
+    g.add_argument("--pooling", help="dense: cls, mean, last, max, weightedmean, mean_sqrt_len, mean_normalized, or "
+                                     "several joined by +; sparse: max, sum, last (next-word logits)")
     g.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--append-eos", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--add-bos", action=argparse.BooleanOptionalAction, default=None)

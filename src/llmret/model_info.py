@@ -11,7 +11,8 @@ class ModelInfo:
     """How a backbone turns text into a vector by default; every field can be overridden per run.
 
     ``pooling`` is one mode or several joined by ``+`` (concatenated, as sentence-transformers does):
-    dense ``cls``, ``mean``, ``last``, ``max``, ``weightedmean``, ``mean_sqrt_len``; sparse ``max``, ``sum``.
+    dense ``cls``, ``mean``, ``last``, ``max``, ``weightedmean``, ``mean_sqrt_len``, ``mean_normalized``;
+    sparse ``max``, ``sum``, ``last``.
     """
 
     kind: str = "encoder"  # "encoder" (BERT, T5 encoder) or "decoder" (Llama, Qwen, Gemma, Phi ...)

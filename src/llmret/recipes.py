@@ -5,6 +5,8 @@ sparse head with its logits scaled by hidden_size ** -0.25 (0.204 for SmolLM2) b
 log1p; BOS kept; lr 1e-4 with 4% warm-up; 16 hard negatives; lengths 64 / 128 (the paper evaluates
 passages at 192); FLOPS 0.05 (queries) / 0.04 (passages) rising quadratically over a third of the
 steps; LoRA on every attention and MLP projection, the LM head frozen. Its MNTP stage is ``llmret mntp``.
+``lion-dense`` is its dense side: the mean of the L2-normalised token states (not normalised again),
+InfoNCE at temperature 0.01, the same optimiser, negatives, lengths and LoRA targets.
 
 ``promptreps`` (Zhuang et al., 2024) needs no training: a decoder is prompted to name the text in one
 word, and the next-word logits after the prompt, through log(1 + ReLU), restricted to the text's own
@@ -31,6 +33,12 @@ RECIPES: dict[str, dict[str, Any]] = {
         "regularizer": "flops", "query_reg_weight": 0.05, "passage_reg_weight": 0.04, "reg_warmup_ratio": 0.33,
         "lora_target_modules": "all-linear",
         "encoder": {"query_max_length": 64, "passage_max_length": 128, "add_bos": True},
+    },
+    "lion-dense": {
+        "retriever": "dense", "learning_rate": 1e-4, "warmup_ratio": 0.04, "group_size": 17, "temperature": 0.01,
+        "lora_target_modules": "all-linear",
+        "encoder": {"query_max_length": 64, "passage_max_length": 128, "add_bos": True, "append_eos": False,
+                    "pooling": "mean_normalized", "normalize": False},
     },
     "promptreps": {
         "retriever": "sparse",

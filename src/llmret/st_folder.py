@@ -182,6 +182,10 @@ def write(folder: Path, *, pooling: str, normalize: bool, max_length: int, dim: 
     ``prompts`` maps prompt names (``query``, ``document``) to the text put before the input.
     """
     inverse = {v: k for k, v in POOLING_MODES.items()}
+    missing = [m for m in pooling.split("+") if m not in inverse]
+    if missing:
+        raise ValueError(f"pooling {', '.join(missing)} has no sentence-transformers module: "
+                         "this model cannot be written as a sentence-transformers folder")
     modes = [inverse[m] for m in pooling.split("+")]
     modules: list[dict[str, Any]] = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},

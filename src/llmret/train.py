@@ -62,7 +62,8 @@ class TrainSettings:
     Each field is a ``train`` flag (``max_steps`` -> ``--max-steps``) and a key of a ``--config`` file.
     """
 
-    recipe: str | None = _opt(None, "a published system's settings under yours: lion-sparse (see llmret.recipes)",
+    recipe: str | None = _opt(None, "a published system's settings under yours: lion-sparse, lion-dense, "
+                              "promptreps (see llmret.recipes)",
                               choices=tuple(RECIPES))
     retriever: str = _opt("dense", "what to train", choices=("dense", "sparse"))
     train_data: str = _opt("builtin:code", "Tevatron JSONL, a BEIR folder (qrels/train.tsv) or builtin:TASK")

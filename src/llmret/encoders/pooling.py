@@ -2,15 +2,17 @@
 
 Positions come from the attention mask, never from the padding side: the first real token (CLS)
 under left padding is not position 0, and the last real token under right padding is not position -1.
-The modes are sentence-transformers' (so that its folders are reproduced exactly); several modes
-joined by ``+`` are concatenated in the order given.
+The modes are sentence-transformers' (so that its folders are reproduced exactly), plus
+``mean_normalized``, Lion's dense pooling: the mean of the L2-normalised token states (each token
+weighs the same whatever its norm; no sentence-transformers module does it). Several modes joined by
+``+`` are concatenated in the order given.
 """
 
 from __future__ import annotations
 
 import torch
 
-DENSE_POOLINGS = ("cls", "mean", "last", "max", "weightedmean", "mean_sqrt_len")
+DENSE_POOLINGS = ("cls", "mean", "last", "max", "weightedmean", "mean_sqrt_len", "mean_normalized")
 
 
 def first_token_index(mask: torch.Tensor) -> torch.Tensor:
@@ -41,6 +43,9 @@ def _pool_one(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tenso
     if how == "weightedmean":  # weights 1, 2, 3 ... from the first real token (later tokens count more)
         weights = (mask.cumsum(dim=1) * mask).to(hidden.dtype).unsqueeze(-1)
         return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+    if how == "mean_normalized":
+        hidden = torch.nn.functional.normalize(hidden.float(), dim=-1).to(hidden.dtype)
+        how = "mean"
     if how in ("mean", "mean_sqrt_len"):
         weights = mask.to(hidden.dtype).unsqueeze(-1)
         count = weights.sum(dim=1).clamp(min=1.0)
