@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from helpers import random_texts, write_beir_folder
+from helpers import WORDS, random_texts, write_beir_folder
 
 from llmret.backbone import load_backbone
 from llmret.cli import main
@@ -274,14 +274,38 @@ def test_sparse_training_logs_nonzero_terms_and_loads_back(tiny_llama: Path, tmp
 
 
 def test_mntp_masks_predicts_from_the_previous_position_and_loads_bidirectional(tiny_llama: Path, tmp_path: Path) -> None:
-    from llmret.mntp import MNTPSettings, mask_tokens, mntp_loss, run_mntp
+    from transformers import AutoTokenizer
 
-    ids = torch.tensor([[0, 0, 5, 6, 7, 8], [5, 6, 7, 8, 9, 10]])
-    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
-    masked, chosen = mask_tokens(ids, mask, 3, 1.0, torch.Generator().manual_seed(0))
-    assert chosen.tolist() == [[False, False, False, True, True, True], [False, True, True, True, True, True]]
-    assert (masked[chosen] == 3).all() and (masked[~chosen] == ids[~chosen]).all()
+    from llmret.mntp import MNTPSettings, masked_lm_collator, mask_tokens, mntp_loss, pack_blocks, run_mntp
 
+    assert pack_blocks([[1, 5, 6], [1, 7], [1, 8, 9, 10]], 3) == [[1, 5, 6], [1, 7, 1], [8, 9, 10]]
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        masked_lm_collator(tok, 0.2)  # the tiny word-level vocabulary has no "_"
+    mask_word = WORDS[-1]
+    mask_id = tok.convert_tokens_to_ids(mask_word)
+    collator = masked_lm_collator(tok, 0.5, mask_word)
+    assert tok.mask_token is None  # the encoder's tokenizer is left as it was
+
+    # 80/10/10 over many positions; never padding, special tokens or a row's first real token
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, len(tok), (200, 64), generator=gen)
+    ids[ids == mask_id] = 5  # so that "kept" and "masked" are told apart
+    ids[:, 10] = tok.bos_token_id
+    mask = torch.ones_like(ids)
+    mask[:100, :5] = 0  # left padding in half the rows
+    masked, chosen = mask_tokens(collator, ids, mask, tok.all_special_ids, torch.Generator().manual_seed(1))
+    assert not chosen[:100, :6].any() and not chosen[:, 10].any() and not chosen[100:, 0].any()
+    n = int(chosen.sum())
+    assert abs(n / (200 * 64 - 100 * 6 - 100 * 1 - 200) - 0.5) < 0.02
+    share = lambda m: float(m[chosen].float().mean())  # noqa: E731
+    assert abs(share(masked == mask_id) - 0.8) < 0.02 and abs(share(masked == ids) - 0.1) < 0.02
+    assert (masked[~chosen] == ids[~chosen]).all()
+    again, _ = mask_tokens(collator, ids, mask, tok.all_special_ids, torch.Generator().manual_seed(1))
+    assert torch.equal(again, masked)  # the step's generator decides: resumable
+
+    ids, mask = ids[98:100, :12], mask[98:100, :12]
+    masked, chosen = mask_tokens(collator, ids, mask, tok.all_special_ids, torch.Generator().manual_seed(2))
     encoder = SparseEncoder(load_backbone(str(tiny_llama), lm_head=True),
                             EncoderSettings(model=str(tiny_llama), bidirectional=True), "cpu")
     loss = mntp_loss(encoder.model, encoder, ids, mask, masked, chosen)
@@ -293,7 +317,7 @@ def test_mntp_masks_predicts_from_the_previous_position_and_loads_bidirectional(
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"_id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(random_texts(32, seed=6))))
     final = run_mntp(MNTPSettings(model=str(tiny_llama), data=str(corpus), output_dir=str(tmp_path / "mntp"),
-                                  max_steps=12, batch_size=8, learning_rate=1e-2))
+                                  max_steps=12, batch_size=8, max_length=16, learning_rate=1e-2, mask_token=mask_word))
     losses = [json.loads(line)["loss"] for line in (tmp_path / "mntp" / "log.jsonl").read_text().splitlines()]
     assert len(losses) == 12 and np.mean(losses[-3:]) < np.mean(losses[:3])
     adapted = SparseEncoder.load(EncoderSettings(model=str(final)), "cpu")
@@ -306,7 +330,7 @@ def test_mntp_masks_predicts_from_the_previous_position_and_loads_bidirectional(
             raise KeyboardInterrupt("killed")
 
     again = MNTPSettings(model=str(tiny_llama), data=str(corpus), output_dir=str(tmp_path / "again"),
-                         max_steps=12, batch_size=8, learning_rate=1e-2, save_steps=4)
+                         max_steps=12, batch_size=8, max_length=16, learning_rate=1e-2, mask_token=mask_word, save_steps=4)
     with pytest.raises(KeyboardInterrupt):
         run_mntp(again, on_step=kill)
     resumed = run_mntp(again, resume=True)

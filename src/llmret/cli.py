@@ -624,17 +624,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--factor", type=float, default=100, help="integer weight = round(weight x factor)")
     p.set_defaults(func=cmd_anserini)
 
+    from llmret.mntp import MNTPSettings
+
     p = sub.add_parser("mntp", help="adapt a decoder to bidirectional attention (masked next-token prediction, LoRA)")
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True, help="corpus to adapt on: builtin:TASK, BEIR folder or corpus JSONL")
-    p.add_argument("--output-dir", dest="output_dir", required=True)
-    p.add_argument("--max-steps", dest="max_steps", type=int)
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--max-length", dest="max_length", type=int)
-    p.add_argument("--mask-ratio", dest="mask_ratio", type=float)
-    p.add_argument("--learning-rate", dest="learning_rate", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--save-steps", dest="save_steps", type=int, help="full state every N steps, for --resume")
+    _add_settings_args(p, MNTPSettings)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
     p.add_argument("--force", action="store_true", help="with --resume: accept settings that differ from the run's")
     p.set_defaults(func=cmd_mntp)

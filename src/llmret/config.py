@@ -87,6 +87,14 @@ SPARSE_ONLY = ("logit_scale", "query_top_k", "passage_top_k", "quantize", "vocab
                "input_terms_only", "expansion_terms")
 
 
+def option(default: Any, help: str, **extra: Any) -> Any:  # noqa: A002 - argparse's word
+    """A settings field with the help text (and ``choices``) its command-line flag shows: flags are
+    made from the fields (``cli._add_settings_args``), so a setting is declared once."""
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata={"help": help, **extra})
+    return dataclasses.field(default=default, metadata={"help": help, **extra})
+
+
 def from_dict(cls: type[T], data: dict[str, Any], source: str | Path | None = None) -> T:
     """Build dataclass ``cls`` from ``data``, rejecting keys it does not have."""
     known = {f.name for f in fields(cls)}  # type: ignore[arg-type]

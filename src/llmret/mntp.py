@@ -2,9 +2,12 @@
 
 A causal LM switched to bidirectional attention has never seen the future, and its states are
 poor at first. MNTP (LLM2Vec; the Lion recipe's first stage) trains LoRA with full attention on the
-target corpus: a share of the input tokens is replaced by a mask token, and the token at a masked
+target corpus: a share of the input tokens is chosen (never special tokens), and the token at a chosen
 position i is predicted from the output at position i - 1, as next-token prediction does, so the
-LM head keeps its meaning. Only masked positions are projected onto the vocabulary.
+LM head keeps its meaning. Only chosen positions are projected onto the vocabulary. As in LLM2Vec and
+the Lion code, the choice is transformers' own masked-LM collator (80% of the chosen tokens become
+the mask token, "_" for decoders that have none, 10% a random token, 10% stay), texts are packed end
+to end into blocks of ``max_length`` tokens (no padding), and LoRA has dropout.
 
 The result is merged into a plain causal-LM folder whose ``llmret.json`` says it is bidirectional,
 so ``llmret train --model FOLDER`` (dense or sparse) starts from it with full attention.
@@ -12,16 +15,18 @@ so ``llmret train --model FOLDER`` (dense or sparse) starts from it with full at
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from llmret.config import EncoderSettings, to_dict
+from llmret.config import EncoderSettings, option, to_dict
 from llmret.data.sampling import epoch_order
 from llmret.encoders.base import DTYPES
 from llmret.encoders.sparse import SparseEncoder
@@ -34,19 +39,25 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class MNTPSettings:
-    model: str = "smollm2-135m"
-    data: str = "builtin:code"  # whose corpus to adapt on: builtin:TASK, a BEIR folder or a corpus JSONL
-    output_dir: str = "runs/mntp"
-    max_steps: int = 100
-    batch_size: int = 16
-    max_length: int = 128
-    mask_ratio: float = 0.2
-    learning_rate: float = 1e-4
-    lora_r: int = 16
-    lora_alpha: int = 32
-    seed: int = 42
-    save_steps: int = 0  # full state every N steps, for resume
-    logging_steps: int = 1
+    """MNTP settings; each field is an ``llmret mntp`` flag. Defaults are CPU-sized; Lion's run is
+    ``--batch-size 32 --max-length 512 --max-steps 10000`` (the rest are its values)."""
+
+    model: str = option("smollm2-135m", "the decoder to adapt (zoo name, folder, .gguf or hub id)")
+    data: str = option("builtin:code", "corpus to adapt on: builtin:TASK, a BEIR folder or a corpus JSONL")
+    output_dir: str = option("runs/mntp", "where checkpoints, log.jsonl and final/ go")
+    max_steps: int = option(100, "optimizer steps")
+    batch_size: int = option(16, "blocks (or texts, without packing) per step")
+    max_length: int = option(128, "block length in tokens (each text's maximum without packing)")
+    pack: bool = option(True, "join texts end to end and cut blocks of max_length (no padding), as run_mlm does")
+    mask_ratio: float = option(0.2, "share of tokens chosen for prediction")
+    mask_token: str | None = option(None, "the mask token's text (default: the tokenizer's, else '_')")
+    learning_rate: float = option(1e-4, "peak learning rate (a tenth of the steps to warm up, then linear decay)")
+    lora_r: int = option(16, "LoRA rank")
+    lora_alpha: int = option(32, "LoRA alpha")
+    lora_dropout: float = option(0.05, "LoRA dropout")
+    seed: int = option(42, "seed of the order and of the masks")
+    save_steps: int = option(0, "full state every N steps, for --resume")
+    logging_steps: int = option(1, "log every N steps")
 
 
 def corpus_texts(spec: str) -> list[str]:
@@ -58,15 +69,43 @@ def corpus_texts(spec: str) -> list[str]:
     return [doc.full_text() for doc in corpus]
 
 
-def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_id: int, ratio: float,
+def pack_blocks(ids: list[list[int]], size: int) -> list[list[int]]:
+    """Token ids of consecutive texts joined end to end and cut into blocks of ``size`` (the remainder
+    dropped), as transformers' run_mlm groups texts: every position of a block is a real token."""
+    flat = [token for seq in ids for token in seq]
+    return [flat[start:start + size] for start in range(0, len(flat) - size + 1, size)]
+
+
+def masked_lm_collator(tokenizer: Any, ratio: float, mask_token: str | None = None) -> Any:
+    """transformers' masked-LM collator (80% mask token, 10% random, 10% kept) for ``tokenizer``.
+
+    A decoder has no mask token: LLM2Vec and Lion use "_"; the collator gets a copy of the tokenizer
+    with it set, so the encoder's own tokenizer (and its special tokens) stay as they were.
+    """
+    from transformers import DataCollatorForLanguageModeling
+
+    token = mask_token or tokenizer.mask_token
+    if token is None:
+        token = "_"
+    if tokenizer.convert_tokens_to_ids(token) in (None, tokenizer.unk_token_id):
+        raise ValueError(f"mask token {token!r} is not in the vocabulary of {tokenizer.name_or_path}; "
+                         "name one that is with --mask-token")
+    if token != tokenizer.mask_token:
+        tokenizer = copy.deepcopy(tokenizer)
+        tokenizer.mask_token = token
+    return DataCollatorForLanguageModeling(tokenizer, mlm_probability=ratio)
+
+
+def mask_tokens(collator: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, special_ids: list[int],
                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Masked inputs, and a boolean [batch, length] of masked positions (never the first real token,
-    which has no previous position to predict it from)."""
+    """Masked inputs, and a boolean [batch, length] of chosen positions. Never chosen: padding, special
+    tokens, and the first real token (no previous position predicts it)."""
     first = attention_mask.int().argmax(dim=1, keepdim=True)
     positions = torch.arange(input_ids.shape[1]).unsqueeze(0)
-    eligible = attention_mask.bool() & (positions > first)
-    chosen = (torch.rand(input_ids.shape, generator=generator) < ratio) & eligible
-    return input_ids.masked_fill(chosen, mask_id), chosen
+    keep = ~attention_mask.bool() | (positions <= first) | torch.isin(input_ids, torch.tensor(special_ids))
+    collator.generator = generator  # the step's own seed, so a resumed run draws the same masks
+    masked, labels = collator.torch_mask_tokens(input_ids.clone(), special_tokens_mask=keep)
+    return masked, labels != -100
 
 
 def mntp_loss(model: torch.nn.Module, encoder: SparseEncoder, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -97,8 +136,6 @@ def run_mntp(settings: MNTPSettings, *, resume: bool = False, force: bool = Fals
     accelerator = Accelerator()
     set_seed(settings.seed)
     texts = corpus_texts(settings.data)  # bad data fails before the model loads
-    if len(texts) < settings.batch_size:
-        raise ValueError(f"{settings.data}: {len(texts)} texts are fewer than one batch of {settings.batch_size}")
     if settings.batch_size % accelerator.num_processes:
         raise ValueError(f"batch_size {settings.batch_size} does not split evenly over {accelerator.num_processes} processes")
     backbone = load_backbone(settings.model, dtype=DTYPES["float32"], lm_head=True)
@@ -106,20 +143,28 @@ def run_mntp(settings: MNTPSettings, *, resume: bool = False, force: bool = Fals
         raise ValueError(f"{settings.model}: MNTP adapts decoders; encoders are bidirectional already")
     encoder = SparseEncoder(backbone, EncoderSettings(model=settings.model, bidirectional=True), accelerator.device)
     tok = backbone.tokenizer
-    mask_id = next(i for i in (tok.mask_token_id, tok.unk_token_id, tok.pad_token_id) if i is not None)
+    collator = masked_lm_collator(tok, settings.mask_ratio, settings.mask_token)
+    if settings.pack:
+        units = pack_blocks(tok(texts, add_special_tokens=True)["input_ids"], settings.max_length)
+    else:
+        units = encoder.tokenize(texts, settings.max_length)
+    if len(units) < settings.batch_size:
+        raise ValueError(f"{settings.data}: {len(units)} {'blocks' if settings.pack else 'texts'} are fewer than one "
+                         f"batch of {settings.batch_size}")
     model = get_peft_model(encoder.model, LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha,
-                                                     target_modules="all-linear", bias="none"))
+                                                     lora_dropout=settings.lora_dropout, target_modules="all-linear",
+                                                     bias="none"))
     model.train()
-    per_epoch = len(texts) // settings.batch_size
+    per_epoch = len(units) // settings.batch_size
     world, rank = accelerator.num_processes, accelerator.process_index
 
     def micro_step(prepared: torch.nn.Module, step: int, micro: int) -> tuple[dict[str, float], int]:
         epoch, within = divmod(step, per_epoch)
-        rows = epoch_order(len(texts), epoch, settings.seed)[within * settings.batch_size:(within + 1) * settings.batch_size]
-        batch = encoder.collate(encoder.tokenize([texts[i] for i in rows[rank::world]], settings.max_length))
+        rows = epoch_order(len(units), epoch, settings.seed)[within * settings.batch_size:(within + 1) * settings.batch_size]
+        batch = encoder.collate([units[i] for i in rows[rank::world]])
         generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + step * 1_009 + rank)
-        masked, chosen = mask_tokens(batch["input_ids"].cpu(), batch["attention_mask"].cpu(), mask_id,
-                                     settings.mask_ratio, generator)
+        masked, chosen = mask_tokens(collator, batch["input_ids"].cpu(), batch["attention_mask"].cpu(),
+                                     tok.all_special_ids, generator)
         loss = mntp_loss(prepared, encoder, batch["input_ids"], batch["attention_mask"], masked.to(accelerator.device),
                          chosen.to(accelerator.device))
         value = float(loss.detach())

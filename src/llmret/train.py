@@ -30,7 +30,7 @@ from llmret.callbacks import (
     Callback,
     EvalCallback,
 )
-from llmret.config import EncoderSettings, from_dict, to_dict
+from llmret.config import EncoderSettings, from_dict, option, to_dict
 from llmret.data.sampling import epoch_order, sample_group
 from llmret.data.training import TrainExample, require_teacher_scores
 from llmret.encoders.base import DTYPES, TextEncoder
@@ -48,13 +48,6 @@ from llmret.steps import Batch, Criterion, Regularizer, cached_step, plain_step
 log = logging.getLogger(__name__)
 
 
-def _opt(default: Any, help: str, **extra: Any) -> Any:  # noqa: A002 - argparse's word
-    """A settings field whose help text the ``train`` command shows (flags are made from these fields)."""
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
-    return field(default=default, metadata={"help": help, **extra})
-
-
 @dataclass
 class TrainSettings:
     """Training settings; defaults follow arXiv 2408.12194 (LoRA, InfoNCE at 0.02, lr 3e-4, 7 negatives).
@@ -62,61 +55,61 @@ class TrainSettings:
     Each field is a ``train`` flag (``max_steps`` -> ``--max-steps``) and a key of a ``--config`` file.
     """
 
-    recipe: str | None = _opt(None, "a published system's settings under yours: lion-sparse, lion-dense, "
+    recipe: str | None = option(None, "a published system's settings under yours: lion-sparse, lion-dense, "
                               "promptreps (see llmret.recipes)",
                               choices=tuple(RECIPES))
-    retriever: str = _opt("dense", "what to train", choices=("dense", "sparse"))
-    train_data: str = _opt("builtin:code", "Tevatron JSONL, a BEIR folder (qrels/train.tsv) or builtin:TASK")
-    corpus: str | None = _opt(None, "corpus resolving passages given by id in a JSONL file")
-    output_dir: str = _opt("runs/train", "where checkpoints, logs and final/ go")
+    retriever: str = option("dense", "what to train", choices=("dense", "sparse"))
+    train_data: str = option("builtin:code", "Tevatron JSONL, a BEIR folder (qrels/train.tsv) or builtin:TASK")
+    corpus: str | None = option(None, "corpus resolving passages given by id in a JSONL file")
+    output_dir: str = option("runs/train", "where checkpoints, logs and final/ go")
     encoder: EncoderSettings = field(default_factory=EncoderSettings)
-    lora: bool = _opt(True, "LoRA adapters (--no-lora: full fine-tuning)")
-    lora_r: int = _opt(16, "LoRA rank")
-    lora_alpha: int = _opt(32, "LoRA alpha")
-    lora_dropout: float = _opt(0.1, "dropout on the LoRA input")
-    lora_target_modules: list[str] | str = _opt("all-linear", "modules given adapters (default every attention "
+    lora: bool = option(True, "LoRA adapters (--no-lora: full fine-tuning)")
+    lora_r: int = option(16, "LoRA rank")
+    lora_alpha: int = option(32, "LoRA alpha")
+    lora_dropout: float = option(0.1, "dropout on the LoRA input")
+    lora_target_modules: list[str] | str = option("all-linear", "modules given adapters (default every attention "
                                                               "and MLP projection)")
-    lora_layers: int | None = _opt(None, "only the top N layers get adapters (cheaper backward on a CPU)")
-    learning_rate: float = _opt(3e-4, "peak learning rate (linear warm-up and decay)")
-    weight_decay: float = _opt(0.0, "AdamW weight decay")
-    warmup_ratio: float = _opt(0.1, "share of the steps spent warming up")
-    batch_size: int = _opt(128, "queries per step over all processes; in-batch negatives come from these")
-    group_size: int = _opt(8, "passages per query: 1 positive + hard negatives")
-    temperature: float | None = _opt(None, "InfoNCE temperature (default 0.02 dense, 1.0 sparse: raw dot products)")
-    objective: str = _opt("cl", "cl: InfoNCE; kd: listwise KL from teacher scores; cl+kd: (1 - kd_weight) "
+    lora_layers: int | None = option(None, "only the top N layers get adapters (cheaper backward on a CPU)")
+    learning_rate: float = option(3e-4, "peak learning rate (linear warm-up and decay)")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    warmup_ratio: float = option(0.1, "share of the steps spent warming up")
+    batch_size: int = option(128, "queries per step over all processes; in-batch negatives come from these")
+    group_size: int = option(8, "passages per query: 1 positive + hard negatives")
+    temperature: float | None = option(None, "InfoNCE temperature (default 0.02 dense, 1.0 sparse: raw dot products)")
+    objective: str = option("cl", "cl: InfoNCE; kd: listwise KL from teacher scores; cl+kd: (1 - kd_weight) "
                                 "InfoNCE + kd_weight KL; marginmse: MarginMSE. All but cl need a teacher "
                                 "'score' on every passage (llmret annotate)",
                           choices=("cl", "kd", "cl+kd", "marginmse"))
-    kd_weight: float = _opt(0.5, "cl+kd: share of the KL part (0.5 is Lion's (InfoNCE + KL) / 2)")
-    kd_student_temperature: float = _opt(1.0, "distillation temperature of the student's scores")
-    kd_teacher_temperature: float = _opt(1.0, "distillation temperature of the teacher's scores")
-    similarity: str = _opt("dot", "InfoNCE similarity: dot (cosine when the encoder normalises) or cos",
+    kd_weight: float = option(0.5, "cl+kd: share of the KL part (0.5 is Lion's (InfoNCE + KL) / 2)")
+    kd_student_temperature: float = option(1.0, "distillation temperature of the student's scores")
+    kd_teacher_temperature: float = option(1.0, "distillation temperature of the teacher's scores")
+    similarity: str = option("dot", "InfoNCE similarity: dot (cosine when the encoder normalises) or cos",
                            choices=("dot", "cos"))
-    epochs: float = _opt(1.0, "passes over the training queries")
-    max_steps: int | None = _opt(None, "stop after this many steps (instead of epochs)")
-    max_train_queries: int | None = _opt(None, "train on a seeded subset of this many queries (nested across sizes)")
-    grad_accum: int = _opt(1, "micro-batches per optimizer step")
-    grad_checkpointing: bool = _opt(False, "recompute activations in the backward pass (less memory)")
-    grad_cache: bool = _opt(False, "GradCache: exact large-batch training with the memory of one chunk")
-    chunk_size: int = _opt(16, "GradCache: sequences forwarded at once")
-    budget_flops: float | None = _opt(None, "train as many steps as this many FLOPs buy (see compute.json)")
-    max_grad_norm: float = _opt(1.0, "gradient clipping (0: none)")
-    mixed_precision: str = _opt("auto", "auto: bf16 where the GPU supports it, else none (CPU bf16 is slow)",
+    epochs: float = option(1.0, "passes over the training queries")
+    max_steps: int | None = option(None, "stop after this many steps (instead of epochs)")
+    max_train_queries: int | None = option(None, "train on a seeded subset of this many queries (nested across sizes)")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    grad_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory)")
+    grad_cache: bool = option(False, "GradCache: exact large-batch training with the memory of one chunk")
+    chunk_size: int = option(16, "GradCache: sequences forwarded at once")
+    budget_flops: float | None = option(None, "train as many steps as this many FLOPs buy (see compute.json)")
+    max_grad_norm: float = option(1.0, "gradient clipping (0: none)")
+    mixed_precision: str = option("auto", "auto: bf16 where the GPU supports it, else none (CPU bf16 is slow)",
                                 choices=("auto", "no", "bf16", "fp16"))
-    seed: int = _opt(42, "seeds data order, negatives, subsets and initialisation")
-    save_steps: int = _opt(0, "full training state every N steps, for --resume (0: none)")
-    logging_steps: int = _opt(10, "log.jsonl record every N steps")
-    tensorboard: bool = _opt(False, "also log to OUTPUT/tensorboard")
-    eval_steps: list[int] = _opt([], "save checkpoint-N/model at these steps (and evaluate it with --eval-data)")
-    eval_data: str | None = _opt(None, "evaluate checkpoint models on this data (builtin:TASK or BEIR folder)")
-    eval_split: str = _opt("dev", "split of --eval-data")
+    seed: int = option(42, "seeds data order, negatives, subsets and initialisation")
+    save_steps: int = option(0, "full training state every N steps, for --resume (0: none)")
+    logging_steps: int = option(10, "log.jsonl record every N steps")
+    tensorboard: bool = option(False, "also log to OUTPUT/tensorboard")
+    eval_steps: list[int] = option([], "save checkpoint-N/model at these steps (and evaluate it with --eval-data)")
+    eval_data: str | None = option(None, "evaluate checkpoint models on this data (builtin:TASK or BEIR folder)")
+    eval_split: str = option("dev", "split of --eval-data")
     # sparse only: Lion used FLOPS with weights 0.05 (queries) and 0.04 (passages) next to ranking weight 1
-    regularizer: str = _opt("flops", "sparse: sparsity regulariser", choices=("flops", "l1"))
-    query_reg_weight: float = _opt(0.05, "sparse: query regulariser weight")
-    passage_reg_weight: float = _opt(0.04, "sparse: passage regulariser weight")
-    reg_warmup_ratio: float = _opt(0.33, "sparse: the weights rise quadratically over this share of the steps")
-    reg_warmup_steps: int | None = _opt(None, "sparse: the warm-up in steps (instead of reg_warmup_ratio)")
-    top_k_in_training: bool = _opt(False, "sparse: cut queries and passages to the encoder's query_top_k / "
+    regularizer: str = option("flops", "sparse: sparsity regulariser", choices=("flops", "l1"))
+    query_reg_weight: float = option(0.05, "sparse: query regulariser weight")
+    passage_reg_weight: float = option(0.04, "sparse: passage regulariser weight")
+    reg_warmup_ratio: float = option(0.33, "sparse: the weights rise quadratically over this share of the steps")
+    reg_warmup_steps: int | None = option(None, "sparse: the warm-up in steps (instead of reg_warmup_ratio)")
+    top_k_in_training: bool = option(False, "sparse: cut queries and passages to the encoder's query_top_k / "
                                           "passage_top_k in training too (gradient through the kept weights)")
 
     @classmethod
