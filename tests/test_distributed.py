@@ -85,12 +85,12 @@ def test_two_processes_follow_the_single_process_schedule_and_resume_exactly(
 
 
 @pytest.mark.parametrize("retriever,extra", [("dense", {"objective": "cl+kd", "grad_cache": True, "chunk_size": 2}),
-                                             ("sparse", {})])
+                                             ("sparse", {"calibrate_terms": 8})])
 def test_two_processes_train_the_single_process_adapter(tiny_llama: Path, tmp_path: Path, retriever: str,
                                                         extra: dict) -> None:
     """Negatives (and FLOPS sums) are gathered over processes, so without dropout two processes sharing a
     batch take exactly the single-process steps: InfoNCE + KD through GradCache (DDP reduction skipped
-    for all chunks but the last), and sparse InfoNCE + FLOPS."""
+    for all chunks but the last), and sparse InfoNCE + FLOPS with a calibrated, trained term bias."""
     from helpers import write_training_file
     from safetensors.torch import load_file
 
@@ -103,7 +103,10 @@ def test_two_processes_train_the_single_process_adapter(tiny_llama: Path, tmp_pa
         done = launch(tmp_path, processes, spec)
         assert done.returncode == 0, done.stderr[-3000:]
         adapters.append(load_file(out / "final" / "adapter_model.safetensors"))
+        if (out / "final" / "term_bias.safetensors").is_file():
+            adapters[-1]["term_bias"] = load_file(out / "final" / "term_bias.safetensors")["bias"]
     one, two = adapters
+    assert ("term_bias" in one) == ("calibrate_terms" in extra)
     logs = [log_of(tmp_path / f"{retriever}-{processes}") for processes in (1, 2)]
     assert [r["flops"] for r in logs[1]] == [r["flops"] for r in logs[0]]  # the global batch's tokens, counted once
     assert [r["loss"] for r in logs[1]] == pytest.approx([r["loss"] for r in logs[0]], rel=1e-5)

@@ -125,3 +125,44 @@ def test_lion_dense_recipe_pools_normalised_states_and_reloads(tiny_llama: Path,
     with pytest.raises(ValueError, match="no sentence-transformers module"):
         export_model(str(final), tmp_path / "st")
     assert not (tmp_path / "st").exists()  # nothing half-written
+
+
+def test_calibrated_zero_points_by_hand_train_and_reload_with_the_model(tiny_llama: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from llmret.encoders.term_bias import FILE, zero_points
+
+    gen = torch.Generator().manual_seed(0)
+    pooled = torch.randn(50, 40, generator=gen) * 3 + torch.linspace(-5, 5, 40)  # terms with their own offsets
+    bias = zero_points(pooled, 7)
+    assert int(((pooled + bias) > 0).sum()) == 7 * 50
+    centred = (pooled + bias).mean(dim=0)  # every term's mean moved to the same point
+    torch.testing.assert_close(centred, centred[:1].expand(40))
+    with pytest.raises(ValueError, match="between 1 and 39"):
+        zero_points(pooled, 40)
+
+    data = write_training_file(tmp_path / "train.jsonl", 16, (1, 5))
+
+    def run(name: str, **extra: object) -> tuple[Path, list[dict]]:
+        encoder = EncoderSettings(model=str(tiny_llama), query_max_length=12, passage_max_length=20)
+        final = train(TrainSettings(retriever="sparse", train_data=str(data), output_dir=str(tmp_path / name),
+                                    batch_size=4, group_size=2, max_steps=3, logging_steps=1, lora_r=4,
+                                    learning_rate=1e-2, encoder=encoder, **extra))
+        return final, _log(tmp_path / name)
+
+    _, plain = run("plain")
+    final, calibrated = run("calibrated", calibrate_terms=4)
+    assert plain[0]["p_nonzero"] > 15 and calibrated[0]["p_nonzero"] < 9  # of a 48-term vocabulary
+    trained = load_file(final / FILE)["bias"]
+    reloaded = SparseEncoder.load(EncoderSettings(model=str(final)), "cpu")
+    torch.testing.assert_close(reloaded.term_bias, trained)
+    # By hand from transformers' full logits of the reloaded weights: max over real tokens, + bias, log(1 + ReLU)
+    texts = random_texts(5, seed=9, min_words=4)
+    got = torch.tensor(reloaded.encode_passages(texts).toarray())
+    for row, ids in enumerate(reloaded.token_ids(texts, query=False)):
+        with torch.no_grad():
+            logits = reloaded.model(torch.tensor([list(ids)])).logits[0].max(dim=0).values
+        torch.testing.assert_close(got[row], torch.log1p(torch.relu(logits + trained)), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="needs --retriever sparse"):
+        train(TrainSettings(train_data=str(data), calibrate_terms=4, output_dir=str(tmp_path / "d"),
+                            encoder=EncoderSettings(model=str(tiny_llama))))

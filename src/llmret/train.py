@@ -33,9 +33,11 @@ from llmret.callbacks import (
 from llmret.config import EncoderSettings, from_dict, option, to_dict
 from llmret.data.sampling import epoch_order, sample_group
 from llmret.data.training import TrainExample, require_teacher_scores
+from llmret.encoders import term_bias
 from llmret.encoders.base import DTYPES, TextEncoder
 from llmret.encoders.dense import DenseEncoder
 from llmret.encoders.sparse import SparseEncoder
+from llmret.encoders.term_bias import CALIBRATION_TEXTS, TermBias, zero_points
 from llmret.fileio import atomic_dir
 from llmret.loop import LoopSettings, mixed_precision, run_loop
 from llmret.losses.infonce import InfoNCELoss
@@ -109,6 +111,9 @@ class TrainSettings:
     passage_reg_weight: float = option(0.04, "sparse: passage regulariser weight")
     reg_warmup_ratio: float = option(0.33, "sparse: the weights rise quadratically over this share of the steps")
     reg_warmup_steps: int | None = option(None, "sparse: the warm-up in steps (instead of reg_warmup_ratio)")
+    calibrate_terms: int | None = option(None, "sparse: before training, set each term's zero point from a sample "
+                                               "of the training passages so that a passage has about this many "
+                                               "non-zero terms (a trained, saved per-term bias)")
     top_k_in_training: bool = option(False, "sparse: cut queries and passages to the encoder's query_top_k / "
                                           "passage_top_k in training too (gradient through the kept weights)")
 
@@ -174,6 +179,21 @@ def estimate_tokens_per_step(encoder: TextEncoder, examples: list[TrainExample],
 
 
 # ---- the loop ----------------------------------------------------------------------------------------
+def _term_bias(encoder: TextEncoder, examples: list[TrainExample], settings: TrainSettings) -> TermBias | None:
+    """The sparse encoder's per-term bias as a trainable module: calibrated from a seeded sample of the
+    training passages when ``calibrate_terms`` asks, else the one the model was saved with (if any)."""
+    if settings.calibrate_terms is None:
+        saved = getattr(encoder, "term_bias", None)
+        return TermBias(saved) if saved is not None else None
+    if not isinstance(encoder, SparseEncoder):
+        raise ValueError("calibrate_terms sets sparse terms' zero points: it needs --retriever sparse")
+    passages = [p.full_text() for e in examples for p in (*e.positives, *e.negatives)]
+    sample = random.Random(settings.seed).sample(passages, min(CALIBRATION_TEXTS, len(passages)))
+    bias = zero_points(encoder.pooled_logits(sample), settings.calibrate_terms)
+    log.info("zero points calibrated on %d passages for %d terms a passage", len(sample), settings.calibrate_terms)
+    return TermBias(bias.to(encoder.device))
+
+
 def _wrap_lora(model: torch.nn.Module, settings: TrainSettings) -> torch.nn.Module:
     from peft import LoraConfig, get_peft_model
 
@@ -241,10 +261,14 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
     encoder = (SparseEncoder if sparse else DenseEncoder)(backbone, settings.encoder, accelerator.device)
     used = {**to_dict(settings), "encoder": {"model": settings.encoder.model, **to_dict(encoder.settings)}}
 
+    bias = _term_bias(encoder, examples, settings)  # on the weights training starts from
     model = backbone.model
     if settings.grad_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = _wrap_lora(model, settings) if settings.lora else model
+    if bias is not None:  # a submodule: trained, checkpointed, restored and synced with the model
+        model.term_bias = bias
+        encoder.term_bias = bias.bias
     model.train()
 
     steps_per_epoch = len(examples) // (settings.batch_size * settings.grad_accum)
@@ -323,5 +347,7 @@ def save_final(folder: Path, model: torch.nn.Module, encoder: TextEncoder, setti
             info = encoder.info
             st_folder.write(tmp, pooling=info.pooling, normalize=info.normalize, max_length=info.max_length,
                             dim=int(model.config.hidden_size), lowercase=info.lowercase, head=encoder.head)
+        if getattr(encoder, "term_bias", None) is not None:
+            term_bias.save(encoder.term_bias, tmp)
         SavedModel(base_model=settings.encoder.model, paradigm=encoder.paradigm, lora=settings.lora,
                    model_info=encoder.info, encoder=encoder.settings.explicit()).write(tmp)

@@ -18,8 +18,10 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from llmret.backbone import Backbone, ModelInfo
+from llmret.encoders import term_bias
 from llmret.encoders.base import TextEncoder
 from llmret.encoders.vocab_head import VocabHead, head_detached
+from llmret.errors import DataError
 
 SPARSE_POOLINGS = ("max", "sum", "last")
 
@@ -63,6 +65,12 @@ class SparseEncoder(TextEncoder):
         if self.settings.expansion_terms and not self.settings.input_terms_only:
             raise ValueError("expansion_terms adds terms to the input's own: it needs input_terms_only")
         self.wants_own_terms = bool(self.settings.input_terms_only)
+        bias = term_bias.load(backbone.folder) if backbone.folder.is_dir() else None
+        if bias is not None and bias.shape != (self.vocab_size,):
+            raise DataError(backbone.folder / term_bias.FILE, None, f"a bias of shape {tuple(bias.shape)} for a "
+                                                                    f"vocabulary of {self.vocab_size}")
+        # A tensor when loaded; training replaces it with a trainable parameter (TermBias) it owns.
+        self.term_bias: torch.Tensor | None = bias.to(self.device) if bias is not None else None
 
     def default_info(self, backbone: Backbone) -> ModelInfo:
         """Max pooling, no normalisation, no EOS, and no BOS: an attention sink would dominate every max.
@@ -82,6 +90,23 @@ class SparseEncoder(TextEncoder):
                 own_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Term weights [batch, vocab] (dense in the vocabulary; zero where ReLU cut). ``own_mask``
         marks the text's own tokens among prompts (without it every real token is the text's)."""
+        reps = self._pooled(input_ids, attention_mask, activate=True)
+        return self.restrict(reps, input_ids, attention_mask if own_mask is None else own_mask)
+
+    @torch.no_grad()
+    def pooled_logits(self, texts: list[str], batch_size: int = 16) -> torch.Tensor:
+        """Passages' pooled, scaled logits before the term bias and the activation [texts, vocab]:
+        what a calibrated zero point is set from (max or last pooling only)."""
+        if self.info.pooling == "sum":
+            raise ValueError("zero points are calibrated on pooled logits: use max or last pooling, not sum")
+        ids = self.token_ids(texts, query=False)
+        parts = []
+        for start in range(0, len(ids), batch_size):
+            batch = self.collate(ids[start:start + batch_size])
+            parts.append(self._pooled(batch["input_ids"], batch["attention_mask"], activate=False).cpu())
+        return torch.cat(parts)
+
+    def _pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, activate: bool) -> torch.Tensor:
         with head_detached(self.model) as head:
             hidden = self.model(**self.model_inputs(input_ids, attention_mask)).logits
         real = attention_mask
@@ -94,12 +119,12 @@ class SparseEncoder(TextEncoder):
         for start in range(0, head.vocab_size, self.vocab_chunk):
             stop = min(start + self.vocab_chunk, head.vocab_size)
             if self.info.pooling in ("max", "last"):  # the max over one position is that position
-                chunks.append(self._max_chunk(head, hidden, mask, start, stop))
+                chunks.append(self._max_chunk(head, hidden, mask, start, stop, activate))
             elif torch.is_grad_enabled():  # sum keeps every token's activation for backward: recompute it
                 chunks.append(checkpoint(self._sum_chunk, head, hidden, mask, start, stop, use_reentrant=False))
             else:
                 chunks.append(self._sum_chunk(head, hidden, mask, start, stop))
-        return self.restrict(torch.cat(chunks, dim=1), input_ids, attention_mask if own_mask is None else own_mask)
+        return torch.cat(chunks, dim=1)
 
     def restrict(self, reps: torch.Tensor, input_ids: torch.Tensor, own_mask: torch.Tensor) -> torch.Tensor:
         """Zero the terms the settings exclude: special tokens' dimensions, and (``input_terms_only``)
@@ -123,17 +148,23 @@ class SparseEncoder(TextEncoder):
             keep = own if keep is None else keep & own
         return reps if keep is None else reps * keep
 
-    def _activation(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.log1p(torch.relu(logits.float() * self.settings.logit_scale))
+    def _activation(self, logits: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        scaled = logits.float() * self.settings.logit_scale
+        if self.term_bias is not None:
+            scaled = scaled + self.term_bias[start:stop]
+        return torch.log1p(torch.relu(scaled))
 
-    def _max_chunk(self, head: VocabHead, hidden: torch.Tensor, mask: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    def _max_chunk(self, head: VocabHead, hidden: torch.Tensor, mask: torch.Tensor, start: int, stop: int,
+                   activate: bool = True) -> torch.Tensor:
         # torch.max with a dim saves only indices for backward (amax would keep the whole chunk); the
         # fill is in place (nothing upstream needs the logits for backward), so one chunk exists at a time.
+        # The bias is the same at every position, so it may follow the max as the activation does.
         logits = head.logits(hidden, start, stop).masked_fill_(~mask, float("-inf"))
-        return self._activation(head.finish(logits.max(dim=1).values))
+        pooled = head.finish(logits.max(dim=1).values)
+        return self._activation(pooled, start, stop) if activate else pooled.float() * self.settings.logit_scale
 
     def _sum_chunk(self, head: VocabHead, hidden: torch.Tensor, mask: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        return (self._activation(head.finish(head.logits(hidden, start, stop))) * mask).sum(dim=1)
+        return (self._activation(head.finish(head.logits(hidden, start, stop)), start, stop) * mask).sum(dim=1)
 
     def to_output(self, reps: torch.Tensor, query: bool) -> sp.csr_matrix:
         s = self.settings
