@@ -288,19 +288,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def build_retriever(args: argparse.Namespace, rules=None):  # noqa: ANN001, ANN201 - DatasetRules, Retriever
-    """A retriever from parsed flags, under a dataset's ``rules``."""
+    """A retriever from parsed flags, under a dataset's ``rules`` (through the one factory studies use)."""
+    from llmret.systems import make_retriever
+
     if args.retriever == "bm25":
-        from llmret.retrievers.bm25 import BM25Retriever
-
-        return BM25Retriever(k1=args.k1, b=args.b)
-    encoder = load_encoder(args, rules)
-    if args.retriever == "sparse":
-        from llmret.retrievers.sparse import SparseRetriever
-
-        return SparseRetriever(encoder, work_dir=args.out, index=args.index or "exact")
-    from llmret.retrievers.dense import DenseRetriever
-
-    return DenseRetriever(encoder, work_dir=args.out, factory=args.index or "Flat")
+        return make_retriever("bm25", bm25={"k1": args.k1, "b": args.b})
+    settings = encoder_settings(args)
+    if not args.model and not getattr(args, "config", None):
+        raise SystemExit(f"--retriever {args.retriever} needs --model (or --config)")
+    return make_retriever(args.retriever, settings, rules=rules, work_dir=args.out, index=args.index)
 
 
 def _print_sparsity(report: Sparsity) -> None:
@@ -356,6 +352,23 @@ def _inspect_index(args: argparse.Namespace) -> int:
     if counts is None or counts.per_term.shape != documents.per_term.shape:
         raise DataError(Path(args.queries) / "meta.json", None, "no query vectors, or another vocabulary width")
     _print_sparsity(sparsity(documents, counts))
+    return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from llmret import study
+
+    spec = study.StudySpec.read(args.file)
+    if args.action == "run":
+        study.run(spec)
+        print(f"report in {study.report(spec)}")
+    elif args.action == "status":
+        states = list(study.status(spec))
+        for cell, dataset, finished in states:
+            print(f"{'done   ' if finished else 'pending'}  {cell.label}  on {dataset.label}")
+        print(f"{sum(done for _, _, done in states)} of {len(states)} finished; results in {spec.folder}")
+    else:
+        print(f"report in {study.report(spec)}")
     return 0
 
 
@@ -594,6 +607,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--query", action="store_true", help="encode as queries (prefix, instruction, query length)")
     p.add_argument("--top", type=int, default=20)
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("study", help="run, follow and report a study: a grid of systems x datasets from a YAML file")
+    p.add_argument("action", choices=["run", "status", "report"])
+    p.add_argument("file", help="study file (YAML; see the README)")
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("fuse", help="hybrid retrieval: fuse TREC runs (RRF or normalised linear)")
     p.add_argument("runs", nargs="+", help="TREC run files")

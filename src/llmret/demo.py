@@ -24,6 +24,7 @@ from llmret.registry import load
 from llmret.report import format_table
 from llmret.retrievers.base import Retriever
 from llmret.retrievers.bm25 import BM25Retriever
+from llmret.systems import make_retriever
 from llmret.train import TrainSettings, train
 
 log = logging.getLogger(__name__)
@@ -50,12 +51,9 @@ def demo_training(model: str, out: Path, steps: int) -> TrainSettings:
 
 
 def _dense(model: str) -> Retriever:
-    from llmret.encoders.dense import DenseEncoder
-    from llmret.retrievers.dense import DenseRetriever
-
     settings = EncoderSettings(model=model, query_max_length=QUERY_MAX_LENGTH, passage_max_length=PASSAGE_MAX_LENGTH,
                                batch_size=16)
-    return DenseRetriever(DenseEncoder.load(settings), progress=False)
+    return make_retriever("dense", settings, progress=False)
 
 
 def run_demo(out: Path, models: list[str], tasks: list[str], finetune: str | None = "smollm2-135m",

@@ -1,0 +1,302 @@
+"""Studies: a grid of systems x datasets declared in one YAML file, run cell by cell, resumable, reported.
+
+A study file names its systems (:class:`llmret.systems.SystemSpec`), datasets (a spec and a split), the
+measures, and grid axes: dotted paths into a system (``train.max_steps``, ``train.max_train_queries``,
+``encoder.passage_max_length``, ``encoder.instruction`` ...) with the values to try. Every system is
+crossed with every combination of the axes that apply to it (``train.*`` axes only to trained systems,
+``encoder.*`` axes to every neural one). A cell is one resolved system; it is trained once (its
+training folder is keyed by the training settings alone, so cells that differ only in evaluation
+reuse it) and evaluated on each dataset into a folder keyed by the signature of everything that
+decides its numbers. A finished evaluation writes ``done.json`` last, so a killed study rerun skips
+every finished cell and resumes a half-trained one from its checkpoint; a changed setting reruns
+only the cells it changes.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import itertools
+import json
+import logging
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmret.config import from_dict, load_config
+from llmret.errors import DataError
+from llmret.fileio import atomic_write, read_json, write_json
+from llmret.systems import SystemSpec
+
+log = logging.getLogger(__name__)
+
+AXIS_SECTIONS = ("train", "encoder")
+
+
+@dataclass
+class DatasetSpec:
+    data: str
+    split: str = "test"
+    rules: str | None = None  # evaluation convention (default: from the data's name)
+
+    @property
+    def label(self) -> str:
+        return f"{self.data.removeprefix('builtin:')}/{self.split}"
+
+
+@dataclass
+class StudySpec:
+    """A study file: ``name``, ``systems``, ``datasets``, ``measures``, ``grid`` axes, the ``baseline``
+    system significance is tested against (with ``correction``), and ``out`` (default results/NAME)."""
+
+    name: str
+    systems: list[SystemSpec]
+    datasets: list[DatasetSpec]
+    measures: list[str] | None = None
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    baseline: str | None = None
+    correction: str = "holm"
+    alpha: float = 0.05
+    out: str | None = None
+
+    @classmethod
+    def read(cls, path: str | Path) -> StudySpec:
+        """Read and check a study file: unknown keys, bad axes and duplicate names are errors naming the file."""
+        data = load_config(path)
+        for key in ("systems", "datasets"):
+            if not isinstance(data.get(key), list) or not data[key]:
+                raise DataError(path, None, f"a study needs a non-empty list of {key}")
+        data = {**data, "systems": [SystemSpec.from_dict(s, path) for s in data["systems"]],
+                "datasets": [from_dict(DatasetSpec, {"data": d} if isinstance(d, str) else d, path)
+                             for d in data["datasets"]]}
+        spec = from_dict(cls, data, path)
+        names = [s.name for s in spec.systems]
+        if len(set(names)) != len(names):
+            raise DataError(path, None, f"system names must be unique: {', '.join(names)}")
+        for axis, values in spec.grid.items():
+            if axis.split(".", 1)[0] not in AXIS_SECTIONS or "." not in axis:
+                raise DataError(path, None, f"grid axis '{axis}' must be train.KEY or encoder.KEY")
+            if not isinstance(values, list) or not values:
+                raise DataError(path, None, f"grid axis '{axis}' needs a non-empty list of values")
+        if spec.baseline is not None and spec.baseline not in names:
+            raise DataError(path, None, f"baseline '{spec.baseline}' is not one of the systems: {', '.join(names)}")
+        for cell in cells(spec):  # every cell's settings are checked before anything runs
+            try:
+                cell.system.encoder_settings()
+                if cell.system.train is not None:
+                    cell.system.train_settings(Path("unused"))
+            except (DataError, ValueError) as exc:
+                message = str(exc).removeprefix("<input>: ")
+                raise DataError(path, None, f"system '{cell.label}': {message}") from None
+        return spec
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.out or Path("results") / self.name)
+
+
+@dataclass
+class Cell:
+    """One system with its grid values applied (``axes``: axis -> value)."""
+
+    base: str
+    axes: dict[str, Any]
+    system: SystemSpec
+
+    @property
+    def label(self) -> str:
+        values = ", ".join(f"{axis.split('.', 1)[1]}={value}" for axis, value in self.axes.items())
+        return f"{self.base} [{values}]" if values else self.base
+
+    def train_key(self) -> str:
+        """The training folder's key: the training settings and the encoder it starts from, nothing else."""
+        return _digest({"retriever": self.system.retriever, "encoder": self.system.encoder, "train": self.system.train})
+
+    def eval_key(self, dataset: DatasetSpec, measures: list[str] | None) -> str:
+        return _digest({"system": {**self.system.to_json(), "name": None}, "dataset": asdict(dataset),
+                        "measures": measures})
+
+
+def _digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:60]
+
+
+def cells(spec: StudySpec) -> list[Cell]:
+    """Every system crossed with the grid axes that apply to it, in file order."""
+    out = []
+    for system in spec.systems:
+        axes = [a for a in spec.grid if (a.startswith("train.") and system.train is not None)
+                or (a.startswith("encoder.") and system.retriever != "bm25")]
+        for values in itertools.product(*(spec.grid[a] for a in axes)):
+            data = copy.deepcopy(system.to_json())
+            for axis, value in zip(axes, values):
+                section, key = axis.split(".", 1)
+                data[section] = {**(data[section] or {}), key: value}
+            out.append(Cell(system.name, dict(zip(axes, values)), SystemSpec(**data)))
+    return out
+
+
+def _trained_model(cell: Cell, root: Path) -> str | None:
+    """Train the cell's system (resuming a killed run) unless an identical training finished already."""
+    if cell.system.train is None:
+        return None
+    from llmret.train import train
+
+    folder = root / "train" / f"{_slug(cell.base)}-{cell.train_key()}"
+    final = folder / "final"
+    if (final / "llmret.json").is_file():
+        return str(final)
+    log.info("training %s into %s", cell.label, folder)
+    return str(train(cell.system.train_settings(folder), resume=(folder / "train_config.yaml").is_file()))
+
+
+def run(spec: StudySpec, *, on_cell: Callable[[Cell, DatasetSpec], None] | None = None) -> list[dict[str, Any]]:
+    """Run every unfinished (cell, dataset) and return one record per pair; ``on_cell`` is called after each
+    one finishes (progress, or a test's kill)."""
+    from llmret.pipeline import evaluate_retriever
+    from llmret.registry import load
+    from llmret.systems import build
+
+    root = spec.folder
+    records = []
+    for cell in cells(spec):
+        model = None
+        for dataset in spec.datasets:
+            folder = _eval_folder(root, cell, dataset, spec.measures)
+            done = folder / "done.json"
+            if done.is_file():
+                records.append(read_json(done))
+                continue
+            model = model or _trained_model(cell, root)
+            data, rules = load(dataset.data, dataset.split, dataset.rules)
+            retriever = build(cell.system, rules=rules, work_dir=folder, model=model, progress=False)
+            result = evaluate_retriever(retriever, data, folder, name=cell.label, rules=rules, measures=spec.measures)
+            record = {"cell": cell.label, "system": cell.base, "axes": cell.axes, "dataset": dataset.label,
+                      "metrics": result.evaluation.aggregate, "folder": folder.name}
+            write_json(done, record)  # last: its presence means the cell is complete
+            records.append(record)
+            log.info("%s on %s: %s", cell.label, dataset.label,
+                     ", ".join(f"{k} {v:.4f}" for k, v in result.evaluation.aggregate.items()))
+            if on_cell is not None:
+                on_cell(cell, dataset)
+    return records
+
+
+def _eval_folder(root: Path, cell: Cell, dataset: DatasetSpec, measures: list[str] | None) -> Path:
+    return root / "cells" / f"{_slug(cell.base)}-{_slug(dataset.label)}-{cell.eval_key(dataset, measures)}"
+
+
+def status(spec: StudySpec) -> Iterator[tuple[Cell, DatasetSpec, bool]]:
+    """(cell, dataset, finished) for every pair of the study."""
+    for cell in cells(spec):
+        for dataset in spec.datasets:
+            yield cell, dataset, (_eval_folder(spec.folder, cell, dataset, spec.measures) / "done.json").is_file()
+
+
+def report(spec: StudySpec) -> Path:
+    """Write report.md, results.csv, results.json and a PNG per numeric grid axis from the finished cells'
+    metrics files; significance against ``baseline`` is tested on their per-query values."""
+    root = spec.folder
+    rows = []
+    for cell, dataset, finished in status(spec):
+        if not finished:
+            continue
+        folder = _eval_folder(root, cell, dataset, spec.measures)
+        metrics = read_json(folder / "metrics.json")
+        rows.append({"cell": cell.label, "system": cell.base, "axes": cell.axes, "dataset": dataset.label,
+                     "aggregate": metrics["aggregate"], "per_query": metrics["per_query"]})
+    if not rows:
+        raise ValueError(f"no finished cells in {root}: run the study first (llmret study run)")
+    measures = list(rows[0]["aggregate"])
+    marks = _significance(spec, rows, measures)
+    with atomic_write(root / "results.json") as handle:
+        json.dump([{k: r[k] for k in ("cell", "system", "axes", "dataset", "aggregate")} for r in rows], handle, indent=1)
+    with atomic_write(root / "results.csv") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["cell", "system", "dataset", *spec.grid, *measures])
+        for r in rows:
+            writer.writerow([r["cell"], r["system"], r["dataset"], *(r["axes"].get(a, "") for a in spec.grid),
+                             *(r["aggregate"][m] for m in measures)])
+    lines = [f"# Study: {spec.name}", ""]
+    datasets = [d.label for d in spec.datasets]
+    for measure in measures:
+        lines += [f"## {measure} (x100)", "", "| system | " + " | ".join(datasets) + " | mean |",
+                  "| --- |" + " --- |" * (len(datasets) + 1)]
+        for label in dict.fromkeys(r["cell"] for r in rows):
+            values = {r["dataset"]: r["aggregate"][measure] for r in rows if r["cell"] == label}
+            shown = [f"{100 * values[d]:.2f}{marks.get((label, d, measure), '')}" if d in values else "-"
+                     for d in datasets]
+            mean = f"{100 * sum(values.values()) / len(values):.2f}" if len(values) == len(datasets) else "-"
+            lines.append(f"| {label} | " + " | ".join(shown) + f" | {mean} |")
+        lines.append("")
+    if spec.baseline:
+        lines.append(f"\\* differs from `{spec.baseline}` on that dataset: paired t-test and randomisation test "
+                     f"both below {spec.alpha} after {spec.correction} correction over the systems compared.")
+    for axis in spec.grid:
+        figure = _plot(root, axis, rows, measures[0], datasets)
+        if figure is not None:
+            lines += ["", f"![{measures[0]} against {axis}]({figure.name})"]
+    with atomic_write(root / "report.md") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return root / "report.md"
+
+
+def _significance(spec: StudySpec, rows: list[dict[str, Any]], measures: list[str]) -> dict[tuple[str, str, str], str]:
+    """(cell, dataset, measure) -> '*' where the cell differs significantly from the baseline's cell."""
+    from llmret.significance import compare
+
+    if spec.baseline is None:
+        return {}
+    marks = {}
+    for dataset in {r["dataset"] for r in rows}:
+        here = [r for r in rows if r["dataset"] == dataset]
+        base = [r for r in here if r["system"] == spec.baseline]
+        if len(base) != 1:
+            continue  # the baseline must be one cell (no grid over it) to be compared against
+        for measure in measures:
+            per_query = {r["cell"]: r["per_query"][measure] for r in here}
+            for c in compare(per_query, base[0]["cell"], measure, alpha=spec.alpha, correction=spec.correction):
+                if c.significant:
+                    marks[(c.system, dataset, measure)] = "*"
+    return marks
+
+
+def _plot(root: Path, axis: str, rows: list[dict[str, Any]], measure: str, datasets: list[str]) -> Path | None:
+    """The measure's dataset mean against a numeric axis, one line per system (None if not numeric)."""
+    points: dict[str, dict[float, list[float]]] = {}
+    for r in rows:
+        value = r["axes"].get(axis)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        rest = tuple(sorted((a, str(v)) for a, v in r["axes"].items() if a != axis))
+        name = r["system"] + (" [" + ", ".join(f"{a.split('.', 1)[1]}={v}" for a, v in rest) + "]" if rest else "")
+        points.setdefault(name, {}).setdefault(float(value), []).append(r["aggregate"][measure])
+    lines = {name: sorted((x, sum(v) / len(v)) for x, v in by_x.items() if len(v) == len(datasets))
+             for name, by_x in points.items()}
+    lines = {name: line for name, line in lines.items() if line}
+    if not lines:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, line in lines.items():
+        ax.plot([x for x, _ in line], [100 * y for _, y in line], marker="o", label=name)
+    ax.set_xlabel(axis)
+    ax.set_ylabel(f"{measure} x100 (mean over {len(datasets)} dataset{'s' if len(datasets) > 1 else ''})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = root / f"{_slug(measure)}-vs-{_slug(axis)}.png"
+    with atomic_write(path, "wb") as handle:
+        fig.savefig(handle, format="png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,106 @@
+"""One factory from a system's description to a retriever: the CLI, the demo and studies all build here.
+
+A system is BM25, or a dense or sparse encoder over a backbone, optionally trained first. Its
+description (:class:`SystemSpec`) is plain data, read strictly from YAML like every llmret config, so
+a study can vary any part of it (``train.max_steps``, ``encoder.passage_max_length`` ...) and record
+exactly what each cell ran.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmret.config import EncoderSettings, from_dict
+from llmret.errors import DataError
+from llmret.retrievers.base import Retriever
+
+RETRIEVERS = ("bm25", "dense", "sparse")
+
+
+@dataclass
+class SystemSpec:
+    """What to build: ``retriever`` over ``encoder`` (EncoderSettings fields, ``model`` among them),
+    ``recipe`` (an encoder recipe such as ``promptreps``) under them, ``index`` (a FAISS factory string;
+    ``exact`` or ``seismic`` for sparse), ``bm25`` (``k1``, ``b``) for BM25, and ``train`` (TrainSettings
+    fields): when given, the backbone is trained first and the trained model is what is evaluated, with
+    the ``encoder`` settings (lengths may differ from training's, which ``train.encoder`` sets)."""
+
+    name: str
+    retriever: str = "dense"
+    encoder: dict[str, Any] = field(default_factory=dict)
+    recipe: str | None = None
+    index: str | None = None
+    bm25: dict[str, float] = field(default_factory=dict)
+    train: dict[str, Any] | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str | Path | None = None) -> SystemSpec:
+        spec = from_dict(cls, data, source)
+        if spec.retriever not in RETRIEVERS:
+            raise DataError(source, None, f"system '{spec.name}': retriever must be one of {', '.join(RETRIEVERS)}, "
+                                          f"not '{spec.retriever}'")
+        if spec.retriever != "bm25" and "model" not in spec.encoder:
+            raise DataError(source, None, f"system '{spec.name}': a {spec.retriever} system needs encoder.model")
+        from_dict(EncoderSettings, spec.encoder, source)  # unknown encoder keys fail here, before any work
+        return spec
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def encoder_settings(self, model: str | None = None) -> EncoderSettings:
+        """The encoder settings: the recipe's, the spec's over them, and ``model`` (a trained folder) last."""
+        from llmret.recipes import encoder_recipe
+
+        data = {**(encoder_recipe(self.recipe, self.retriever) if self.recipe else {}), **self.encoder}
+        if model is not None:
+            data["model"] = model
+        return from_dict(EncoderSettings, data)
+
+    def train_settings(self, output_dir: Path) -> Any:
+        """TrainSettings for this system, written to ``output_dir`` (its encoder defaults to the spec's)."""
+        from llmret.train import TrainSettings
+
+        data = copy.deepcopy(self.train or {})
+        data["encoder"] = {**self.encoder, **(data.get("encoder") or {})}
+        data.setdefault("retriever", self.retriever)
+        if data["retriever"] != self.retriever:
+            raise ValueError(f"system '{self.name}' is {self.retriever} but trains {data['retriever']}")
+        data["output_dir"] = str(output_dir)
+        return TrainSettings.from_dict(data)
+
+
+def make_retriever(kind: str, settings: EncoderSettings | None = None, *, rules: Any = None,
+                   work_dir: str | Path | None = None, index: str | None = None, bm25: dict[str, float] | None = None,
+                   progress: bool = True) -> Retriever:
+    """A retriever of ``kind`` (bm25, dense, sparse) over ``settings``, under a dataset's ``rules``."""
+    if kind == "bm25":
+        from llmret.retrievers.bm25 import BM25Retriever
+
+        return BM25Retriever(**(bm25 or {}))
+    if settings is None:
+        raise ValueError(f"a {kind} retriever needs encoder settings")
+    dataset = rules.encoder_layer() if rules is not None else None
+    if kind == "sparse":
+        from llmret.encoders.sparse import SparseEncoder
+        from llmret.retrievers.sparse import SparseRetriever
+
+        return SparseRetriever(SparseEncoder.load(settings, dataset=dataset), work_dir=work_dir, index=index or "exact",
+                               progress=progress)
+    if kind != "dense":
+        raise ValueError(f"retriever must be one of {', '.join(RETRIEVERS)}, not '{kind}'")
+    from llmret.encoders.dense import DenseEncoder
+    from llmret.retrievers.dense import DenseRetriever
+
+    return DenseRetriever(DenseEncoder.load(settings, dataset=dataset), work_dir=work_dir, factory=index or "Flat",
+                          progress=progress)
+
+
+def build(spec: SystemSpec, *, rules: Any = None, work_dir: str | Path | None = None, model: str | None = None,
+          progress: bool = True) -> Retriever:
+    """The retriever ``spec`` describes; ``model`` replaces the backbone (a trained system's final/)."""
+    settings = None if spec.retriever == "bm25" else spec.encoder_settings(model)
+    return make_retriever(spec.retriever, settings, rules=rules, work_dir=work_dir, index=spec.index, bm25=spec.bm25,
+                          progress=progress)

@@ -1,0 +1,129 @@
+"""Studies: a grid of systems x datasets from YAML, run through the one retriever factory, resumed without
+redoing finished cells, and reported with numbers equal to the cells' metrics files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import random_texts, write_beir_folder, write_training_file
+
+from llmret import study
+from llmret.cli import main
+from llmret.errors import DataError
+from llmret.significance import compare
+
+
+@pytest.fixture
+def study_file(tiny_llama: Path, tiny_bert: Path, tmp_path: Path) -> Path:
+    docs = {f"d{i}": text for i, text in enumerate(random_texts(24, seed=21, min_words=5))}
+    queries = {f"q{i}": " ".join(docs[f"d{i}"].split()[:3]) for i in range(12)}
+    data = write_beir_folder(tmp_path / "data", docs, queries, {f"q{i}": {f"d{i}": 1} for i in range(12)})
+    train = write_training_file(tmp_path / "train.jsonl", 16, (1, 5))
+    spec = {
+        "name": "tiny", "out": str(tmp_path / "study"), "baseline": "bm25",
+        "datasets": [{"data": str(data), "split": "test"}], "measures": ["nDCG@10", "RR@10"],
+        "systems": [
+            {"name": "bm25", "retriever": "bm25"},
+            {"name": "bert", "retriever": "dense", "encoder": {"model": str(tiny_bert)}},
+            {"name": "llama", "retriever": "dense",
+             "encoder": {"model": str(tiny_llama), "query_max_length": 12, "passage_max_length": 20},
+             "train": {"train_data": str(train), "batch_size": 4, "group_size": 2, "lora_r": 4, "learning_rate": 1e-3}},
+        ],
+        "grid": {"train.max_steps": [1, 2]},
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _done(spec: study.StudySpec) -> dict[str, int]:
+    return {p.parent.name: p.stat().st_mtime_ns for p in (spec.folder / "cells").glob("*/done.json")}
+
+
+def test_study_runs_each_cell_once_resumes_and_matches_its_metrics(study_file: Path) -> None:
+    spec = study.StudySpec.read(study_file)
+    labels = [c.label for c in study.cells(spec)]
+    assert labels == ["bm25", "bert", "llama [max_steps=1]", "llama [max_steps=2]"]  # train axes only on trained
+
+    def kill_after_two(cell: study.Cell, dataset: study.DatasetSpec) -> None:
+        if len(_done(spec)) == 2:
+            raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        study.run(spec, on_cell=kill_after_two)
+    first = _done(spec)
+    assert len(first) == 2 and not (spec.folder / "train").exists()
+    ran = []
+    records = study.run(spec, on_cell=lambda cell, dataset: ran.append(cell.label))
+    assert ran == labels[2:]  # finished cells are skipped, not redone
+    after = _done(spec)
+    assert {k: after[k] for k in first} == first and len(after) == 4
+    assert len(list((spec.folder / "train").glob("*/final/llmret.json"))) == 2  # one training per max_steps
+    for record in records:
+        metrics = json.loads((spec.folder / "cells" / record["folder"] / "metrics.json").read_text())
+        assert record["metrics"] == metrics["aggregate"]
+    # one cell's numbers are what `llmret evaluate` gives for the same system
+    out = study_file.parent / "cli"
+    data = spec.datasets[0].data
+    assert main(["evaluate", "--retriever", "dense", "--model", spec.systems[1].encoder["model"], "--data", data,
+                 "--out", str(out), "--measures", "nDCG@10", "RR@10"]) == 0
+    bert = next(r for r in records if r["cell"] == "bert")
+    assert json.loads((out / "metrics.json").read_text())["aggregate"] == pytest.approx(bert["metrics"])
+
+    # a changed setting reruns only the cells it touches; the unchanged trainings are reused
+    text = study_file.read_text().replace("- 2\n", "- 3\n")
+    study_file.write_text(text)
+    ran.clear()
+    study.run(study.StudySpec.read(study_file), on_cell=lambda cell, dataset: ran.append(cell.label))
+    assert ran == ["llama [max_steps=3]"]
+
+
+def test_report_tables_significance_and_plot_come_from_the_metrics_files(study_file: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    spec = study.StudySpec.read(study_file)
+    with pytest.raises(ValueError, match="no finished cells"):
+        study.report(spec)
+    assert main(["study", "run", str(study_file)]) == 0
+    capsys.readouterr()
+    assert main(["study", "status", str(study_file)]) == 0
+    assert "4 of 4 finished" in capsys.readouterr().out
+    text = (spec.folder / "report.md").read_text()
+    cells = {c.label: c for c in study.cells(spec)}
+    per_query = {}
+    for label, cell in cells.items():
+        folder = study._eval_folder(spec.folder, cell, spec.datasets[0], spec.measures)
+        metrics = json.loads((folder / "metrics.json").read_text())
+        per_query[label] = metrics["per_query"]["nDCG@10"]
+        row = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
+        shown = re.findall(r"([0-9.]+)(\*?)", row.split("|")[2])[0]
+        assert float(shown[0]) == pytest.approx(100 * metrics["aggregate"]["nDCG@10"], abs=0.005)
+    marks = {c.system for c in compare(per_query, "bm25", "nDCG@10") if c.significant}
+    for label in cells:
+        row = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
+        assert ("*" in row.split("|")[2]) == (label in marks)
+    rows = list(csv.DictReader((spec.folder / "results.csv").open()))
+    assert [r["cell"] for r in rows] == list(cells) and rows[2]["train.max_steps"] == "1"
+    assert (spec.folder / "nDCG-10-vs-train.max_steps.png").read_bytes()[:4] == b"\x89PNG"
+    assert "![nDCG@10 against train.max_steps]" in text
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda s: s["systems"][1]["encoder"].update(poolng="mean"), "unknown setting"),
+    (lambda s: s["grid"].update({"max_steps": [1]}), "must be train.KEY or encoder.KEY"),
+    (lambda s: s.update(baseline="nope"), "baseline 'nope'"),
+    (lambda s: s["systems"].append({"name": "bm25", "retriever": "bm25"}), "must be unique"),
+    (lambda s: s["systems"][2]["train"].update(max_step=3), "unknown setting"),
+    (lambda s: s["systems"][1].pop("encoder"), "needs encoder.model"),
+])
+def test_bad_study_files_are_errors_naming_the_file(study_file: Path, change: object, message: str) -> None:
+    spec = yaml.safe_load(study_file.read_text())
+    change(spec)
+    study_file.write_text(yaml.safe_dump(spec))
+    with pytest.raises(DataError, match=message) as error:
+        study.StudySpec.read(study_file)
+    assert str(study_file) in str(error.value)
