@@ -372,6 +372,34 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import ipaddress
+
+    import uvicorn
+
+    from llmret.registry import load_corpus
+    from llmret.serve.app import Limits, LoadedIndex, create_app
+
+    corpora = {}
+    for entry in args.corpus or []:
+        name, _, spec = entry.partition("=")
+        if not spec:
+            raise SystemExit(f"--corpus takes NAME=PATH (an index's folder name, then its corpus), not {entry!r}")
+        corpora[name] = {doc.id: doc.full_text() for doc in load_corpus(spec)}
+    names = [Path(folder).resolve().name for folder in args.index_dirs]
+    unknown = sorted(set(corpora) - set(names))
+    if unknown:
+        raise SystemExit(f"--corpus names {', '.join(unknown)}, which is no served index ({', '.join(names)})")
+    indexes = [LoadedIndex(name, Path(folder), corpora.get(name), not args.no_batching, args.max_batch,
+                           args.max_wait_ms / 1000) for name, folder in zip(names, args.index_dirs)]
+    loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
+    if not loopback and not args.token:
+        log.warning("serving on %s without --token: anyone who can reach it can search", args.host)
+    app = create_app(indexes, Limits(max_k=args.max_k, max_batch=args.max_batch), token=args.token)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def cmd_fuse(args: argparse.Namespace) -> int:
     from llmret.data.trec import read_run, write_run
     from llmret.fusion import fuse
@@ -612,6 +640,19 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["run", "status", "report"])
     p.add_argument("file", help="study file (YAML; see the README)")
     p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("serve", help="serve saved indexes over HTTP (POST /search, GET /indexes, a search page at /)")
+    p.add_argument("index_dirs", nargs="+", metavar="INDEX_DIR", help="saved indexes (llmret index); named by folder")
+    p.add_argument("--corpus", action="append", metavar="NAME=PATH",
+                   help="an index's corpus (corpus JSONL, BEIR folder or builtin:TASK), for passage text in answers")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (loopback by default)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (set one for any non-loopback bind)")
+    p.add_argument("--no-batching", action="store_true", help="encode each request alone (no micro-batching)")
+    p.add_argument("--max-batch", type=int, default=32, help="queries encoded together, and per request at most")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more queries")
+    p.add_argument("--max-k", type=int, default=1000, help="largest k a request may ask for")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("fuse", help="hybrid retrieval: fuse TREC runs (RRF or normalised linear)")
     p.add_argument("runs", nargs="+", help="TREC run files")

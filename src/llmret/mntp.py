@@ -61,12 +61,9 @@ class MNTPSettings:
 
 
 def corpus_texts(spec: str) -> list[str]:
-    from llmret.data.corpus import Corpus
-    from llmret.registry import resolve_folder
+    from llmret.registry import load_corpus
 
-    path = resolve_folder(spec, "train")
-    corpus = Corpus.from_file(path / "corpus.jsonl" if path.is_dir() else path)
-    return [doc.full_text() for doc in corpus]
+    return [doc.full_text() for doc in load_corpus(spec, "train")]
 
 
 def pack_blocks(ids: list[list[int]], size: int) -> list[list[int]]:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from llmret.data import builtin
+from llmret.data.corpus import Corpus
 from llmret.data.dataset import RetrievalData, load_dataset
 from llmret.data.qrels import Qrels
 from llmret.data.trec import Run
@@ -87,6 +88,12 @@ def resolve_folder(spec: str, split: str) -> Path:
     if spec.startswith("builtin:"):
         return builtin.task_folder(spec.split(":", 1)[1], split)
     return Path(spec).expanduser()
+
+
+def load_corpus(spec: str, split: str = "test") -> Corpus:
+    """The corpus of a data spec: ``builtin:TASK``, a BEIR folder, or a corpus JSONL file."""
+    path = resolve_folder(spec, split)
+    return Corpus.from_file(path / "corpus.jsonl" if path.is_dir() else path)
 
 
 def convention_of(folder: Path) -> str:

@@ -1,0 +1,221 @@
+"""The HTTP search service: saved indexes with their query encoders behind FastAPI.
+
+``POST /search`` answers one query or a batch from one index (ids, scores, ranks; optionally the
+passages' text, and for sparse indexes the query's terms and each hit's contributing terms);
+``GET /indexes`` says what is loaded and how it encodes; ``GET /health``; ``GET /`` is a search page.
+Every request is checked before it reaches a model (empty or oversized query, ``k`` out of range,
+unknown index, batch too large: a 4xx naming the problem), and a request that fails inside the model
+fails alone: the batcher goes on with the next.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, Field
+
+from llmret.index.saved import Searcher
+from llmret.index.sparse import SparseIndex
+from llmret.serve.batching import MicroBatcher
+
+log = logging.getLogger(__name__)
+PAGE = Path(__file__).with_name("page.html")
+
+
+@dataclass
+class Limits:
+    max_k: int = 1000
+    max_batch: int = 64  # queries in one request
+    max_query_chars: int = 2000
+
+
+@dataclass
+class Query:
+    text: str
+    k: int
+    instruction: str | None
+    explain: bool
+
+
+class SearchRequest(BaseModel):
+    index: str | None = Field(None, description="which loaded index (optional when one is loaded)")
+    query: str | None = Field(None, description="one query")
+    queries: list[str] | None = Field(None, description="a batch of queries (instead of query)")
+    k: int = Field(10, description="hits per query")
+    instruction: str | None = Field(None, description="task instruction for the query encoder")
+    passages: bool = Field(False, description="include each hit's text (needs the index's corpus)")
+    explain: bool = Field(False, description="sparse: the query's terms and each hit's contributing terms")
+
+
+class LoadedIndex:
+    """A saved index, its query encoder, its corpus text (optional) and its batcher."""
+
+    def __init__(self, name: str, folder: Path, corpus: dict[str, str] | None, batching: bool, max_batch: int,
+                 max_wait: float) -> None:
+        self.name, self.folder, self.corpus = name, folder, corpus
+        self.searcher = Searcher.open(folder)
+        self.sparse = self.searcher.meta.get("encoder", {}).get("paradigm") == "sparse"
+        self.batcher: MicroBatcher[Query, dict[str, Any]] = MicroBatcher(self._work, max_batch=max_batch,
+                                                                         max_wait=max_wait, enabled=batching)
+        self._columns: dict[str, int] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        meta = self.searcher.meta
+        return {"name": self.name, "kind": meta.get("kind"), "documents": meta.get("documents"),
+                "paradigm": "sparse" if self.sparse else "dense", "corpus": self.corpus is not None,
+                "encoder": meta.get("encoder"), "batching": self.batcher.describe()}
+
+    def _work(self, queries: list[Query]) -> tuple[list[dict[str, Any]], dict[str, float]]:
+        """Encode and search one batch (in the batcher's thread): queries sharing an instruction are
+        encoded together; the index is searched once at the largest k and each answer cut to its own."""
+        encoder = self.searcher.encoder
+        answers: list[dict[str, Any] | None] = [None] * len(queries)
+        timings = {"encode": 0.0, "search": 0.0}
+        groups: dict[str | None, list[int]] = {}
+        for i, q in enumerate(queries):
+            groups.setdefault(q.instruction, []).append(i)
+        default = encoder.settings.instruction
+        for instruction, rows in groups.items():
+            start = time.perf_counter()
+            encoder.settings.instruction = default if instruction is None else instruction
+            try:
+                vectors = encoder.encode_queries([queries[i].text for i in rows])
+            finally:
+                encoder.settings.instruction = default
+            encoded = time.perf_counter()
+            k = max(queries[i].k for i in rows)
+            scores, ids = self.searcher.index.search(vectors, k)
+            timings["encode"] += encoded - start
+            timings["search"] += time.perf_counter() - encoded
+            for j, i in enumerate(rows):
+                n = queries[i].k
+                hits = [{"rank": r + 1, "id": doc, "score": float(score)}
+                        for r, (doc, score) in enumerate(zip(ids[j][:n], np.asarray(scores[j])[:n]))]
+                answer: dict[str, Any] = {"query": queries[i].text, "hits": hits}
+                if queries[i].explain and self.sparse:
+                    self._explain(answer, vectors[j])
+                answers[i] = answer
+        return answers, timings  # type: ignore[return-value]
+
+    def _explain(self, answer: dict[str, Any], vector: sp.csr_matrix, top: int = 20) -> None:
+        """The query's strongest terms, and per hit the terms whose products gave most of its score
+        (exact indexes keep the passages' weights; Seismic's do not give them back)."""
+        encoder = self.searcher.encoder
+        order = np.argsort(-vector.data)[:top]
+        names = encoder.terms(vector.indices[order])
+        answer["query_terms"] = [[t, round(float(w), 3)] for t, w in zip(names, vector.data[order])]
+        index = self.searcher.index
+        if not isinstance(index, SparseIndex):
+            return
+        if self._columns is None:
+            self._columns = {doc: c for c, doc in enumerate(index.ids)}
+        weights = dict(zip(vector.indices.tolist(), vector.data.tolist()))
+        for hit in answer["hits"]:
+            column = index.postings[:, self._columns[hit["id"]]].tocoo()
+            parts = sorted(((weights[t] * float(w), t) for t, w in zip(column.row, column.data) if t in weights),
+                           reverse=True)[:8]
+            hit["terms"] = [[name, round(p, 3)] for (p, _), name in zip(parts, encoder.terms(np.array([t for _, t in parts])))]
+
+
+def create_app(indexes: list[LoadedIndex], limits: Limits | None = None, token: str | None = None) -> FastAPI:
+    """The FastAPI app over ``indexes`` (names unique); ``token``: requests need ``Authorization: Bearer``."""
+    limits = limits or Limits()
+    by_name = {ix.name: ix for ix in indexes}
+    if len(by_name) != len(indexes):
+        raise ValueError(f"index names must be unique: {', '.join(ix.name for ix in indexes)}")
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        for ix in indexes:
+            ix.batcher.close()
+
+    app = FastAPI(title="llmret search", description="Search saved llmret indexes with their query encoders.",
+                  lifespan=lifespan)
+
+    def authorised(request: Request) -> None:
+        if token is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not secrets.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise HTTPException(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
+        return JSONResponse({"error": f"bad request body: {problems}"}, status_code=422)
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "indexes": list(by_name)}
+
+    @app.get("/indexes", dependencies=[Depends(authorised)])
+    def list_indexes() -> list[dict[str, Any]]:
+        return [ix.describe() for ix in indexes]
+
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> str:
+        return PAGE.read_text(encoding="utf-8")
+
+    @app.post("/search", dependencies=[Depends(authorised)])
+    async def search(body: SearchRequest) -> dict[str, Any]:
+        index = _pick(by_name, body.index)
+        texts = _texts(body, limits)
+        if not 1 <= body.k <= limits.max_k:
+            raise HTTPException(400, f"k must be between 1 and {limits.max_k}, not {body.k}")
+        if body.passages and index.corpus is None:
+            raise HTTPException(400, f"index '{index.name}' was served without its corpus: no passage text to give")
+        queries = [Query(t, body.k, body.instruction, body.explain) for t in texts]
+        try:
+            results = await index.batcher.submit(queries)
+        except Exception as exc:  # noqa: BLE001 - one request failed inside the model; the service goes on
+            log.exception("search failed")
+            raise HTTPException(500, f"search failed: {type(exc).__name__}: {exc}") from None
+        if body.passages:
+            for result in results:
+                for hit in result["hits"]:
+                    hit["text"] = index.corpus.get(hit["id"], "")  # type: ignore[union-attr]
+        return {"index": index.name, "k": body.k, "results": results}
+
+    return app
+
+
+def _pick(by_name: dict[str, LoadedIndex], name: str | None) -> LoadedIndex:
+    if name is None:
+        if len(by_name) == 1:
+            return next(iter(by_name.values()))
+        raise HTTPException(400, f"several indexes are loaded: name one with 'index' ({', '.join(by_name)})")
+    if name not in by_name:
+        raise HTTPException(404, f"no index '{name}' is loaded (loaded: {', '.join(by_name)})")
+    return by_name[name]
+
+
+def _texts(body: SearchRequest, limits: Limits) -> list[str]:
+    if (body.query is None) == (body.queries is None):
+        raise HTTPException(400, "give either 'query' (one text) or 'queries' (a list), not both or neither")
+    texts = [body.query] if body.query is not None else list(body.queries or [])
+    if not texts:
+        raise HTTPException(400, "'queries' is empty")
+    if len(texts) > limits.max_batch:
+        raise HTTPException(413, f"{len(texts)} queries in one request; at most {limits.max_batch}")
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise HTTPException(400, f"query {i + 1} is empty")
+        if len(text) > limits.max_query_chars:
+            raise HTTPException(413, f"query {i + 1} has {len(text)} characters; at most {limits.max_query_chars}")
+    return texts
