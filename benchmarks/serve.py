@@ -31,9 +31,9 @@ def build_index(folder: Path, smoke: bool) -> tuple[Path, list[str]]:
     from llmret.cli import main
 
     if smoke:
-        from smoke import texts, tiny_model
-
         import json
+
+        from smoke import texts, tiny_model
 
         docs = texts(200)
         queries = texts(50, seed=1, words=6)

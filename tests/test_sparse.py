@@ -276,7 +276,7 @@ def test_sparse_training_logs_nonzero_terms_and_loads_back(tiny_llama: Path, tmp
 def test_mntp_masks_predicts_from_the_previous_position_and_loads_bidirectional(tiny_llama: Path, tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
-    from llmret.mntp import MNTPSettings, masked_lm_collator, mask_tokens, mntp_loss, pack_blocks, run_mntp
+    from llmret.mntp import MNTPSettings, mask_tokens, masked_lm_collator, mntp_loss, pack_blocks, run_mntp
 
     assert pack_blocks([[1, 5, 6], [1, 7], [1, 8, 9, 10]], 3) == [[1, 5, 6], [1, 7, 1], [8, 9, 10]]
     tok = AutoTokenizer.from_pretrained(tiny_llama)
