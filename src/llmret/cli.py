@@ -162,33 +162,49 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shard_of(args: argparse.Namespace) -> tuple[int, int]:
+    """(part, parts) of a sharded encoding: the flags, else a launcher's RANK and WORLD_SIZE."""
+    import os
+
+    if args.num_shards is None and args.shard is None:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        return (int(os.environ.get("RANK", "0")), world) if world > 1 else (0, 1)
+    if args.num_shards is None or args.shard is None:
+        raise SystemExit("--shard and --num-shards go together")
+    if not 0 <= args.shard < args.num_shards:
+        raise SystemExit(f"--shard must be between 0 and {args.num_shards - 1}, not {args.shard}")
+    return args.shard, args.num_shards
+
+
 def cmd_encode(args: argparse.Namespace) -> int:
     from llmret.index.shards import encode_corpus, save_vectors
     from llmret.registry import load
 
+    part, parts = _shard_of(args)
     data, rules = load(args.data, args.split, args.rules)
     encoder = load_encoder(args, rules)
     out = Path(args.out)
     if args.what in ("corpus", "both"):
-        encode_corpus(encoder, data.corpus, out / "corpus", shard_size=args.shard_size,
-                      signature=encoder.signature())
-    if args.what in ("queries", "both"):
+        corpus = data.corpus if parts == 1 else data.corpus.part(part, parts)
+        folder = out / "corpus" if parts == 1 else out / "corpus" / f"part-{part:03d}-of-{parts:03d}"
+        encode_corpus(encoder, corpus, folder, shard_size=args.shard_size, signature=encoder.signature())
+    if args.what in ("queries", "both") and part == 0:  # the queries once, by the first part's process
         qids = list(data.queries)
         save_vectors(out / "queries", qids, encoder.encode_queries([data.queries[q] for q in qids], progress=True),
                      signature=encoder.signature())
     if any(encoder.truncated.values()):
         log.warning("%d queries and %d passages encoded now were longer than their maximum length and were cut",
                     encoder.truncated["queries"], encoder.truncated["passages"])
-    print(f"embeddings written to {out} (rules: {rules.convention})")
+    print(f"embeddings written to {out} (rules: {rules.convention}{f'; part {part + 1} of {parts}' if parts > 1 else ''})")
     return 0
 
 
 def cmd_index(args: argparse.Namespace) -> int:
     from llmret.index import saved
-    from llmret.index.shards import EmbeddingShards
+    from llmret.index.shards import open_shards
     from llmret.index.sparsity import TermCounts
 
-    shards = EmbeddingShards(Path(args.embeddings))
+    shards = open_shards(args.embeddings)
     kind, index = saved.build(shards, args.index)
     terms = TermCounts.of_shards(shards) if kind in saved.SPARSE_KINDS else None
     saved.save(index, kind, args.out, shards.signature(), sum(len(ids) for ids, _ in shards), terms)
@@ -199,7 +215,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from llmret.data.trec import write_run
     from llmret.index import saved
-    from llmret.index.shards import EmbeddingShards
+    from llmret.index.shards import EmbeddingShards, open_shards
 
     if args.index_dir and args.data:  # queries as text: encoded by the index's own encoder
         from llmret.registry import load
@@ -212,15 +228,20 @@ def cmd_search(args: argparse.Namespace) -> int:
             raise SystemExit("search needs --queries with --corpus or --index-dir, or --index-dir with --data")
         queries = EmbeddingShards(Path(args.queries))
         if args.index_dir:
-            index, meta = saved.open_index(args.index_dir)
-            if queries.signature() != meta.get("encoder"):
-                raise DataError(Path(args.queries) / "meta.json", None,
-                                f"encoded with other settings or weights than the index in {args.index_dir}")
+            indexes = []
+            for folder in args.index_dir:
+                index, meta = saved.open_index(folder)
+                if queries.signature() != meta.get("encoder"):
+                    raise DataError(Path(args.queries) / "meta.json", None,
+                                    f"encoded with other settings or weights than the index in {folder}")
+                indexes.append(index)
         else:
-            _, index = saved.build(EmbeddingShards(Path(args.corpus)), args.index)
+            corpus = open_shards(args.corpus)
+            corpus.signature()  # parts made by other encoders are refused before any work
+            indexes = [saved.build(corpus, args.index)[1]]
         run = {}
         for qids, vectors in queries:
-            run.update(saved.to_run(qids, *index.search(vectors, args.k)))
+            run.update(saved.to_run(qids, *saved.search_all(indexes, vectors, args.k)))
     write_run(args.out, run, tag=args.tag, depth=args.k)  # ids dropped by the rules made room for one more
     print(f"run written to {args.out}")
     return 0
@@ -584,17 +605,22 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--what", choices=["corpus", "queries", "both"], default="both")
     p.add_argument("--out", required=True)
     p.add_argument("--shard-size", type=int, default=50_000)
+    p.add_argument("--shard", type=int, help="encode this part of the corpus (0-based; with --num-shards) into "
+                                             "OUT/corpus/part-I-of-N; under torchrun/accelerate, RANK is used")
+    p.add_argument("--num-shards", type=int, help="how many contiguous parts the corpus is split into")
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("index", help="build an index over corpus shards and save it (searchable later)")
-    p.add_argument("--embeddings", required=True, help="folder of corpus embedding shards (llmret encode)")
+    p.add_argument("--embeddings", required=True, nargs="+",
+                   help="folder(s) of corpus embedding shards (llmret encode); several parts make one index")
     p.add_argument("--out", required=True, help="index folder to write")
     p.add_argument("--index", help="dense: FAISS index_factory string (default Flat = exact); sparse: exact or seismic")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="search corpus shards or a saved index, write a TREC run")
-    p.add_argument("--corpus", help="folder of corpus embedding shards (an index is built in memory)")
-    p.add_argument("--index-dir", help="a saved index (llmret index)")
+    p.add_argument("--corpus", nargs="+", help="folder(s) of corpus embedding shards (an index is built in memory)")
+    p.add_argument("--index-dir", nargs="+", help="saved index(es) (llmret index); several are searched together "
+                                                  "and their top k merged exactly")
     p.add_argument("--queries", help="folder of query embedding shards")
     p.add_argument("--data", help="with --index-dir: search these queries as text, encoded by the index's encoder")
     p.add_argument("--split", default="test")

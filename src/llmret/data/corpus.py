@@ -126,6 +126,26 @@ class Corpus:
         if batch:
             yield batch
 
+    def part(self, index: int, count: int) -> Corpus:
+        """The ``index``-th (from 0) of ``count`` contiguous parts, sizes differing by at most one: what one
+        process of a sharded encoding encodes. Parts in order are the corpus in order, so indexes built
+        on them and searched together rank ties as the whole corpus does. The whole corpus is validated
+        first, so a bad line fails every process alike."""
+        if not 0 <= index < count:
+            raise ValueError(f"part {index} of {count}: the part must be between 0 and {count - 1}")
+        total = len(self)
+        start, stop = total * index // count, total * (index + 1) // count
+        parent = self
+
+        def source() -> Iterator[tuple[str | None, int | None, Document]]:
+            for position, item in enumerate(parent._source()):
+                if position >= stop:
+                    return
+                if position >= start:
+                    yield item
+
+        return Corpus(source, f"{self.name} (part {index + 1} of {count})")
+
     def ids(self) -> list[str]:
         """All document ids in corpus order (one validating pass the first time)."""
         if self._ids is None:

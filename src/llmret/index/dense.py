@@ -9,7 +9,7 @@ import numpy as np
 
 from llmret.errors import DataError
 from llmret.fileio import atomic_write, read_ids, write_ids
-from llmret.index.shards import EmbeddingShards
+from llmret.index.shards import Shards
 
 
 class DenseIndex:
@@ -35,7 +35,7 @@ class DenseIndex:
         self.ids.extend(ids)
 
     @classmethod
-    def from_shards(cls, shards: EmbeddingShards, factory: str = "Flat") -> DenseIndex:
+    def from_shards(cls, shards: Shards, factory: str = "Flat") -> DenseIndex:
         index: DenseIndex | None = None
         for ids, vectors in shards:
             if not isinstance(vectors, np.ndarray):

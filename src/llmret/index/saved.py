@@ -20,7 +20,7 @@ from llmret.data.trec import Run
 from llmret.errors import DataError
 from llmret.fileio import atomic_dir, read_json, write_json
 from llmret.index.dense import DenseIndex
-from llmret.index.shards import EmbeddingShards
+from llmret.index.shards import Shards
 from llmret.index.sparse import SeismicSettings, SeismicSparseIndex, SparseIndex
 from llmret.index.sparsity import TermCounts
 
@@ -28,7 +28,7 @@ Index = DenseIndex | SparseIndex | SeismicSparseIndex
 SPARSE_KINDS = ("exact", "seismic")
 
 
-def build(shards: EmbeddingShards, how: str | None = None) -> tuple[str, Index]:
+def build(shards: Shards, how: str | None = None) -> tuple[str, Index]:
     """(kind, index) over encoded shards: ``how`` is ``exact`` or ``seismic`` for sparse vectors and a
     FAISS factory string for dense ones (default exact search either way)."""
     sparse = shards.signature().get("paradigm") == "sparse"
@@ -92,22 +92,56 @@ def to_run(qids: list[str], scores: Any, ids: list[list[str]]) -> Run:
     return {q: dict(zip(row_ids, map(float, row_scores))) for q, row_ids, row_scores in zip(qids, ids, scores)}
 
 
-class Searcher:
-    """A saved index with its query encoder: ``Searcher.open(folder).search({"q1": "text"}, k=10)``."""
+def search_all(indexes: list[Index], vectors: Any, k: int) -> tuple[list[np.ndarray], list[list[str]]]:
+    """The exact top ``k`` of each query over several indexes (the shards of one corpus): each index's
+    own top ``k``, concatenated in index order and stably sorted by score, so that ties keep the order
+    one index over the parts in that order gives (documents in corpus order)."""
+    answers = [index.search(vectors, k) for index in indexes]
+    if len(answers) == 1:
+        return answers[0]
+    scores_out, ids_out = [], []
+    for row in range(len(answers[0][1])):
+        ids = [doc for _, found in answers for doc in found[row]]
+        scores = np.concatenate([np.asarray(got[row], dtype=np.float64)[:len(found[row])] for got, found in answers])
+        order = np.argsort(-scores, kind="stable")[:k]
+        scores_out.append(scores[order])
+        ids_out.append([ids[i] for i in order])
+    return scores_out, ids_out
 
-    def __init__(self, index: Index, encoder: Any, meta: dict[str, Any]) -> None:
-        self.index, self.encoder, self.meta = index, encoder, meta
+
+class Searcher:
+    """Saved indexes with their query encoder: ``Searcher.open(folder).search({"q1": "text"}, k=10)``.
+
+    Several folders (the indexes of one corpus's parts, built with one encoder) are searched together,
+    their top ``k`` merged exactly.
+    """
+
+    def __init__(self, indexes: list[Index], encoder: Any, meta: dict[str, Any]) -> None:
+        self.indexes, self.encoder, self.meta = indexes, encoder, meta
+
+    @property
+    def index(self) -> Index:
+        """The one index (a searcher over one folder)."""
+        if len(self.indexes) != 1:
+            raise ValueError(f"this searcher holds {len(self.indexes)} index shards, not one")
+        return self.indexes[0]
 
     @classmethod
-    def open(cls, folder: str | Path, device: str | None = None) -> Searcher:
+    def open(cls, folders: str | Path | list[str | Path], device: str | None = None) -> Searcher:
         from llmret.config import SPARSE_ONLY, EncoderSettings
         from llmret.encoders.dense import DenseEncoder
         from llmret.encoders.sparse import SparseEncoder
 
-        index, meta = open_index(folder)
+        paths = [Path(f) for f in (folders if isinstance(folders, list) else [folders])]
+        opened = [open_index(path) for path in paths]
+        meta = opened[0][1]
         signature = meta.get("encoder", {})
         if "model" not in signature:
-            raise DataError(Path(folder) / "meta.json", None, "no encoder signature: this index cannot encode queries")
+            raise DataError(paths[0] / "meta.json", None, "no encoder signature: this index cannot encode queries")
+        for path, (_, other) in zip(paths[1:], opened[1:]):
+            if other.get("encoder") != signature:
+                raise DataError(path / "meta.json", None, f"built with another encoder than {paths[0]}: "
+                                                          "index shards searched together must share one")
         sparse = signature.get("paradigm") == "sparse"
         names = {f.name for f in fields(EncoderSettings)} - (set() if sparse else set(SPARSE_ONLY))
         settings = EncoderSettings(**{k: v for k, v in signature.items() if k in names})
@@ -116,13 +150,13 @@ class Searcher:
         now = encoder.signature()
         changed = sorted(k for k in set(now) | set(signature) if now.get(k) != signature.get(k))
         if changed:
-            raise DataError(Path(folder) / "meta.json", None, f"the query encoder differs from the one the index was "
-                                                              f"built with ({', '.join(changed)}): rebuild the index")
-        return cls(index, encoder, meta)
+            raise DataError(paths[0] / "meta.json", None, f"the query encoder differs from the one the index was "
+                                                          f"built with ({', '.join(changed)}): rebuild the index")
+        documents = sum(int(m.get("documents", 0)) for _, m in opened)
+        return cls([index for index, _ in opened], encoder, {**meta, "documents": documents, "shards": len(paths)})
 
     def search_vectors(self, qids: list[str], vectors: Any, k: int) -> Run:
-        scores, ids = self.index.search(vectors, k)
-        return to_run(qids, scores, ids)
+        return to_run(qids, *search_all(self.indexes, vectors, k))
 
     def search(self, queries: dict[str, str], k: int = 1000) -> Run:
         """Encode ``queries`` (id -> text) as the index's encoder does and return the top ``k`` of each."""

@@ -65,6 +65,40 @@ class EmbeddingShards:
             yield ids, vectors
 
 
+@dataclass
+class ShardSet:
+    """Several shard folders read as one, in the order given (the parts of a sharded encoding):
+    the index stage streams them shard by shard, never gathering the corpus's vectors in memory."""
+
+    folders: list[Path]
+
+    @property
+    def folder(self) -> Path:
+        return self.folders[0]
+
+    def signature(self) -> dict[str, Any]:
+        """The encoder settings every part was made with; parts made otherwise are an error."""
+        first = EmbeddingShards(self.folders[0]).signature()
+        for folder in self.folders[1:]:
+            if EmbeddingShards(folder).signature() != first:
+                raise DataError(folder / "meta.json", None, f"encoded with other settings or weights than "
+                                                            f"{self.folders[0]}: these parts cannot share an index")
+        return first
+
+    def __iter__(self) -> Iterator[tuple[list[str], Vectors]]:
+        for folder in self.folders:
+            yield from EmbeddingShards(folder)
+
+
+Shards = EmbeddingShards | ShardSet
+
+
+def open_shards(folders: list[str | Path]) -> Shards:
+    """One shard folder, or several read as one."""
+    paths = [Path(f) for f in folders]
+    return EmbeddingShards(paths[0]) if len(paths) == 1 else ShardSet(paths)
+
+
 def encode_corpus(encoder: PassageEncoder, corpus: Corpus, folder: str | Path, *, shard_size: int = 50_000,
                   signature: dict[str, Any] | None = None, progress: bool = True,
                   replace_stale: bool = False) -> EmbeddingShards:

@@ -15,12 +15,12 @@ import scipy.sparse as sp
 
 from llmret.errors import DataError
 from llmret.fileio import atomic_write, read_ids, write_ids
-from llmret.index.shards import EmbeddingShards
+from llmret.index.shards import Shards
 
 Hits = tuple[list[np.ndarray], list[list[str]]]  # per query: scores, and document ids in the same order
 
 
-def _shard_rows(shards: EmbeddingShards) -> tuple[list[str], list[sp.csr_matrix]]:
+def _shard_rows(shards: Shards) -> tuple[list[str], list[sp.csr_matrix]]:
     ids: list[str] = []
     parts: list[sp.csr_matrix] = []
     for shard_ids, vectors in shards:
@@ -66,7 +66,7 @@ class SparseIndex:
         self.postings.sort_indices()
 
     @classmethod
-    def from_shards(cls, shards: EmbeddingShards) -> SparseIndex:
+    def from_shards(cls, shards: Shards) -> SparseIndex:
         ids, parts = _shard_rows(shards)
         return cls(ids, sp.vstack(parts, format="csr"))
 
@@ -165,7 +165,7 @@ class SeismicSparseIndex:
         return index
 
     @classmethod
-    def from_shards(cls, shards: EmbeddingShards, settings: SeismicSettings | None = None) -> SeismicSparseIndex:
+    def from_shards(cls, shards: Shards, settings: SeismicSettings | None = None) -> SeismicSparseIndex:
         ids, parts = _shard_rows(shards)
         return cls(ids, sp.vstack(parts, format="csr"), settings)
 

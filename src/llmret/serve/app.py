@@ -26,7 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
-from llmret.index.saved import Searcher
+from llmret.index.saved import Searcher, search_all
 from llmret.index.sparse import SparseIndex
 from llmret.serve.batching import MicroBatcher
 
@@ -96,7 +96,7 @@ class LoadedIndex:
                 encoder.settings.instruction = default
             encoded = time.perf_counter()
             k = max(queries[i].k for i in rows)
-            scores, ids = self.searcher.index.search(vectors, k)
+            scores, ids = search_all(self.searcher.indexes, vectors, k)
             timings["encode"] += encoded - start
             timings["search"] += time.perf_counter() - encoded
             for j, i in enumerate(rows):
@@ -116,9 +116,9 @@ class LoadedIndex:
         order = np.argsort(-vector.data)[:top]
         names = encoder.terms(vector.indices[order])
         answer["query_terms"] = [[t, round(float(w), 3)] for t, w in zip(names, vector.data[order])]
-        index = self.searcher.index
-        if not isinstance(index, SparseIndex):
+        if len(self.searcher.indexes) != 1 or not isinstance(self.searcher.indexes[0], SparseIndex):
             return
+        index = self.searcher.indexes[0]
         if self._columns is None:
             self._columns = {doc: c for c, doc in enumerate(index.ids)}
         weights = dict(zip(vector.indices.tolist(), vector.data.tolist()))
