@@ -164,6 +164,24 @@ def test_micro_batching_changes_no_answer_and_batches_concurrent_queries(indexes
         assert httpx.post(f"{url}/search", json={"index": "dense", "query": "alpha"}).status_code == 200
 
 
+def test_hybrid_fuses_by_reciprocal_rank_as_ranx_does(indexes: dict[str, Path]) -> None:
+    from llmret.fusion import fuse
+
+    query = {"query": "alpha beta gamma delta"}
+    with serving(create_app(_load(indexes), hybrids={"both": ["dense", "sparse"]})) as url:
+        parts = [httpx.post(f"{url}/search", json={**query, "index": name, "k": 100}).json()["results"][0]["hits"]
+                 for name in ("dense", "sparse")]
+        got = httpx.post(f"{url}/search", json={**query, "index": "both", "k": 5}).json()["results"][0]["hits"]
+        assert "hybrid" in [ix["kind"] for ix in httpx.get(f"{url}/indexes").json()]
+        r = httpx.post(f"{url}/search", json={**query, "index": "both", "explain": True})
+        assert r.status_code == 400 and "not sparse" in r.json()["error"]
+    expected = fuse([{"q": {h["id"]: h["score"] for h in hits}} for hits in parts], "rrf", k=60, depth=5)["q"]
+    assert [h["id"] for h in got] == list(expected)
+    assert [h["score"] for h in got] == pytest.approx(list(expected.values()))
+    with pytest.raises(ValueError, match="parts served indexes"):
+        create_app(_load(indexes), hybrids={"both": ["dense", "nope"]})
+
+
 def test_sparse_answers_explain_their_terms(indexes: dict[str, Path]) -> None:
     with serving(create_app(_load(indexes))) as url:
         result = httpx.post(f"{url}/search", json={"index": "sparse", "query": "alpha beta gamma", "k": 3,

@@ -416,7 +416,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
     if not loopback and not args.token:
         log.warning("serving on %s without --token: anyone who can reach it can search", args.host)
-    app = create_app(indexes, Limits(max_k=args.max_k, max_batch=args.max_batch), token=args.token)
+    hybrids = {}
+    for entry in args.hybrid or []:
+        name, _, parts = entry.partition("=")
+        if not parts or "+" not in parts:
+            raise SystemExit(f"--hybrid takes NAME=A+B (served index names joined by +), not {entry!r}")
+        hybrids[name] = parts.split("+")
+    app = create_app(indexes, Limits(max_k=args.max_k, max_batch=args.max_batch), token=args.token, hybrids=hybrids)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
@@ -671,6 +677,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("index_dirs", nargs="+", metavar="INDEX_DIR", help="saved indexes (llmret index); named by folder")
     p.add_argument("--corpus", action="append", metavar="NAME=PATH",
                    help="an index's corpus (corpus JSONL, BEIR folder or builtin:TASK), for passage text in answers")
+    p.add_argument("--hybrid", action="append", metavar="NAME=A+B",
+                   help="also serve NAME: served indexes A and B searched together, fused by reciprocal rank")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (loopback by default)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (set one for any non-loopback bind)")

@@ -10,6 +10,7 @@ fails alone: the batcher goes on with the next.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -129,12 +130,55 @@ class LoadedIndex:
             hit["terms"] = [[name, round(p, 3)] for (p, _), name in zip(parts, encoder.terms(np.array([t for _, t in parts])))]
 
 
-def create_app(indexes: list[LoadedIndex], limits: Limits | None = None, token: str | None = None) -> FastAPI:
-    """The FastAPI app over ``indexes`` (names unique); ``token``: requests need ``Authorization: Bearer``."""
+class HybridIndex:
+    """Several served indexes searched at once and fused by reciprocal rank (Cormack et al., 2009).
+
+    RRF is computed here rather than through :func:`llmret.fusion.fuse` (ranx): ranx compiles its numba
+    code on first use, 30-60 s that must not land on a request. Each part is asked for ``depth`` hits
+    (at least 100) so that fusion sees more than the final k; ties are broken by document id.
+    """
+
+    def __init__(self, name: str, parts: list[LoadedIndex], rrf_k: int = 60, depth: int = 100) -> None:
+        if len(parts) < 2:
+            raise ValueError(f"hybrid index '{name}' needs at least two served indexes to fuse")
+        self.name, self.parts, self.rrf_k, self.depth = name, parts, rrf_k, depth
+        self.sparse = False
+        self.corpus = next((p.corpus for p in parts if p.corpus is not None), None)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": "hybrid", "paradigm": "hybrid", "fusion": f"rrf (k={self.rrf_k})",
+                "parts": [p.name for p in self.parts], "documents": self.parts[0].describe()["documents"],
+                "corpus": self.corpus is not None}
+
+    async def search(self, queries: list[Query], max_k: int) -> list[dict[str, Any]]:
+        deep = [Query(q.text, min(max(q.k, self.depth), max_k), q.instruction, False) for q in queries]
+        answers = await asyncio.gather(*(part.batcher.submit(deep) for part in self.parts))
+        results = []
+        for i, query in enumerate(queries):
+            fused: dict[str, float] = {}
+            for answer in answers:
+                for hit in answer[i]["hits"]:
+                    fused[hit["id"]] = fused.get(hit["id"], 0.0) + 1.0 / (self.rrf_k + hit["rank"])
+            best = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:query.k]
+            results.append({"query": query.text, "hits": [{"rank": r + 1, "id": d, "score": s}
+                                                          for r, (d, s) in enumerate(best)]})
+        return results
+
+
+def create_app(indexes: list[LoadedIndex], limits: Limits | None = None, token: str | None = None,
+               hybrids: dict[str, list[str]] | None = None) -> FastAPI:
+    """The FastAPI app over ``indexes`` (names unique) and ``hybrids`` (name -> the served indexes it
+    fuses); ``token``: requests need ``Authorization: Bearer``."""
     limits = limits or Limits()
-    by_name = {ix.name: ix for ix in indexes}
+    by_name: dict[str, LoadedIndex | HybridIndex] = {ix.name: ix for ix in indexes}
     if len(by_name) != len(indexes):
         raise ValueError(f"index names must be unique: {', '.join(ix.name for ix in indexes)}")
+    for name, parts in (hybrids or {}).items():
+        missing = [p for p in parts if p not in by_name or isinstance(by_name[p], HybridIndex)]
+        if name in by_name or missing:
+            raise ValueError(f"hybrid '{name}': its name must be new and its parts served indexes "
+                             f"({', '.join(missing) or name} {'are' if missing else 'is'} not)")
+        by_name[name] = HybridIndex(name, [by_name[p] for p in parts])  # type: ignore[misc]
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
@@ -166,7 +210,7 @@ def create_app(indexes: list[LoadedIndex], limits: Limits | None = None, token: 
 
     @app.get("/indexes", dependencies=[Depends(authorised)])
     def list_indexes() -> list[dict[str, Any]]:
-        return [ix.describe() for ix in indexes]
+        return [ix.describe() for ix in by_name.values()]
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
@@ -178,11 +222,16 @@ def create_app(indexes: list[LoadedIndex], limits: Limits | None = None, token: 
         texts = _texts(body, limits)
         if not 1 <= body.k <= limits.max_k:
             raise HTTPException(400, f"k must be between 1 and {limits.max_k}, not {body.k}")
+        if body.explain and not index.sparse:
+            raise HTTPException(400, f"'explain' lists sparse terms; index '{index.name}' is not sparse")
         if body.passages and index.corpus is None:
             raise HTTPException(400, f"index '{index.name}' was served without its corpus: no passage text to give")
         queries = [Query(t, body.k, body.instruction, body.explain) for t in texts]
         try:
-            results = await index.batcher.submit(queries)
+            if isinstance(index, HybridIndex):
+                results = await index.search(queries, limits.max_k)
+            else:
+                results = await index.batcher.submit(queries)
         except Exception as exc:  # noqa: BLE001 - one request failed inside the model; the service goes on
             log.exception("search failed")
             raise HTTPException(500, f"search failed: {type(exc).__name__}: {exc}") from None
@@ -195,7 +244,7 @@ def create_app(indexes: list[LoadedIndex], limits: Limits | None = None, token: 
     return app
 
 
-def _pick(by_name: dict[str, LoadedIndex], name: str | None) -> LoadedIndex:
+def _pick(by_name: dict[str, LoadedIndex | HybridIndex], name: str | None) -> LoadedIndex | HybridIndex:
     if name is None:
         if len(by_name) == 1:
             return next(iter(by_name.values()))
