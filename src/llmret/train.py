@@ -61,7 +61,8 @@ class TrainSettings:
                               "promptreps (see llmret.recipes)",
                               choices=tuple(RECIPES))
     retriever: str = option("dense", "what to train", choices=("dense", "sparse"))
-    train_data: str = option("builtin:code", "Tevatron JSONL, a BEIR folder (qrels/train.tsv) or builtin:TASK")
+    train_data: list[str] | str = option("builtin:code", "Tevatron JSONL, a BEIR folder (qrels/train.tsv) or "
+                                         "builtin:TASK; several: multi-task training, each batch from one task")
     corpus: str | None = option(None, "corpus resolving passages given by id in a JSONL file")
     output_dir: str = option("runs/train", "where checkpoints, logs and final/ go")
     encoder: EncoderSettings = field(default_factory=EncoderSettings)
@@ -117,6 +118,16 @@ class TrainSettings:
     top_k_in_training: bool = option(False, "sparse: cut queries and passages to the encoder's query_top_k / "
                                           "passage_top_k in training too (gradient through the kept weights)")
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        """One training source is kept as a string (a list of one is the same run: resume compares them)."""
+        if name == "train_data" and isinstance(value, (list, tuple)):
+            value = value[0] if len(value) == 1 else list(value)
+        super().__setattr__(name, value)
+
+    @property
+    def sources(self) -> list[str]:
+        return [self.train_data] if isinstance(self.train_data, str) else list(self.train_data)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | Path | None = None) -> TrainSettings:
         data = with_recipe(dict(data))
@@ -128,7 +139,12 @@ class TrainSettings:
 
 
 # ---- data --------------------------------------------------------------------------------------------
-def load_examples(settings: TrainSettings) -> list[TrainExample]:
+def load_tasks(settings: TrainSettings) -> list[list[TrainExample]]:
+    """The training examples of each source in ``train_data`` (one list per task)."""
+    return [load_examples(settings, spec) for spec in settings.sources]
+
+
+def load_examples(settings: TrainSettings, spec: str | None = None) -> list[TrainExample]:
     """Training examples from a JSONL file, a BEIR folder (BM25-mined negatives) or a built-in task."""
     from llmret.data.corpus import Corpus
     from llmret.data.dataset import load_dataset
@@ -136,7 +152,7 @@ def load_examples(settings: TrainSettings) -> list[TrainExample]:
     from llmret.mining import mine_bm25_negatives
     from llmret.registry import resolve_folder
 
-    spec = settings.train_data
+    spec = spec or settings.sources[0]
     path = resolve_folder(spec, "train")
     if path.is_dir() and (path / "train.jsonl").is_file():
         examples = read_training(path / "train.jsonl", Corpus.from_file(path / "corpus.jsonl"))
@@ -168,6 +184,16 @@ def make_batch(encoder: TextEncoder, examples: list[TrainExample], indexes: list
     teacher = torch.tensor([[p.score for p in group] for group in groups]) if with_teacher else None
     return Batch(encoder.token_ids([examples[i].query for i in indexes], query=True),
                  encoder.token_ids([p.full_text() for group in groups for p in group], query=False), teacher)
+
+
+def batch_plan(sizes: list[int], batch_size: int, epoch: int, seed: int) -> list[tuple[int, int]]:
+    """(task, batch number) for each batch of one epoch. A batch never mixes tasks, so its in-batch
+    negatives come from the same task (as in the first seed's multi-task runs); the tasks' batches are
+    interleaved in a seeded order, each task in proportion to its size. One task: its batches in order."""
+    plan = [(task, number) for task, size in enumerate(sizes) for number in range(size // batch_size)]
+    if len(sizes) > 1:
+        random.Random(f"tasks:{seed}:{epoch}").shuffle(plan)
+    return plan
 
 
 def estimate_tokens_per_step(encoder: TextEncoder, examples: list[TrainExample], settings: TrainSettings,
@@ -250,7 +276,8 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
     objective = Objective(settings.objective, InfoNCELoss(settings.temperature, settings.similarity),
                           ListwiseKDLoss(settings.kd_student_temperature, settings.kd_teacher_temperature),
                           settings.kd_weight)
-    examples = load_examples(settings)
+    tasks = load_tasks(settings)
+    examples = [e for task in tasks for e in task]
     if objective.needs_teacher:
         require_teacher_scores(examples, f"objective '{settings.objective}'")  # before the model loads
     backbone = load_backbone(settings.encoder.model, dtype=DTYPES[settings.encoder.dtype or "float32"], lm_head=sparse)
@@ -271,9 +298,10 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
         encoder.term_bias = bias.bias
     model.train()
 
-    steps_per_epoch = len(examples) // (settings.batch_size * settings.grad_accum)
+    sizes = [len(task) for task in tasks]
+    steps_per_epoch = len(batch_plan(sizes, settings.batch_size, 0, settings.seed)) // settings.grad_accum
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(examples)} training queries are fewer than one step's "
+        raise ValueError(f"{', '.join(map(str, sizes))} training queries are fewer than one step's "
                          f"{settings.batch_size * settings.grad_accum}; lower batch_size or grad_accum")
     compute = budget.plan(model, settings.lora, settings.grad_checkpointing or settings.grad_cache,
                           estimate_tokens_per_step(encoder, examples, settings), settings.budget_flops)
@@ -289,9 +317,11 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
 
     def micro_step(prepared: torch.nn.Module, step: int, micro: int) -> tuple[dict[str, float], int]:
         epoch, within = divmod(step, steps_per_epoch)
-        begin = (within * settings.grad_accum + micro) * settings.batch_size
-        indexes = epoch_order(len(examples), epoch, settings.seed)[begin:begin + settings.batch_size][rank::world]
-        batch = make_batch(encoder, examples, indexes, epoch, settings, objective.needs_teacher)
+        task, number = batch_plan(sizes, settings.batch_size, epoch, settings.seed)[within * settings.grad_accum + micro]
+        begin = number * settings.batch_size
+        chosen = tasks[task]
+        indexes = epoch_order(len(chosen), epoch, settings.seed)[begin:begin + settings.batch_size][rank::world]
+        batch = make_batch(encoder, chosen, indexes, epoch, settings, objective.needs_teacher)
         if settings.grad_cache:
             parts = cached_step(encoder, batch, criterion, step, settings.chunk_size, accelerator.backward,
                                 lambda: accelerator.no_sync(prepared))
