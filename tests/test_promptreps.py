@@ -100,3 +100,26 @@ def test_promptreps_recipe_from_the_cli(tiny_llama: Path, tmp_path: Path, capsys
     assert main(["evaluate", "--retriever", "dense", "--recipe", "promptreps", "--model", str(tiny_llama),
                  "--data", str(folder), "--out", str(tmp_path / "no")]) == 2
     assert "add --retriever sparse" in capsys.readouterr().err
+
+
+def test_own_tokens_under_a_byte_level_tokenizer_whose_spans_carry_the_space(tmp_path: Path) -> None:
+    """GPT-2-style tokens (SmolLM2's, Qwen's) start with the space before a word: the first word after a prefix
+    that ends in a space is still the text's own."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(random_texts(200, seed=1) + ["query: passage:"], vocab_size=400, special_tokens=["<s>", "</s>"])
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", pad_token="</s>")
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1, bos_token_id=0, eos_token_id=1,
+                                         pad_token_id=1))
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    encoder = SparseEncoder(load_backbone(str(tmp_path / "m"), lm_head=True),
+                            EncoderSettings(model=str(tmp_path / "m"), input_terms_only=True, query_prefix="query: "), "cpu")
+    text = f"{WORDS[6]} {WORDS[7]} {WORDS[8]}"
+    (ids,) = encoder.token_ids([text], query=True)
+    own = [t for t, mine in zip(ids, ids.own) if mine]
+    assert own == tok(" " + text, add_special_tokens=False)["input_ids"][-len(own):]
+    assert tok.decode(own).strip() == text  # every word of the text, the first one included; no prompt word

@@ -218,7 +218,12 @@ class TextEncoder(ABC):
             flags = []
             for text, spans in zip(batch, out["offset_mapping"]):
                 lo, hi = own[0], len(text) - own[1]
-                flags.append([b > a and a >= lo and b <= hi for a, b in spans])
+                row = []
+                for a, b in spans:
+                    while a < b and text[a].isspace():  # byte-level BPE spans carry the space before a word
+                        a += 1
+                    row.append(b > a and a >= lo and b <= hi)
+                flags.append(row)
             return out["input_ids"], flags
 
         # One token more than the limit shows which texts are too long without tokenizing them whole.
