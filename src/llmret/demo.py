@@ -56,6 +56,12 @@ def _dense(model: str) -> Retriever:
     return make_retriever("dense", settings, progress=False)
 
 
+def _folder_name(model: str) -> str:
+    """A model's folder under the output: a zoo name as it is, a local folder by its name, a hub id with
+    its slash replaced (never an absolute path, which would put results inside the model's folder)."""
+    return Path(model).name if Path(model).expanduser().exists() else model.replace("/", "--")
+
+
 def run_demo(out: Path, models: list[str], tasks: list[str], finetune: str | None = "smollm2-135m",
              train_steps: int = 26) -> list[dict[str, object]]:
     """Evaluate BM25, each model zero-shot and ``finetune`` after training; write and print the table."""
@@ -66,9 +72,9 @@ def run_demo(out: Path, models: list[str], tasks: list[str], finetune: str | Non
 
     # (table name, output folder, how to build it): built one at a time, so one model is in memory at once.
     systems: list[tuple[str, str, Callable[[], Retriever]]] = [("bm25", "bm25", BM25Retriever)]
-    systems += [(f"{m} (zero-shot)", f"{m}/zero-shot", lambda m=m: _dense(m)) for m in models]
+    systems += [(f"{m} (zero-shot)", f"{_folder_name(m)}/zero-shot", lambda m=m: _dense(m)) for m in models]
     if finetune:
-        systems.append((f"{finetune} (LoRA+InfoNCE)", f"{finetune}/lora-infonce", fine_tuned))
+        systems.append((f"{finetune} (LoRA+InfoNCE)", f"{_folder_name(finetune)}/lora-infonce", fine_tuned))
     rows: list[dict[str, object]] = []
     for name, folder, make in systems:
         start = time.perf_counter()
