@@ -60,7 +60,7 @@ def test_sparse_defaults_and_padding_side(tiny_llama: Path) -> None:
     encoder.tokenizer.padding_side = "left"
     np.testing.assert_allclose(encoder.encode_passages(texts).toarray(), right, atol=1e-5)
     with pytest.raises(ValueError, match="sparse pooling"):
-        SparseEncoder(backbone, EncoderSettings(model=str(tiny_llama), pooling="last"), "cpu")
+        SparseEncoder(backbone, EncoderSettings(model=str(tiny_llama), pooling="cls"), "cpu")
     with pytest.raises(ValueError, match="sparse encoders only"):
         DenseEncoder(load_backbone(str(tiny_llama)), EncoderSettings(model=str(tiny_llama), query_top_k=5), "cpu")
 
