@@ -14,6 +14,7 @@ tokenizer, ``llmret.json``); ``train_config.yaml`` (the settings used); ``log.js
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -315,9 +316,13 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
     criterion = Criterion(objective, regularizer)
     world, rank = accelerator.num_processes, accelerator.process_index
 
+    @functools.lru_cache(maxsize=2)  # one epoch's plan, made once rather than at every micro-step
+    def plan(epoch: int) -> list[tuple[int, int]]:
+        return batch_plan(sizes, settings.batch_size, epoch, settings.seed)
+
     def micro_step(prepared: torch.nn.Module, step: int, micro: int) -> tuple[dict[str, float], int]:
         epoch, within = divmod(step, steps_per_epoch)
-        task, number = batch_plan(sizes, settings.batch_size, epoch, settings.seed)[within * settings.grad_accum + micro]
+        task, number = plan(epoch)[within * settings.grad_accum + micro]
         begin = number * settings.batch_size
         chosen = tasks[task]
         indexes = epoch_order(len(chosen), epoch, settings.seed)[begin:begin + settings.batch_size][rank::world]

@@ -147,7 +147,7 @@ class HybridIndex:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "kind": "hybrid", "paradigm": "hybrid", "fusion": f"rrf (k={self.rrf_k})",
-                "parts": [p.name for p in self.parts], "documents": self.parts[0].describe()["documents"],
+                "parts": [p.name for p in self.parts], "documents": self.parts[0].searcher.meta.get("documents"),
                 "corpus": self.corpus is not None}
 
     async def search(self, queries: list[Query], max_k: int) -> list[dict[str, Any]]:
