@@ -1,7 +1,9 @@
 """Sparse retrieval at scale: Seismic against exact search, and the memory of sparse against dense encoding.
 
 Search. A corpus of ``--docs`` (default 100k) sparse vectors is drawn to match real learned-sparse
-vectors: ``splade-tiny`` encodes passages and queries of the built-in code task, and each synthetic
+vectors: ``--model`` (default ``splade-tiny``; or a trained sparse decoder's folder, whose saved
+settings such as top-k or input terms only apply) encodes passages and queries of the built-in code
+task, and each synthetic
 document mixes two real ones (see :func:`synthetic_corpus`), keeping their non-zero counts, term
 frequencies, weights and topical co-occurrence. The real encoded queries search it. Rows: the brute
 force (every document scored: the document matrix times the query vector), the exact inverted index
@@ -13,6 +15,7 @@ same passages densely, sparsely with llmret's chunked head, and sparsely the tex
 [batch, length, vocab] logits); each in a fresh process, peak resident memory above the loaded model.
 
     python benchmarks/sparse.py [--docs 100000] [--vocab 151936] [--batch-size 32] [--length 256]
+    python benchmarks/sparse.py --model runs/sparse/final --encode-length 64 --skip-memory
     python benchmarks/sparse.py --smoke      # a tiny random model, seconds: checks that it runs
 """
 
@@ -30,8 +33,9 @@ import numpy as np
 import scipy.sparse as sp
 
 
-def real_vectors(passages: int, smoke: bool = False) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    """splade-tiny encodings of built-in passages and queries (the statistics to match)."""
+def real_vectors(passages: int, smoke: bool = False, model: str = "splade-tiny",
+                 length: int = 256) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """``model``'s encodings of built-in passages and queries (the statistics to match)."""
     from llmret.config import EncoderSettings
     from llmret.encoders.sparse import SparseEncoder
 
@@ -45,7 +49,7 @@ def real_vectors(passages: int, smoke: bool = False) -> tuple[sp.csr_matrix, sp.
 
     builtin.builtin_root()
     data, _ = load("builtin:code", "test")
-    encoder = SparseEncoder.load(EncoderSettings(model="splade-tiny", passage_max_length=256, batch_size=32), "cpu")
+    encoder = SparseEncoder.load(EncoderSettings(model=model, passage_max_length=length, batch_size=32), "cpu")
     texts = [doc.full_text() for _, doc in zip(range(passages), data.corpus)]
     return encoder.encode_passages(texts), encoder.encode_queries(list(data.queries.values()))
 
@@ -183,6 +187,9 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=151_936)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--length", type=int, default=256)
+    parser.add_argument("--model", default="splade-tiny", help="the sparse model whose real vectors are matched")
+    parser.add_argument("--encode-length", type=int, default=256, help="passage length when encoding the real ones")
+    parser.add_argument("--skip-memory", action="store_true", help="only the search rows")
     parser.add_argument("--memory-mode", help=argparse.SUPPRESS)
     parser.add_argument("--smoke", action="store_true", help="a tiny random model and small sizes (seconds)")
     args = parser.parse_args()
@@ -194,12 +201,14 @@ def main() -> None:
 
     from llmret.report import format_table
 
-    real_docs, queries = real_vectors(args.passages, args.smoke)
+    real_docs, queries = real_vectors(args.passages, args.smoke, args.model, args.encode_length)
     docs = synthetic_corpus(real_docs, args.docs)
     print(f"corpus: {docs.shape[0]} vectors over {docs.shape[1]} terms, {docs.nnz / docs.shape[0]:.1f} non-zero per "
           f"document (real: {real_docs.nnz / real_docs.shape[0]:.1f}); {queries.shape[0]} real queries, "
           f"{queries.nnz / queries.shape[0]:.1f} non-zero each")
     print(format_table(search_rows(docs, queries), ["search", "QPS", "Recall@10", "x brute force"], percent=["Recall@10"]))
+    if args.skip_memory:
+        return
     print(f"\nencoding {2 * args.batch_size} passages of {args.length} tokens, batch {args.batch_size}, "
           f"vocabulary {args.vocab}: peak memory above the loaded model")
     print(format_table(memory_rows(args.vocab, args.batch_size, args.length), ["encoding", "peak_mb", "x dense", "seconds"]))

@@ -579,11 +579,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_curves(args: argparse.Namespace) -> int:
+    from llmret.curves import plot_curves
+
+    drawn = plot_curves([Path(r) for r in args.runs], Path(args.out), args.keys, args.labels, not args.linear)
+    for label, curves in drawn.items():
+        last = {key: points[-1] for key, points in curves.items() if points}
+        print(f"{label}: " + ", ".join(f"{key} {value:.4g} at step {step}" for key, (step, value) in last.items()))
+    print(f"curves in {args.out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from llmret.demo import run_demo
 
     run_demo(Path(args.out), models=args.models, tasks=args.tasks, finetune=args.finetune or None,
-             train_steps=args.train_steps)
+             train_steps=args.train_steps, finetune_as=args.finetune_as)
     return 0
 
 
@@ -763,12 +774,23 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("demo", help="the main job: BM25 and zero-shot LLM retrievers on the built-in data")
+    p = sub.add_parser("curves", help="training curves: log.jsonl values against steps, runs side by side, as a PNG")
+    p.add_argument("runs", nargs="+", help="training output folders (or their log.jsonl)")
+    p.add_argument("--out", required=True, help="the PNG to write")
+    p.add_argument("--keys", nargs="+", default=["loss", "q_nonzero", "p_nonzero"], help="log keys, one panel each")
+    p.add_argument("--labels", nargs="+", help="a name per run (default: the folder names)")
+    p.add_argument("--linear", action="store_true", help="linear value axes (default: log where all values > 0)")
+    p.set_defaults(func=cmd_curves)
+
+    p = sub.add_parser("demo", help="the main job: BM25, a zero-shot retriever and an LLM fine-tuned dense and sparse")
     p.add_argument("--out", default="results/demo")
-    p.add_argument("--models", nargs="+", default=["minilm-l6", "smollm2-135m"])
+    p.add_argument("--models", nargs="+", default=["minilm-l6"],
+                   help="models evaluated zero-shot (adding smollm2-135m costs ~90 s on a 2-core CPU)")
     p.add_argument("--tasks", nargs="+", default=["code", "docs", "long"])
     p.add_argument("--finetune", default="smollm2-135m", help="model to fine-tune ('' to skip training)")
-    p.add_argument("--train-steps", type=int, default=26)
+    p.add_argument("--finetune-as", nargs="+", default=["dense", "sparse"], choices=["dense", "sparse"],
+                   help="train the fine-tuned model as these retrievers, each on the same budget")
+    p.add_argument("--train-steps", type=int, default=20)
     p.set_defaults(func=cmd_demo)
     return parser
 

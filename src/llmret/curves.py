@@ -1,0 +1,78 @@
+"""Training curves: values from runs' ``log.jsonl`` against steps, one panel per key, one line per run.
+
+A short sparse run is read from its curves (does the FLOPS term fall, do the non-zero counts come
+down, does the ranking loss move); a table of final scores cannot show that. Any numeric key of the
+log can be drawn (``loss``, ``ranking_loss``, ``reg_loss``, ``q_nonzero``, ``p_nonzero``, ``lr`` ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from llmret.errors import DataError
+from llmret.fileio import atomic_write, iter_jsonl
+
+DEFAULT_KEYS = ("loss", "q_nonzero", "p_nonzero")
+
+
+def read_curves(log: Path, keys: Sequence[str]) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) per key, in the log's order; a record without ``step`` or with a non-number under a
+    wanted key is an error naming the file and line (a key a record lacks is skipped there)."""
+    curves: dict[str, list[tuple[int, float]]] = {key: [] for key in keys}
+    for line, record in iter_jsonl(log):
+        step = record.get("step")
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise DataError(log, line, "a log record needs an integer 'step'")
+        for key in keys:
+            if key not in record:
+                continue
+            value = record[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise DataError(log, line, f"'{key}' is not a number: {value!r}")
+            curves[key].append((step, float(value)))
+    return curves
+
+
+def _log_of(run: Path) -> Path:
+    """A run folder's log (or the log file itself)."""
+    log = run / "log.jsonl" if run.is_dir() else run
+    if not log.is_file():
+        raise FileNotFoundError(f"{run}: no log.jsonl (give a training output folder or its log.jsonl)")
+    return log
+
+
+def plot_curves(runs: Sequence[Path], out: Path, keys: Sequence[str] = DEFAULT_KEYS,
+                labels: Sequence[str] | None = None, log_scale: bool = True) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """Draw ``keys`` against steps for each run into the PNG ``out``; return what was drawn, per run label.
+
+    ``log_scale`` puts the values on a log axis: non-zero counts and a FLOPS loss span orders of magnitude.
+    A key no run logged is an error (a misspelt key would otherwise give an empty panel).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(labels) if labels else [Path(r).name for r in runs]
+    if len(labels) != len(runs):
+        raise ValueError(f"{len(labels)} labels for {len(runs)} runs")
+    drawn = {label: read_curves(_log_of(Path(run)), keys) for label, run in zip(labels, runs)}
+    missing = [key for key in keys if not any(curves[key] for curves in drawn.values())]
+    if missing:
+        raise ValueError(f"no run logged {', '.join(missing)}")
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for label, curves in drawn.items():
+            if curves[key]:
+                ax.plot([s for s, _ in curves[key]], [v for _, v in curves[key]], marker=".", label=label)
+        ax.set_xlabel("step")
+        ax.set_title(key)
+        if log_scale and all(v > 0 for curves in drawn.values() for _, v in curves[key]):
+            ax.set_yscale("log")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_write(out, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110)
+    plt.close(fig)
+    return drawn
