@@ -63,14 +63,17 @@ def plot_curves(runs: Sequence[Path], out: Path, keys: Sequence[str] = DEFAULT_K
         raise ValueError(f"no run logged {', '.join(missing)}")
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        for label, curves in drawn.items():
+        for colour, (label, curves) in enumerate(drawn.items()):  # a run keeps its colour in every panel
             if curves[key]:
-                ax.plot([s for s, _ in curves[key]], [v for _, v in curves[key]], marker=".", label=label)
+                ax.plot([s for s, _ in curves[key]], [v for _, v in curves[key]], marker=".", label=label,
+                        color=f"C{colour % 10}")
         ax.set_xlabel("step")
         ax.set_title(key)
-        if log_scale and all(v > 0 for curves in drawn.values() for _, v in curves[key]):
-            ax.set_yscale("log")
-    axes[0][0].legend(fontsize=7)
+        if log_scale:  # symlog where a value is 0 or below (a collapsed vector has no terms)
+            positive = all(v > 0 for curves in drawn.values() for _, v in curves[key])
+            ax.set_yscale("log") if positive else ax.set_yscale("symlog", linthresh=1.0)
+    handles = {h.get_label(): h for ax in axes[0] for h in ax.get_lines()}
+    axes[0][0].legend(list(handles.values()), list(handles), fontsize=7)
     fig.tight_layout()
     with atomic_write(out, "wb") as handle:
         fig.savefig(handle, format="png", dpi=110)
