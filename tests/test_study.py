@@ -127,3 +127,39 @@ def test_bad_study_files_are_errors_naming_the_file(study_file: Path, change: ob
     with pytest.raises(DataError, match=message) as error:
         study.StudySpec.read(study_file)
     assert str(study_file) in str(error.value)
+
+
+def test_ray_executor_on_a_local_two_worker_cluster_gives_the_local_metrics(study_file: Path) -> None:
+    import os
+
+    import ray
+    import torch
+
+    spec = study.StudySpec.read(study_file)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a one-CPU Ray task runs one thread: the same arithmetic here
+    try:
+        local = study.run(spec)
+    finally:
+        torch.set_num_threads(threads)
+    ray_file = study_file.with_name("study-ray.yaml")
+    ray_file.write_text(study_file.read_text().replace(str(spec.folder), str(spec.folder) + "-ray"))
+    ray_spec = study.StudySpec.read(ray_file)
+    assert len(study.work_units(ray_spec)) == 4
+    ray.init(num_cpus=2, include_dashboard=False)  # two workers: two cells at a time
+    try:
+        records = study.run(ray_spec, executor="ray", cpus_per_cell=1)
+        assert study.run(ray_spec, executor="ray") == records  # all finished: read back, nothing sent again
+    finally:
+        ray.shutdown()
+    assert [r["cell"] for r in records] == [r["cell"] for r in local] == [c.label for c in study.cells(spec)]
+    workers = {r["ran_on"] for r in records}
+    assert f":{os.getpid()}" not in " ".join(workers)  # every cell ran in a Ray worker, not here
+    for mine, theirs in zip(local, records):
+        assert mine["folder"] == theirs["folder"]  # same keys, so either executor's results are reused
+        a, b = (json.loads((s.folder / "cells" / mine["folder"] / "metrics.json").read_text()) for s in (spec, ray_spec))
+        for timing in ("index_seconds", "search_seconds"):
+            a.pop(timing), b.pop(timing)
+        assert a == b
+    with pytest.raises(ValueError, match="executor must be one of local, ray"):
+        study.run(spec, executor="slurm")

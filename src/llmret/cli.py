@@ -381,7 +381,8 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     spec = study.StudySpec.read(args.file)
     if args.action == "run":
-        study.run(spec)
+        study.run(spec, executor=args.executor, ray_address=args.ray_address, cpus_per_cell=args.cpus_per_cell,
+                  gpus_per_cell=args.gpus_per_cell)
         print(f"report in {study.report(spec)}")
     elif args.action == "status":
         states = list(study.status(spec))
@@ -682,6 +683,12 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("study", help="run, follow and report a study: a grid of systems x datasets from a YAML file")
     p.add_argument("action", choices=["run", "status", "report"])
     p.add_argument("file", help="study file (YAML; see the README)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="run: cells one after another here, or as Ray tasks (pip install 'llmret[ray]')")
+    p.add_argument("--ray-address", help="run --executor ray: an existing cluster ('auto', 'ray://host:10001'); "
+                                         "default: start a local one")
+    p.add_argument("--cpus-per-cell", type=float, default=1.0, help="run --executor ray: CPUs a cell's task asks for")
+    p.add_argument("--gpus-per-cell", type=float, default=0.0, help="run --executor ray: GPUs a cell's task asks for")
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("serve", help="serve saved indexes over HTTP (POST /search, GET /indexes, a search page at /)")

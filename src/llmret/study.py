@@ -20,7 +20,9 @@ import hashlib
 import itertools
 import json
 import logging
+import os
 import re
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -157,16 +159,31 @@ def _trained_model(cell: Cell, root: Path) -> str | None:
     return str(train(cell.system.train_settings(folder), resume=(folder / "train_config.yaml").is_file()))
 
 
-def run(spec: StudySpec, *, on_cell: Callable[[Cell, DatasetSpec], None] | None = None) -> list[dict[str, Any]]:
-    """Run every unfinished (cell, dataset) and return one record per pair; ``on_cell`` is called after each
-    one finishes (progress, or a test's kill)."""
+EXECUTORS = ("local", "ray")
+
+
+def work_units(spec: StudySpec) -> list[list[Cell]]:
+    """The cells grouped so that no two groups share a training folder: cells that differ only in
+    evaluation settings train once, in one group. Groups are independent, so an executor may run them
+    in parallel; within a group the cells run in order."""
+    groups: dict[str, list[Cell]] = {}
+    for index, cell in enumerate(cells(spec)):
+        key = cell.train_key() if cell.system.train is not None else f"untrained-{index}"
+        groups.setdefault(key, []).append(cell)
+    return list(groups.values())
+
+
+def run_cells(spec: StudySpec, group: list[Cell],
+              on_cell: Callable[[Cell, DatasetSpec], None] | None = None) -> list[dict[str, Any]]:
+    """Run every unfinished (cell, dataset) of ``group`` and return one record per pair; ``on_cell`` is
+    called after each one finishes (progress, or a test's kill)."""
     from llmret.pipeline import evaluate_retriever
     from llmret.registry import load
     from llmret.systems import build
 
     root = spec.folder
     records = []
-    for cell in cells(spec):
+    for cell in group:
         model = None
         for dataset in spec.datasets:
             folder = _eval_folder(root, cell, dataset, spec.measures)
@@ -179,13 +196,66 @@ def run(spec: StudySpec, *, on_cell: Callable[[Cell, DatasetSpec], None] | None 
             retriever = build(cell.system, rules=rules, work_dir=folder, model=model, progress=False)
             result = evaluate_retriever(retriever, data, folder, name=cell.label, rules=rules, measures=spec.measures)
             record = {"cell": cell.label, "system": cell.base, "axes": cell.axes, "dataset": dataset.label,
-                      "metrics": result.evaluation.aggregate, "folder": folder.name}
+                      "metrics": result.evaluation.aggregate, "folder": folder.name,
+                      "ran_on": f"{socket.gethostname()}:{os.getpid()}"}  # which node and process, on a cluster
             write_json(done, record)  # last: its presence means the cell is complete
             records.append(record)
             log.info("%s on %s: %s", cell.label, dataset.label,
                      ", ".join(f"{k} {v:.4f}" for k, v in result.evaluation.aggregate.items()))
             if on_cell is not None:
                 on_cell(cell, dataset)
+    return records
+
+
+def run(spec: StudySpec, *, on_cell: Callable[[Cell, DatasetSpec], None] | None = None, executor: str = "local",
+        ray_address: str | None = None, cpus_per_cell: float = 1.0, gpus_per_cell: float = 0.0) -> list[dict[str, Any]]:
+    """Run every unfinished (cell, dataset) and return one record per pair, in the study's cell order.
+
+    ``executor="local"`` runs the work units one after another in this process (``on_cell`` is called
+    after each pair). ``"ray"`` sends each unfinished unit to Ray as a task asking for ``cpus_per_cell``
+    CPUs and ``gpus_per_cell`` GPUs: on the cluster at ``ray_address`` (``auto``, ``ray://host:10001``),
+    or on a local one started here when None. Tasks write into the same study folder with the same
+    keys, so finished cells are skipped whichever executor ran them; on several nodes the folder must
+    be on a shared filesystem and llmret installed on every node.
+    """
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, not '{executor}'")
+    units = work_units(spec)
+    if executor == "local":
+        records = [r for unit in units for r in run_cells(spec, unit, on_cell)]
+    else:
+        if on_cell is not None:
+            raise ValueError("on_cell runs in this process: it needs the local executor")
+        records = _run_on_ray(spec, units, ray_address, cpus_per_cell, gpus_per_cell)
+    order = {(c.label, d.label): i for i, (c, d, _) in enumerate(status(spec))}
+    return sorted(records, key=lambda r: order[(r["cell"], r["dataset"])])
+
+
+def _run_on_ray(spec: StudySpec, units: list[list[Cell]], address: str | None, cpus: float,
+                gpus: float) -> list[dict[str, Any]]:
+    """Each work unit a Ray task; finished units are read here rather than sent."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise RuntimeError("--executor ray needs Ray: pip install 'llmret[ray]'") from exc
+    finished = {id(u) for u in units
+                if all((_eval_folder(spec.folder, c, d, spec.measures) / "done.json").is_file()
+                       for c in u for d in spec.datasets)}
+    records = [r for u in units if id(u) in finished for r in run_cells(spec, u)]
+    pending = [u for u in units if id(u) not in finished]
+    if not pending:
+        return records
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(run_cells)
+        log.info("%d work units to Ray (%s CPU, %s GPU each)", len(pending), cpus, gpus)
+        for done in ray.get([task.remote(spec, unit) for unit in pending]):
+            records.extend(done)
+    finally:
+        if started:
+            ray.shutdown()
     return records
 
 
