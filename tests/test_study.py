@@ -10,35 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import random_texts, write_beir_folder, write_training_file
 
 from llmret import study
 from llmret.cli import main
 from llmret.errors import DataError
 from llmret.significance import compare
-
-
-@pytest.fixture
-def study_file(tiny_llama: Path, tiny_bert: Path, tmp_path: Path) -> Path:
-    docs = {f"d{i}": text for i, text in enumerate(random_texts(24, seed=21, min_words=5))}
-    queries = {f"q{i}": " ".join(docs[f"d{i}"].split()[:3]) for i in range(12)}
-    data = write_beir_folder(tmp_path / "data", docs, queries, {f"q{i}": {f"d{i}": 1} for i in range(12)})
-    train = write_training_file(tmp_path / "train.jsonl", 16, (1, 5))
-    spec = {
-        "name": "tiny", "out": str(tmp_path / "study"), "baseline": "bm25",
-        "datasets": [{"data": str(data), "split": "test"}], "measures": ["nDCG@10", "RR@10"],
-        "systems": [
-            {"name": "bm25", "retriever": "bm25"},
-            {"name": "bert", "retriever": "dense", "encoder": {"model": str(tiny_bert)}},
-            {"name": "llama", "retriever": "dense",
-             "encoder": {"model": str(tiny_llama), "query_max_length": 12, "passage_max_length": 20},
-             "train": {"train_data": str(train), "batch_size": 4, "group_size": 2, "lora_r": 4, "learning_rate": 1e-3}},
-        ],
-        "grid": {"train.max_steps": [1, 2]},
-    }
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
 
 
 def _done(spec: study.StudySpec) -> dict[str, int]:

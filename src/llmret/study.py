@@ -145,13 +145,17 @@ def cells(spec: StudySpec) -> list[Cell]:
     return out
 
 
+def _train_folder(root: Path, cell: Cell) -> Path:
+    return root / "train" / f"{_slug(cell.base)}-{cell.train_key()}"
+
+
 def _trained_model(cell: Cell, root: Path) -> str | None:
     """Train the cell's system (resuming a killed run) unless an identical training finished already."""
     if cell.system.train is None:
         return None
     from llmret.train import train
 
-    folder = root / "train" / f"{_slug(cell.base)}-{cell.train_key()}"
+    folder = _train_folder(root, cell)
     final = folder / "final"
     if (final / "llmret.json").is_file():
         return str(final)
@@ -313,9 +317,95 @@ def report(spec: StudySpec) -> Path:
         figure = _plot(root, axis, rows, measures[0], datasets)
         if figure is not None:
             lines += ["", f"![{measures[0]} against {axis}]({figure.name})"]
+    lines += _scaling_section(spec, rows, measures[0], datasets)
     with atomic_write(root / "report.md") as handle:
         handle.write("\n".join(lines) + "\n")
     return root / "report.md"
+
+
+SCALES = {"parameters": "parameters (compute.json)", "compute": "training FLOPs (compute.json: per step x steps)"}
+
+
+def scaling_points(spec: StudySpec, rows: list[dict[str, Any]], measure: str,
+                   datasets: list[str]) -> dict[str, dict[str, list[tuple[float, float, str]]]]:
+    """Per group (retriever and objective) and per scale (parameters, compute): (x, dataset-mean
+    ``measure``, cell) for every trained cell finished on every dataset, x read from its training's
+    ``compute.json``."""
+    by_cell = {c.label: c for c in cells(spec)}
+    points: dict[str, dict[str, list[tuple[float, float, str]]]] = {}
+    for label in dict.fromkeys(r["cell"] for r in rows):
+        cell = by_cell[label]
+        values = [r["aggregate"][measure] for r in rows if r["cell"] == label]
+        compute_file = _train_folder(spec.folder, cell) / "compute.json"
+        if cell.system.train is None or len(values) != len(datasets) or not compute_file.is_file():
+            continue
+        compute = read_json(compute_file)
+        group = f"{cell.system.retriever}, {cell.system.train.get('objective', 'cl')}"
+        mean = sum(values) / len(values)
+        for scale, x in (("parameters", compute["parameters"]), ("compute", compute["flops_per_step"] * compute["steps"])):
+            points.setdefault(group, {}).setdefault(scale, []).append((float(x), mean, label))
+    return points
+
+
+def _scaling_section(spec: StudySpec, rows: list[dict[str, Any]], measure: str, datasets: list[str]) -> list[str]:
+    """Power-law fits of the dataset-mean ``measure`` against parameters and compute, per group, where a
+    group has at least two distinct x; fits go to ``scaling.json`` and a log-log PNG per scale."""
+    from llmret.scaling import fit_power_law
+
+    fits = []
+    for group, scales in scaling_points(spec, rows, measure, datasets).items():
+        for scale, pts in scales.items():
+            if len({x for x, _, _ in pts}) < 2 or any(y <= 0 for _, y, _ in pts):
+                continue
+            fit = fit_power_law([x for x, _, _ in pts], [y for _, y, _ in pts])
+            fits.append({"group": group, "against": scale, **fit.to_json(), "data": pts})
+    if not fits:
+        return []
+    write_json(spec.folder / "scaling.json", fits)
+    lines = ["", f"## Scaling: {measure} (mean over datasets) = a x^b", "",
+             "| group | against | points | b | SE of b | 95% interval | R^2 |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for f in fits:
+        low, high = f["ci95"]
+        lines.append(f"| {f['group']} | {SCALES[f['against']]} | {f['points']} | {f['exponent']:.4f} | "
+                     f"{f['exponent_se']:.4f} | [{low:.4f}, {high:.4f}] | {f['r2']:.3f} |")
+    lines += ["", "b from least squares on log-log values; its standard error from the residuals, the interval "
+                  "from Student's t with points - 2 degrees of freedom (none with two points)."]
+    for scale in SCALES:
+        figure = _plot_fits(spec.folder, scale, [f for f in fits if f["against"] == scale], measure)
+        if figure is not None:
+            lines += ["", f"![{measure} against {scale}]({figure.name})"]
+    return lines
+
+
+def _plot_fits(root: Path, scale: str, fits: list[dict[str, Any]], measure: str) -> Path | None:
+    if not fits:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from llmret.scaling import PowerLaw
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for colour, f in enumerate(fits):
+        xs = np.array([x for x, _, _ in f["data"]])
+        law = PowerLaw(f["coefficient"], f["exponent"], f["exponent_se"], tuple(f["ci95"]), f["r2"], f["points"])
+        grid = np.geomspace(xs.min(), xs.max(), 50)
+        ax.plot(xs, [y for _, y, _ in f["data"]], "o", color=f"C{colour}")
+        ax.plot(grid, law(grid), "-", color=f"C{colour}", label=f"{f['group']}: b = {f['exponent']:.3f}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(SCALES[scale])
+    ax.set_ylabel(f"{measure} (mean over datasets)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = root / f"scaling-{scale}.png"
+    with atomic_write(path, "wb") as handle:
+        fig.savefig(handle, format="png")
+    plt.close(fig)
+    return path
 
 
 def _significance(spec: StudySpec, rows: list[dict[str, Any]], measures: list[str]) -> dict[tuple[str, str, str], str]:

@@ -1,0 +1,61 @@
+"""Power-law fits against scipy's linear regression on the logarithms, and in a study's report."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy.stats import linregress, t
+
+from llmret import study
+from llmret.scaling import fit_power_law
+
+
+def test_fit_matches_scipy_linregress_on_logs() -> None:
+    rng = np.random.default_rng(0)
+    x = np.geomspace(1e6, 1e9, 7)
+    y = 3.0 * x ** -0.076 * np.exp(rng.normal(0, 0.02, size=x.size))
+    fit = fit_power_law(x, y)
+    ref = linregress(np.log(x), np.log(y))
+    assert fit.exponent == pytest.approx(ref.slope, rel=1e-12)
+    assert math.log(fit.coefficient) == pytest.approx(ref.intercept, rel=1e-12)
+    assert fit.exponent_se == pytest.approx(ref.stderr, rel=1e-10)
+    assert fit.r2 == pytest.approx(ref.rvalue ** 2, rel=1e-10)
+    half = t.ppf(0.975, x.size - 2) * ref.stderr
+    assert fit.ci95 == pytest.approx((ref.slope - half, ref.slope + half))
+    exact = fit_power_law([1, 10, 100], [2.0, 2.0 * 10 ** 0.5, 2.0 * 100 ** 0.5])
+    assert exact.exponent == pytest.approx(0.5) and exact.coefficient == pytest.approx(2.0) and exact.r2 == pytest.approx(1.0)
+    two = fit_power_law([1, 10], [1.0, 2.0])
+    assert math.isnan(two.exponent_se) and two.exponent == pytest.approx(math.log10(2))
+    with pytest.raises(ValueError, match="positive"):
+        fit_power_law([1, 10, 100], [0.5, 0.0, 0.2])
+    with pytest.raises(ValueError, match="two distinct x"):
+        fit_power_law([5, 5, 5], [0.1, 0.2, 0.3])
+
+
+def test_study_report_fits_quality_against_compute_from_the_cells_files(study_file: Path) -> None:
+    spec_data = yaml.safe_load(study_file.read_text())
+    spec_data["systems"] = [s for s in spec_data["systems"] if s["name"] == "llama"]
+    spec_data["grid"] = {"train.max_steps": [1, 2, 4]}
+    spec_data.pop("baseline")
+    study_file.write_text(yaml.safe_dump(spec_data))
+    spec = study.StudySpec.read(study_file)
+    study.run(spec)
+    report = study.report(spec).read_text()
+    fits = json.loads((spec.folder / "scaling.json").read_text())
+    assert [(f["group"], f["against"]) for f in fits] == [("dense, cl", "compute")]  # one backbone: no size fit
+    # by hand from the files: FLOPs from each training's compute.json, quality from each cell's metrics.json
+    xs, ys = [], []
+    for cell in study.cells(spec):
+        compute = json.loads((study._train_folder(spec.folder, cell) / "compute.json").read_text())
+        xs.append(compute["flops_per_step"] * compute["steps"])
+        folder = study._eval_folder(spec.folder, cell, spec.datasets[0], spec.measures)
+        ys.append(json.loads((folder / "metrics.json").read_text())["aggregate"]["nDCG@10"])
+    ref = linregress(np.log(xs), np.log(ys))
+    assert fits[0]["exponent"] == pytest.approx(ref.slope) and fits[0]["exponent_se"] == pytest.approx(ref.stderr)
+    assert f"| dense, cl | training FLOPs (compute.json: per step x steps) | 3 | {ref.slope:.4f} |" in report
+    assert (spec.folder / "scaling-compute.png").is_file() and "scaling-compute.png" in report
