@@ -3,9 +3,8 @@
 Runs on a laptop CPU within ten minutes and 4 GB: the zoo models install and convert on first use,
 the built-in dataset builds from this Python's standard library, ``smollm2-135m`` trains briefly on
 the built-in code task's train split, once dense and once sparse on the same batches, and every
-system is evaluated on each task's test split. Each
-system writes its run and metrics under the output folder; the table goes to ``results.md`` and
-``results.json``. Training checkpoints, so an interrupted demo resumes where it stopped.
+system is evaluated on each task's test split. Each system writes its run and metrics under the
+output folder; the table goes to ``results.md`` and ``results.json``. Training checkpoints, so an interrupted demo resumes where it stopped.
 
 The sizes here are small for a CPU; the same settings scale to real runs through ``llmret train``.
 """
@@ -44,7 +43,7 @@ FINETUNE_AS = ("dense", "sparse")
 # 0.05 / 0.04 warmed up over a third of the steps, BOS kept), sparse from its first step by keeping
 # only each text's own tokens (no expansion) and the special tokens' dimensions zeroed. Without them
 # a decoder's max-pooled logits are positive for nearly its whole vocabulary and a few dozen steps
-# cannot sparsify them (README: "Sparse decoders").
+# cannot sparsify them (README: "Sparse against dense, one budget").
 SPARSE_ENCODER = {"input_terms_only": True, "zero_special_terms": True}
 
 
@@ -55,7 +54,7 @@ def demo_training(model: str, out: Path, steps: int, retriever: str = "dense") -
     every layer: adapting only the top layers is cheaper per step but, in this budget, barely moves a
     decoder's last-token vector. The learning rate is above the paper's 3e-4 and batches are small
     because the run is a few dozen steps, not thousands: more, smaller steps learn more here. No LoRA
-    dropout: drawing its masks took a tenth of a CPU step, and a run this short does not overfit.
+    dropout: drawing its masks took about a tenth of a CPU step, and a run this short does not overfit.
     """
     common: dict[str, Any] = {
         "train_data": "builtin:code", "output_dir": str(out), "batch_size": 8, "group_size": 2, "max_steps": steps,
