@@ -26,9 +26,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 
-def clustered_vectors(n: int, dim: int, centres: np.ndarray, seed: int, spread: float = 0.35,
+def clustered_vectors(n: int, dim: int, centres: np.ndarray, seed: int, spread: float = 1.0,
                       chunk: int = 100_000) -> np.ndarray:
-    """``n`` unit vectors, each a random topic centre plus Gaussian noise (made in chunks: bounded memory)."""
+    """``n`` unit vectors, each a random topic centre plus Gaussian noise of norm about ``spread``
+    (made in chunks: bounded memory). At 1.0 two texts of one topic have cosine ~0.5 and a text's
+    nearest neighbours are spread over several topics, as with real embeddings; a small spread packs
+    each topic so tightly that its members differ by less than any quantiser's error."""
     rng = np.random.default_rng(seed)
     out = np.empty((n, dim), dtype=np.float32)
     for start in range(0, n, chunk):
@@ -119,7 +122,7 @@ def main() -> None:
     parser.add_argument("--clusters", type=int, default=2000, help="topics the dense vectors are drawn from")
     parser.add_argument("--nlist", type=int, default=1024, help="IVF lists (about the square root of --docs)")
     parser.add_argument("--pq", type=int, default=48, help="PQ sub-quantizers (8 bits each)")
-    parser.add_argument("--sparse-docs", type=int, default=1_000_000)
+    parser.add_argument("--sparse-docs", type=int, default=1_000_000, help="0: the dense part only")
     parser.add_argument("--passages", type=int, default=1000, help="real passages whose statistics are matched")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--smoke", action="store_true", help="small sizes and a tiny random model (seconds)")
@@ -136,6 +139,8 @@ def main() -> None:
           f"{args.threads} threads")
     print(format_table(dense_rows(args.docs, args.dim, args.queries, args.clusters, args.threads, args.nlist, args.pq),
                        ["search", "QPS", "Recall@10", "x bound", "build s"], percent=["Recall@10"]))
+    if args.sparse_docs <= 0:
+        return
     real_docs, queries = real_vectors(args.passages, args.smoke)
     docs = synthetic_corpus(real_docs, args.sparse_docs)
     print(f"\nsparse: {docs.shape[0]} vectors over {docs.shape[1]} terms, {docs.nnz / docs.shape[0]:.1f} non-zero a "
