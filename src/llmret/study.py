@@ -400,8 +400,14 @@ def _plot_fits(root: Path, scale: str, fits: list[dict[str, Any]], measure: str)
     ax.set_xlabel(SCALES[scale])
     ax.set_ylabel(f"{measure} (mean over datasets)")
     ax.legend(fontsize=7)
+    return _save_figure(fig, root / f"scaling-{scale}.png")
+
+
+def _save_figure(fig: Any, path: Path) -> Path:
+    """Lay out, write atomically as PNG, and free the figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    path = root / f"scaling-{scale}.png"
     with atomic_write(path, "wb") as handle:
         fig.savefig(handle, format="png")
     plt.close(fig)
@@ -454,9 +460,4 @@ def _plot(root: Path, axis: str, rows: list[dict[str, Any]], measure: str, datas
     ax.set_xlabel(axis)
     ax.set_ylabel(f"{measure} x100 (mean over {len(datasets)} dataset{'s' if len(datasets) > 1 else ''})")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = root / f"{_slug(measure)}-vs-{_slug(axis)}.png"
-    with atomic_write(path, "wb") as handle:
-        fig.savefig(handle, format="png")
-    plt.close(fig)
-    return path
+    return _save_figure(fig, root / f"{_slug(measure)}-vs-{_slug(axis)}.png")
