@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llmret.config import EncoderSettings, from_dict, load_config
+from llmret.curves import DEFAULT_KEYS  # light: matplotlib is imported only when drawing
 from llmret.errors import DataError
 from llmret.fileio import read_json
 
@@ -784,7 +785,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("curves", help="training curves: log.jsonl values against steps, runs side by side, as a PNG")
     p.add_argument("runs", nargs="+", help="training output folders (or their log.jsonl)")
     p.add_argument("--out", required=True, help="the PNG to write")
-    p.add_argument("--keys", nargs="+", default=["loss", "q_nonzero", "p_nonzero"], help="log keys, one panel each")
+    p.add_argument("--keys", nargs="+", default=list(DEFAULT_KEYS), help="log keys, one panel each")
     p.add_argument("--labels", nargs="+", help="a name per run (default: the folder names)")
     p.add_argument("--linear", action="store_true", help="linear value axes (default: log where all values > 0)")
     p.set_defaults(func=cmd_curves)

@@ -241,12 +241,15 @@ def _run_on_ray(spec: StudySpec, units: list[list[Cell]], address: str | None, c
     try:
         import ray
     except ImportError as exc:
-        raise RuntimeError("--executor ray needs Ray: pip install 'llmret[ray]'") from exc
-    finished = {id(u) for u in units
-                if all((_eval_folder(spec.folder, c, d, spec.measures) / "done.json").is_file()
-                       for c in u for d in spec.datasets)}
-    records = [r for u in units if id(u) in finished for r in run_cells(spec, u)]
-    pending = [u for u in units if id(u) not in finished]
+        raise ValueError("--executor ray needs Ray: pip install 'llmret[ray]'") from exc
+    records: list[dict[str, Any]] = []
+    pending = []
+    for unit in units:
+        if all((_eval_folder(spec.folder, c, d, spec.measures) / "done.json").is_file()
+               for c in unit for d in spec.datasets):
+            records += run_cells(spec, unit)  # finished: reads its done.json files, runs nothing
+        else:
+            pending.append(unit)
     if not pending:
         return records
     started = not ray.is_initialized()
