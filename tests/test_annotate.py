@@ -180,3 +180,33 @@ def test_annotated_file_trains_with_kd_from_the_cli(tiny_cross_encoder: Path, ti
     assert [r["step"] for r in log] == [1, 2] and all("kd_loss" in r for r in log)
     assert main(["train", "--model", str(tiny_llama), "--train-data", str(source), "--output-dir", str(out),
                  "--objective", "kd"]) == 2  # unscored: a clear error, no model loaded
+
+
+def test_train_teacher_scores_the_chosen_queries_once_and_distils_from_them(
+        tiny_cross_encoder: Path, tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    monkeypatch.setenv("LLMRET_CACHE", str(tmp_path / "cache"))
+    source = write_training_file(tmp_path / "train.jsonl", 16, (1, 4))
+    common = ["--model", str(tiny_llama), "--train-data", str(source), "--teacher", f"cross-encoder:{tiny_cross_encoder}",
+              "--max-train-queries", "8", "--batch-size", "4", "--group-size", "3", "--max-steps", "2",
+              "--logging-steps", "1", "--query-max-length", "12", "--passage-max-length", "24"]
+    assert main(["train", *common, "--objective", "cl", "--output-dir", str(tmp_path / "cl")]) == 0
+    assert not (tmp_path / "cache" / "annotations").exists()  # contrastive training needs no teacher
+    assert main(["train", *common, "--objective", "kd", "--output-dir", str(tmp_path / "kd")]) == 0
+    (cached,) = (tmp_path / "cache" / "annotations").glob("*.jsonl")
+    scored = read_training(cached)
+    assert len(scored) == 8 and {e.query_id for e in scored} < {e.query_id for e in read_training(source)}
+    tokenizer = AutoTokenizer.from_pretrained(tiny_cross_encoder)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_cross_encoder).eval()
+    for example in scored[:3]:
+        for passage in example.positives + example.negatives:
+            with torch.no_grad():
+                alone = model(**tokenizer(example.query, passage.full_text(), return_tensors="pt")).logits[0, 0].item()
+            assert passage.score == pytest.approx(alone, abs=1e-5)
+    log = [json.loads(line) for line in (tmp_path / "kd" / "log.jsonl").read_text().splitlines()]
+    assert all("kd_loss" in r for r in log)
+    stamp = cached.stat().st_mtime_ns
+    assert main(["train", *common, "--objective", "cl+kd", "--output-dir", str(tmp_path / "clkd")]) == 0
+    assert [p.name for p in (tmp_path / "cache" / "annotations").iterdir()] == [cached.name]
+    assert cached.stat().st_mtime_ns == stamp  # the same queries under the same teacher: scored once

@@ -1,5 +1,5 @@
 """The main job end to end at a tiny size: BM25, a zero-shot model and one briefly fine-tuned as a dense and as a
-sparse retriever on a built-in task, through the same factory as the CLI; its table is what its metrics files say."""
+sparse retriever on a built-in task, run as the demo study preset; its table is what its metrics files say."""
 
 from __future__ import annotations
 
@@ -8,32 +8,52 @@ from pathlib import Path
 
 import pytest
 
-from llmret.demo import METRICS, run_demo
+from llmret import presets, study
+from llmret.demo import METRICS, demo_study, run_demo
 
 
 def test_demo_runs_every_system_and_its_table_matches_the_metrics(tiny_bert: Path, tiny_llama: Path,
                                                                     tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rows = run_demo(tmp_path / "demo", models=[str(tiny_bert)], tasks=["long"], finetune=str(tiny_llama), train_steps=2)
+    options = {"models": [str(tiny_bert)], "tasks": ["long"], "finetune": str(tiny_llama), "train_steps": 2}
+    rows = run_demo(tmp_path / "demo", **options)
     names = [r["system"] for r in rows]
     assert names == ["bm25", f"{tiny_bert} (zero-shot)", f"{tiny_llama} (LoRA+InfoNCE)",
                      f"{tiny_llama} (sparse LoRA+InfoNCE+FLOPS)"]
-    folders = {"bm25": "bm25", names[1]: f"{tiny_bert.name}/zero-shot", names[2]: f"{tiny_llama.name}/lora-dense",
-               names[3]: f"{tiny_llama.name}/lora-sparse"}
+    spec = demo_study(tmp_path / "demo", **options)
+    by_name = {c.label: c for c in study.cells(spec)}
     for row in rows:
-        folder = tmp_path / "demo" / "long" / folders[str(row["system"])]
+        folder = study._eval_folder(spec.folder, by_name[str(row["system"])], spec.datasets[0], spec.measures)
         metrics = json.loads((folder / "metrics.json").read_text())
         assert {m: row[m] for m in METRICS} == {m: metrics["aggregate"][m] for m in METRICS}
         assert ("terms/p" in row) == (row["system"] == names[3])
     # The sparse row's term counts are those of its own vectors, counted here from the saved run's settings
     # and checked against the restriction it trained with: no passage has more terms than its own tokens.
     sparse = rows[3]
-    saved = json.loads((tmp_path / "demo" / "long" / folders[names[3]] / "settings.json").read_text())
+    folder = study._eval_folder(spec.folder, by_name[names[3]], spec.datasets[0], spec.measures)
+    saved = json.loads((folder / "settings.json").read_text())
     assert sparse["terms/p"] == saved["sparsity"]["passage_nonzero"] and sparse["terms/q"] == saved["sparsity"]["query_nonzero"]
     assert float(sparse["terms/q"]) <= 32 and float(sparse["terms/p"]) <= 64
-    trained = json.loads((tmp_path / "demo" / "train-sparse" / "final" / "llmret.json").read_text())
-    assert trained["encoder"]["input_terms_only"] is True
+    trained = json.loads((study._train_folder(spec, by_name[names[3]]) / "final" / "llmret.json").read_text())
+    assert trained["encoder"]["input_terms_only"] is True and trained["paradigm"] == "sparse"
+    config = (study._train_folder(spec, by_name[names[2]]) / "train_config.yaml").read_text()
+    assert "max_steps: 2" in config and str(tiny_llama) in config
     assert json.loads((tmp_path / "demo" / "results.json").read_text()) == json.loads(json.dumps(rows))
-    assert not (tiny_bert / "zero-shot").exists()  # results stay under the output folder
-    assert (tmp_path / "demo" / "train-dense" / "final" / "llmret.json").is_file()
+    assert not (tiny_bert / "cells").exists()  # results stay under the output folder
     table = (tmp_path / "demo" / "results.md").read_text()
     assert f"{100 * rows[0]['nDCG@10']:.2f}" in table and f"{100 * rows[0]['nDCG@10']:.2f}" in capsys.readouterr().out
+    assert (tmp_path / "demo" / "report.md").is_file()
+    # a second run finds every cell done and trains nothing: the same rows, seconds included
+    assert run_demo(tmp_path / "demo", **options) == rows
+
+
+def test_the_demo_is_the_demo_preset_and_its_options_replace_parts_of_it(tmp_path: Path) -> None:
+    preset = presets.load("demo", str(tmp_path)).studies[0]
+    plain = demo_study(tmp_path)
+    assert [(c.label, c.eval_key(d, plain.measures)) for c in study.cells(plain) for d in plain.datasets] == \
+        [(c.label, c.eval_key(d, preset.measures)) for c in study.cells(preset) for d in preset.datasets]
+    only_dense = demo_study(tmp_path, finetune_as=["dense"], models=[], tasks=["docs"])
+    assert [s.name for s in only_dense.systems] == ["bm25", "smollm2-135m (LoRA+InfoNCE)"]
+    assert [d.data for d in only_dense.datasets] == ["builtin:docs"]
+    assert [s.name for s in demo_study(tmp_path, finetune="").systems] == ["bm25", "minilm-l6 (zero-shot)"]
+    with pytest.raises(ValueError, match="tasks are among code, docs, long"):
+        demo_study(tmp_path, tasks=["nope"])

@@ -12,6 +12,7 @@ import yaml
 from scipy.stats import linregress, t
 
 from llmret import study
+from llmret.errors import DataError
 from llmret.scaling import fit_power_law
 
 
@@ -37,25 +38,39 @@ def test_fit_matches_scipy_linregress_on_logs() -> None:
         fit_power_law([5, 5, 5], [0.1, 0.2, 0.3])
 
 
-def test_study_report_fits_quality_against_compute_from_the_cells_files(study_file: Path) -> None:
+def test_study_report_fits_quality_and_heldout_loss_against_compute_from_the_cells_files(study_file: Path) -> None:
     spec_data = yaml.safe_load(study_file.read_text())
     spec_data["systems"] = [s for s in spec_data["systems"] if s["name"] == "llama"]
     spec_data["grid"] = {"train.max_steps": [1, 2, 4]}
+    spec_data["heldout"] = {"data": spec_data["datasets"][0]["data"], "split": "test", "queries": 8}
     spec_data.pop("baseline")
     study_file.write_text(yaml.safe_dump(spec_data))
     spec = study.StudySpec.read(study_file)
     study.run(spec)
     report = study.report(spec).read_text()
     fits = json.loads((spec.folder / "scaling.json").read_text())
-    assert [(f["group"], f["against"]) for f in fits] == [("dense, cl", "compute")]  # one backbone: no size fit
-    # by hand from the files: FLOPs from each training's compute.json, quality from each cell's metrics.json
-    xs, ys = [], []
+    # one backbone: no fit against parameters
+    assert [(f["group"], f["against"]) for f in fits] == [("nDCG@10: dense, cl", "compute"),
+                                                           ("held-out loss: dense, cl", "compute")]
+    # by hand from the files: FLOPs from each training's compute.json, quality from each cell's metrics.json,
+    # the loss from each training's held-out file
+    xs, ys, losses = [], [], []
     for cell in study.cells(spec):
-        compute = json.loads((study._train_folder(spec.folder, cell) / "compute.json").read_text())
+        train = study._train_folder(spec, cell)
+        compute = json.loads((train / "compute.json").read_text())
         xs.append(compute["flops_per_step"] * compute["steps"])
         folder = study._eval_folder(spec.folder, cell, spec.datasets[0], spec.measures)
         ys.append(json.loads((folder / "metrics.json").read_text())["aggregate"]["nDCG@10"])
-    ref = linregress(np.log(xs), np.log(ys))
-    assert fits[0]["exponent"] == pytest.approx(ref.slope) and fits[0]["exponent_se"] == pytest.approx(ref.stderr)
-    assert f"| dense, cl | training FLOPs (compute.json: per step x steps) | 3 | {ref.slope:.4f} |" in report
-    assert (spec.folder / "scaling-compute.png").is_file() and "scaling-compute.png" in report
+        (heldout,) = train.glob("heldout-*.json")
+        losses.append(json.loads(heldout.read_text())["loss"])
+    for fit, values in zip(fits, (ys, losses)):
+        ref = linregress(np.log(xs), np.log(values))
+        assert fit["exponent"] == pytest.approx(ref.slope) and fit["exponent_se"] == pytest.approx(ref.stderr)
+        assert f"| {fit['group']} | training FLOPs (compute.json: per step x steps) | 3 | {ref.slope:.4f} |" in report
+    for figure in ("scaling-nDCG-10-vs-compute.png", "scaling-held-out-loss-vs-compute.png"):
+        assert (spec.folder / figure).is_file() and figure in report
+    # a malformed compute.json is an error naming it, not a bare KeyError
+    compute_file = study._train_folder(spec, study.cells(spec)[0]) / "compute.json"
+    compute_file.write_text(json.dumps({"parameters": 5}))
+    with pytest.raises(DataError, match="compute.json: needs numeric parameters"):
+        study.report(spec)

@@ -378,20 +378,31 @@ def _inspect_index(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from llmret import study
+    from llmret import presets, study
 
-    spec = study.StudySpec.read(args.file)
+    if args.action == "list":
+        for name, description in presets.available().items():
+            print(f"{name:14s} {description}")
+        return 0
+    if args.target is None:
+        raise ValueError(f"study {args.action} needs a study file, suite folder or preset name (llmret study list)")
+    suite = presets.load(args.target, args.out)
     if args.action == "run":
-        study.run(spec, executor=args.executor, ray_address=args.ray_address, cpus_per_cell=args.cpus_per_cell,
-                  gpus_per_cell=args.gpus_per_cell)
-        print(f"report in {study.report(spec)}")
+        for spec in suite.studies:
+            spec.check_data()  # every study's data, before the first cell runs
+        for spec in suite.studies:
+            study.run(spec, executor=args.executor, ray_address=args.ray_address, cpus_per_cell=args.cpus_per_cell,
+                      gpus_per_cell=args.gpus_per_cell)
     elif args.action == "status":
-        states = list(study.status(spec))
-        for cell, dataset, finished in states:
-            print(f"{'done   ' if finished else 'pending'}  {cell.label}  on {dataset.label}")
-        print(f"{sum(done for _, _, done in states)} of {len(states)} finished; results in {spec.folder}")
-    else:
-        print(f"report in {study.report(spec)}")
+        total = finished = 0
+        for spec in suite.studies:
+            for cell, dataset, done in study.status(spec):
+                prefix = "" if suite.single else f"{spec.name}: "
+                print(f"{'done   ' if done else 'pending'}  {prefix}{cell.label}  on {dataset.label}")
+                total, finished = total + 1, finished + done
+        print(f"{finished} of {total} finished; results in {suite.folder}")
+        return 0
+    print(f"report in {presets.report(suite)}")
     return 0
 
 
@@ -595,7 +606,7 @@ def cmd_curves(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from llmret.demo import run_demo
 
-    run_demo(Path(args.out), models=args.models, tasks=args.tasks, finetune=args.finetune or None,
+    run_demo(Path(args.out), models=args.models, tasks=args.tasks, finetune=args.finetune,
              train_steps=args.train_steps, finetune_as=args.finetune_as)
     return 0
 
@@ -682,8 +693,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("study", help="run, follow and report a study: a grid of systems x datasets from a YAML file")
-    p.add_argument("action", choices=["run", "status", "report"])
-    p.add_argument("file", help="study file (YAML; see the README)")
+    p.add_argument("action", choices=["run", "status", "report", "list"], help="list: the presets")
+    p.add_argument("target", nargs="?", help="study file (YAML; see the README), suite folder, or preset name")
+    p.add_argument("--out", help="output folder (default: the study's out, or results/NAME)")
     p.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="run: cells one after another here, or as Ray tasks (pip install 'llmret[ray]')")
     p.add_argument("--ray-address", help="run --executor ray: an existing cluster ('auto', 'ray://host:10001'); "
@@ -790,15 +802,16 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--linear", action="store_true", help="linear value axes (default: log where all values > 0)")
     p.set_defaults(func=cmd_curves)
 
-    p = sub.add_parser("demo", help="the main job: BM25, a zero-shot retriever and an LLM fine-tuned dense and sparse")
+    p = sub.add_parser("demo", help="the main job (the demo study preset): BM25, a zero-shot retriever and an LLM "
+                                    "fine-tuned dense and sparse")
     p.add_argument("--out", default="results/demo")
-    p.add_argument("--models", nargs="+", default=["minilm-l6"],
-                   help="models evaluated zero-shot (adding smollm2-135m costs ~90 s on a 2-core CPU)")
-    p.add_argument("--tasks", nargs="+", default=["code", "docs", "long"])
-    p.add_argument("--finetune", default="smollm2-135m", help="model to fine-tune ('' to skip training)")
-    p.add_argument("--finetune-as", nargs="+", default=["dense", "sparse"], choices=["dense", "sparse"],
-                   help="train the fine-tuned model as these retrievers, each on the same budget")
-    p.add_argument("--train-steps", type=int, default=20)
+    p.add_argument("--models", nargs="+", help="models evaluated zero-shot (preset: minilm-l6; adding smollm2-135m "
+                                               "costs ~90 s on a 2-core CPU)")
+    p.add_argument("--tasks", nargs="+", help="built-in tasks evaluated (preset: code docs long)")
+    p.add_argument("--finetune", help="model to fine-tune (preset: smollm2-135m; '' to skip training)")
+    p.add_argument("--finetune-as", nargs="+", choices=["dense", "sparse"],
+                   help="train the fine-tuned model as these retrievers, each on the same budget (preset: both)")
+    p.add_argument("--train-steps", type=int, help="training steps (preset: 20)")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -29,10 +29,11 @@ class SavedModel:
     model_info: ModelInfo = field(default_factory=ModelInfo)
     encoder: dict[str, Any] = field(default_factory=dict)  # resolved EncoderSettings values, model excluded
     adaptation: dict[str, Any] = field(default_factory=dict)  # e.g. {"mntp": {...settings}}
+    task_instructions: dict[str, str] = field(default_factory=dict)  # training source -> its instruction
 
     @property
     def trained_with_instruction(self) -> bool:
-        return bool(self.encoder.get("instruction"))
+        return bool(self.encoder.get("instruction")) or bool(self.task_instructions)
 
     def write(self, folder: str | Path) -> None:
         data = asdict(self)

@@ -4,9 +4,11 @@ A study file names its systems (:class:`llmret.systems.SystemSpec`), datasets (a
 measures, and grid axes: dotted paths into a system (``train.max_steps``, ``train.max_train_queries``,
 ``encoder.passage_max_length``, ``encoder.instruction`` ...) with the values to try. Every system is
 crossed with every combination of the axes that apply to it (``train.*`` axes only to trained systems,
-``encoder.*`` axes to every neural one). A cell is one resolved system; it is trained once (its
-training folder is keyed by the training settings alone, so cells that differ only in evaluation
-reuse it) and evaluated on each dataset into a folder keyed by the signature of everything that
+``encoder.*`` axes to every neural one). ``encoder.*`` axes set how a cell is evaluated, never how
+it is trained: a trained system learns with its encoder as written (and ``train.encoder``), so an
+axis over evaluation lengths or instructions scores one trained model. A cell is one resolved
+system; it is trained once (its training folder is keyed by the training settings alone, so cells
+that differ only in evaluation reuse it) and evaluated on each dataset into a folder keyed by the signature of everything that
 decides its numbers. A finished evaluation writes ``done.json`` last, so a killed study rerun skips
 every finished cell and resumes a half-trained one from its checkpoint; a changed setting reruns
 only the cells it changes.
@@ -23,6 +25,7 @@ import logging
 import os
 import re
 import socket
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,31 +53,56 @@ class DatasetSpec:
 
 
 @dataclass
+class HeldoutSpec:
+    """Where the held-out contrastive loss of every trained cell is measured (see :mod:`llmret.heldout`)."""
+
+    data: str
+    split: str = "dev"
+    queries: int = 128
+
+
+@dataclass
 class StudySpec:
-    """A study file: ``name``, ``systems``, ``datasets``, ``measures``, ``grid`` axes, the ``baseline``
-    system significance is tested against (with ``correction``), and ``out`` (default results/NAME)."""
+    """A study file: ``name``, ``description``, ``systems``, ``datasets``, ``measures``, ``grid`` axes,
+    the ``baseline`` system significance is tested against (with ``correction``), ``heldout`` (data on
+    which each trained cell's contrastive loss is measured and fitted), ``data_help`` (what to download
+    when data is missing) and ``out`` (default results/NAME); ``train_dir`` (default OUT/train) is where
+    trainings go, shared by the studies of a suite."""
 
     name: str
     systems: list[SystemSpec]
     datasets: list[DatasetSpec]
+    description: str = ""
     measures: list[str] | None = None
     grid: dict[str, list[Any]] = field(default_factory=dict)
     baseline: str | None = None
     correction: str = "holm"
     alpha: float = 0.05
+    heldout: HeldoutSpec | None = None
+    data_help: str = ""
     out: str | None = None
+    train_dir: str | None = None
 
     @classmethod
     def read(cls, path: str | Path) -> StudySpec:
-        """Read and check a study file: unknown keys, bad axes and duplicate names are errors naming the file."""
+        """Read and check a study file: unknown keys, bad axes and duplicate names are errors naming the file.
+        ``$VARIABLES`` and ``~`` in data paths are expanded (a preset names ``$LLMRET_DATA/...``)."""
         data = load_config(path)
         for key in ("systems", "datasets"):
             if not isinstance(data.get(key), list) or not data[key]:
                 raise DataError(path, None, f"a study needs a non-empty list of {key}")
-        data = {**data, "systems": [SystemSpec.from_dict(s, path) for s in data["systems"]],
-                "datasets": [from_dict(DatasetSpec, {"data": d} if isinstance(d, str) else d, path)
-                             for d in data["datasets"]]}
+        systems = [_expand_train_paths(s) for s in data["systems"]]
+        datasets = [{"data": d} if isinstance(d, str) else d for d in data["datasets"]]
+        data = {**data, "systems": [SystemSpec.from_dict(s, path) for s in systems],
+                "datasets": [from_dict(DatasetSpec, {**d, "data": _expand(d.get("data"))} if isinstance(d, dict) else d,
+                                       path) for d in datasets]}
+        if data.get("heldout") is not None:
+            if not isinstance(data["heldout"], dict):
+                raise DataError(path, None, "heldout needs data (and optionally split, queries)")
+            held = from_dict(HeldoutSpec, data["heldout"], path)
+            data["heldout"] = HeldoutSpec(_expand(held.data), held.split, held.queries)
         spec = from_dict(cls, data, path)
+        spec.source = Path(path)
         names = [s.name for s in spec.systems]
         if len(set(names)) != len(names):
             raise DataError(path, None, f"system names must be unique: {', '.join(names)}")
@@ -89,7 +117,7 @@ class StudySpec:
             try:
                 cell.system.encoder_settings()
                 if cell.system.train is not None:
-                    cell.system.train_settings(Path("unused"))
+                    cell.trained.train_settings(Path("unused"))
             except (DataError, ValueError) as exc:
                 message = str(exc).removeprefix("<input>: ")
                 raise DataError(path, None, f"system '{cell.label}': {message}") from None
@@ -99,14 +127,55 @@ class StudySpec:
     def folder(self) -> Path:
         return Path(self.out or Path("results") / self.name)
 
+    @property
+    def train_root(self) -> Path:
+        return Path(self.train_dir) if self.train_dir else self.folder / "train"
+
+    def missing_data(self) -> list[str]:
+        """The local data paths (datasets, training data, held-out data) that do not exist."""
+        paths = [d.data for d in self.datasets] + ([self.heldout.data] if self.heldout else [])
+        for system in self.systems:
+            train = system.train or {}
+            sources = train.get("train_data", [])
+            paths += [sources] if isinstance(sources, str) else list(sources)
+            paths += [train["corpus"]] if train.get("corpus") else []
+        return list(dict.fromkeys(p for p in paths if not p.startswith("builtin:") and not Path(p).exists()))
+
+    def check_data(self) -> None:
+        """Refuse to run with data missing: one message naming every missing path and what to get."""
+        missing = self.missing_data()
+        if missing:
+            unset = " (LLMRET_DATA is not set)" if any("$LLMRET_DATA" in p for p in missing) else ""
+            raise DataError(getattr(self, "source", None), None,
+                            f"data not found{unset}: {', '.join(missing)}" + (f". {self.data_help}" if self.data_help else ""))
+
+
+def _expand(path: Any) -> Any:
+    return os.path.expanduser(os.path.expandvars(path)) if isinstance(path, str) else path
+
+
+def _expand_train_paths(system: Any) -> Any:
+    """A raw system mapping with ``train.train_data`` and ``train.corpus`` expanded."""
+    if not isinstance(system, dict) or not isinstance(system.get("train"), dict):
+        return system
+    train = dict(system["train"])
+    for key in ("train_data", "corpus"):
+        value = train.get(key)
+        train[key] = [_expand(v) for v in value] if isinstance(value, list) else _expand(value)
+        if value is None:
+            del train[key]
+    return {**system, "train": train}
+
 
 @dataclass
 class Cell:
-    """One system with its grid values applied (``axes``: axis -> value)."""
+    """One system with its grid values applied (``axes``: axis -> value); ``trained`` is the system with
+    only its ``train.*`` values applied: what is trained (``encoder.*`` axes set evaluation alone)."""
 
     base: str
     axes: dict[str, Any]
     system: SystemSpec
+    trained: SystemSpec
 
     @property
     def label(self) -> str:
@@ -114,8 +183,18 @@ class Cell:
         return f"{self.base} [{values}]" if values else self.base
 
     def train_key(self) -> str:
-        """The training folder's key: the training settings and the encoder it starts from, nothing else."""
-        return _digest({"retriever": self.system.retriever, "encoder": self.system.encoder, "train": self.system.train})
+        """The training folder's key: the training settings as resolved (a recipe applied, a default
+        written out or left out alike), only those that differ from the defaults (so a new setting in
+        a later llmret keeps old keys), and the encoder settings training reads; nothing else."""
+        from dataclasses import fields
+
+        from llmret.train import TrainSettings
+
+        settings, defaults = self.trained.train_settings(Path(".")), TrainSettings()
+        data = {f.name: getattr(settings, f.name) for f in fields(settings)
+                if f.name not in ("output_dir", "encoder") and getattr(settings, f.name) != getattr(defaults, f.name)}
+        data["encoder"] = {"model": settings.encoder.model, **settings.encoder.explicit()}
+        return _digest({"retriever": self.trained.retriever, "train": data})
 
     def eval_key(self, dataset: DatasetSpec, measures: list[str] | None) -> str:
         return _digest({"system": {**self.system.to_json(), "name": None}, "dataset": asdict(dataset),
@@ -138,29 +217,49 @@ def cells(spec: StudySpec) -> list[Cell]:
                 or (a.startswith("encoder.") and system.retriever != "bm25")]
         for values in itertools.product(*(spec.grid[a] for a in axes)):
             data = copy.deepcopy(system.to_json())
-            for axis, value in zip(axes, values):
-                section, key = axis.split(".", 1)
-                data[section] = {**(data[section] or {}), key: value}
-            out.append(Cell(system.name, dict(zip(axes, values)), SystemSpec(**data)))
+            trained = None
+            for section in AXIS_SECTIONS:  # train.* first: ``trained`` is the system before encoder.* values
+                for axis, value in zip(axes, values):
+                    if axis.startswith(f"{section}."):
+                        data[section] = {**(data[section] or {}), axis.split(".", 1)[1]: value}
+                trained = trained or SystemSpec(**copy.deepcopy(data))
+            out.append(Cell(system.name, dict(zip(axes, values)), SystemSpec(**data), trained))
     return out
 
 
-def _train_folder(root: Path, cell: Cell) -> Path:
-    return root / "train" / f"{_slug(cell.base)}-{cell.train_key()}"
+def _train_folder(spec: StudySpec, cell: Cell) -> Path:
+    """Keyed by the training alone (not the system's name): equal trainings in the studies of a suite,
+    which share ``train_root``, run once."""
+    return spec.train_root / f"{cell.trained.retriever}-{cell.train_key()}"
 
 
-def _trained_model(cell: Cell, root: Path) -> str | None:
-    """Train the cell's system (resuming a killed run) unless an identical training finished already."""
+def _trained_model(spec: StudySpec, cell: Cell) -> str | None:
+    """Train the cell's system (resuming a killed run) unless an identical training finished already;
+    then measure its held-out loss, once, if the study asks."""
     if cell.system.train is None:
         return None
     from llmret.train import train
 
-    folder = _train_folder(root, cell)
+    folder = _train_folder(spec, cell)
     final = folder / "final"
-    if (final / "llmret.json").is_file():
-        return str(final)
-    log.info("training %s into %s", cell.label, folder)
-    return str(train(cell.system.train_settings(folder), resume=(folder / "train_config.yaml").is_file()))
+    if not (final / "llmret.json").is_file():
+        log.info("training %s into %s", cell.label, folder)
+        train(cell.trained.train_settings(folder), resume=(folder / "train_config.yaml").is_file())
+    if spec.heldout is not None and not _heldout_file(spec, cell).is_file():
+        from llmret.heldout import heldout_loss
+
+        used = load_config(folder / "train_config.yaml")
+        h = spec.heldout
+        result = heldout_loss(final, h.data, h.split, retriever=cell.system.retriever, batch_size=used["batch_size"],
+                              group_size=used["group_size"], temperature=used["temperature"],
+                              similarity=used["similarity"], max_queries=h.queries, seed=used["seed"])
+        write_json(_heldout_file(spec, cell), result)
+        log.info("%s: held-out loss %.4f on %s (%s)", cell.label, result["loss"], h.data, h.split)
+    return str(final)
+
+
+def _heldout_file(spec: StudySpec, cell: Cell) -> Path:
+    return _train_folder(spec, cell) / f"heldout-{_digest(asdict(spec.heldout))}.json"
 
 
 EXECUTORS = ("local", "ray")
@@ -183,6 +282,7 @@ def run_cells(spec: StudySpec, group: list[Cell],
     called after each one finishes (progress, or a test's kill)."""
     from llmret.pipeline import evaluate_retriever
     from llmret.registry import load
+    from llmret.retrievers.sparse import SparseRetriever
     from llmret.systems import build
 
     root = spec.folder
@@ -195,13 +295,18 @@ def run_cells(spec: StudySpec, group: list[Cell],
             if done.is_file():
                 records.append(read_json(done))
                 continue
-            model = model or _trained_model(cell, root)
+            start = time.perf_counter()
+            model = model or _trained_model(spec, cell)
             data, rules = load(dataset.data, dataset.split, dataset.rules)
             retriever = build(cell.system, rules=rules, work_dir=folder, model=model, progress=False)
             result = evaluate_retriever(retriever, data, folder, name=cell.label, rules=rules, measures=spec.measures)
             record = {"cell": cell.label, "system": cell.base, "axes": cell.axes, "dataset": dataset.label,
                       "metrics": result.evaluation.aggregate, "folder": folder.name,
+                      # with any training this pair waited for (so the first dataset of a trained cell)
+                      "seconds": time.perf_counter() - start,
                       "ran_on": f"{socket.gethostname()}:{os.getpid()}"}  # which node and process, on a cluster
+            if isinstance(retriever, SparseRetriever) and (sparsity := retriever.sparsity()) is not None:
+                record |= {"terms_per_query": sparsity.query_nonzero, "terms_per_passage": sparsity.passage_nonzero}
             write_json(done, record)  # last: its presence means the cell is complete
             records.append(record)
             log.info("%s on %s: %s", cell.label, dataset.label,
@@ -224,6 +329,7 @@ def run(spec: StudySpec, *, on_cell: Callable[[Cell, DatasetSpec], None] | None 
     """
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, not '{executor}'")
+    spec.check_data()
     units = work_units(spec)
     if executor == "local":
         records = [r for unit in units for r in run_cells(spec, unit, on_cell)]
@@ -327,32 +433,43 @@ def report(spec: StudySpec) -> Path:
 
 
 SCALES = {"parameters": "parameters (compute.json)", "compute": "training FLOPs (compute.json: per step x steps)"}
+HELDOUT = "held-out loss"
 
 
 def scaling_points(spec: StudySpec, rows: list[dict[str, Any]], measure: str,
                    datasets: list[str]) -> dict[str, dict[str, list[tuple[float, float, str]]]]:
-    """Per group (retriever and objective) and per scale (parameters, compute): (x, dataset-mean
-    ``measure``, cell) for every trained cell finished on every dataset, x read from its training's
-    ``compute.json``."""
+    """Per (quantity, group) and per scale (parameters, compute): (x, y, cell) for every trained cell,
+    x read from its training's ``compute.json``. The quantities are the dataset-mean ``measure`` (cells
+    finished on every dataset) and, when the study has ``heldout``, the cell's held-out loss;
+    a group is a retriever and objective."""
     by_cell = {c.label: c for c in cells(spec)}
     points: dict[str, dict[str, list[tuple[float, float, str]]]] = {}
     for label in dict.fromkeys(r["cell"] for r in rows):
         cell = by_cell[label]
-        values = [r["aggregate"][measure] for r in rows if r["cell"] == label]
-        compute_file = _train_folder(spec.folder, cell) / "compute.json"
-        if cell.system.train is None or len(values) != len(datasets) or not compute_file.is_file():
+        compute_file = _train_folder(spec, cell) / "compute.json"
+        if cell.system.train is None or not compute_file.is_file():
             continue
         compute = read_json(compute_file)
+        try:
+            xs = {"parameters": float(compute["parameters"]),
+                  "compute": float(compute["flops_per_step"]) * float(compute["steps"])}
+        except (KeyError, TypeError, ValueError):
+            raise DataError(compute_file, None, "needs numeric parameters, flops_per_step and steps") from None
         group = f"{cell.system.retriever}, {cell.system.train.get('objective', 'cl')}"
-        mean = sum(values) / len(values)
-        for scale, x in (("parameters", compute["parameters"]), ("compute", compute["flops_per_step"] * compute["steps"])):
-            points.setdefault(group, {}).setdefault(scale, []).append((float(x), mean, label))
+        values = [r["aggregate"][measure] for r in rows if r["cell"] == label]
+        ys = {measure: sum(values) / len(values)} if len(values) == len(datasets) else {}
+        if spec.heldout is not None and _heldout_file(spec, cell).is_file():
+            ys[HELDOUT] = float(read_json(_heldout_file(spec, cell))["loss"])
+        for quantity, y in ys.items():
+            for scale, x in xs.items():
+                points.setdefault(f"{quantity}: {group}", {}).setdefault(scale, []).append((x, y, label))
     return points
 
 
 def _scaling_section(spec: StudySpec, rows: list[dict[str, Any]], measure: str, datasets: list[str]) -> list[str]:
-    """Power-law fits of the dataset-mean ``measure`` against parameters and compute, per group, where a
-    group has at least two distinct x; fits go to ``scaling.json`` and a log-log PNG per scale."""
+    """Power-law fits of the dataset-mean ``measure`` (and of the held-out loss) against parameters and
+    compute, per group, where a group has at least two distinct x; fits go to ``scaling.json`` and a
+    log-log PNG per scale and quantity."""
     from llmret.scaling import fit_power_law
 
     fits = []
@@ -365,22 +482,26 @@ def _scaling_section(spec: StudySpec, rows: list[dict[str, Any]], measure: str, 
     if not fits:
         return []
     write_json(spec.folder / "scaling.json", fits)
-    lines = ["", f"## Scaling: {measure} (mean over datasets) = a x^b", "",
-             "| group | against | points | b | SE of b | 95% interval | R^2 |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["", f"## Scaling: y = a x^b, y the {measure} mean over datasets"
+             + (f" or the {HELDOUT} on {spec.heldout.data} ({spec.heldout.split})" if spec.heldout else ""), "",
+             "| y: group | against | points | b | SE of b | 95% interval | R^2 |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for f in fits:
         low, high = f["ci95"]
         lines.append(f"| {f['group']} | {SCALES[f['against']]} | {f['points']} | {f['exponent']:.4f} | "
                      f"{f['exponent_se']:.4f} | [{low:.4f}, {high:.4f}] | {f['r2']:.3f} |")
     lines += ["", "b from least squares on log-log values; its standard error from the residuals, the interval "
                   "from Student's t with points - 2 degrees of freedom (none with two points)."]
-    for scale in SCALES:
-        figure = _plot_fits(spec.folder, scale, [f for f in fits if f["against"] == scale], measure)
-        if figure is not None:
-            lines += ["", f"![{measure} against {scale}]({figure.name})"]
+    for quantity in (measure, HELDOUT):
+        for scale in SCALES:
+            chosen = [f for f in fits if f["against"] == scale and f["group"].startswith(f"{quantity}: ")]
+            figure = _plot_fits(spec.folder, scale, chosen, quantity)
+            if figure is not None:
+                lines += ["", f"![{quantity} against {scale}]({figure.name})"]
     return lines
 
 
-def _plot_fits(root: Path, scale: str, fits: list[dict[str, Any]], measure: str) -> Path | None:
+def _plot_fits(root: Path, scale: str, fits: list[dict[str, Any]], quantity: str) -> Path | None:
     if not fits:
         return None
     import matplotlib
@@ -397,13 +518,14 @@ def _plot_fits(root: Path, scale: str, fits: list[dict[str, Any]], measure: str)
         law = PowerLaw(f["coefficient"], f["exponent"], f["exponent_se"], tuple(f["ci95"]), f["r2"], f["points"])
         grid = np.geomspace(xs.min(), xs.max(), 50)
         ax.plot(xs, [y for _, y, _ in f["data"]], "o", color=f"C{colour}")
-        ax.plot(grid, law(grid), "-", color=f"C{colour}", label=f"{f['group']}: b = {f['exponent']:.3f}")
+        ax.plot(grid, law(grid), "-", color=f"C{colour}",
+                label=f"{f['group'].split(': ', 1)[1]}: b = {f['exponent']:.3f}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(SCALES[scale])
-    ax.set_ylabel(f"{measure} (mean over datasets)")
+    ax.set_ylabel(quantity if quantity == HELDOUT else f"{quantity} (mean over datasets)")
     ax.legend(fontsize=7)
-    return _save_figure(fig, root / f"scaling-{scale}.png")
+    return _save_figure(fig, root / f"scaling-{_slug(quantity)}-vs-{scale}.png")
 
 
 def _save_figure(fig: Any, path: Path) -> Path:

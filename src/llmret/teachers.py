@@ -139,9 +139,8 @@ def score_pairs(teacher: Teacher, pairs: Sequence[tuple[str, Passage]], batch_si
 
 def load_teacher(spec: str, *, prompt: str = DEFAULT_PROMPT, max_length: int | None = None,
                  device: str | None = None) -> Teacher:
-    """``max_length``: tokens of a pair (cross-encoder, judge: default 512) or of a passage (retrievers:
-    default the model's own)."""
-    """A teacher from ``KIND:MODEL`` (see the module's text)."""
+    """A teacher from ``KIND:MODEL`` (see the module's text). ``max_length``: tokens of a pair
+    (cross-encoder, judge: default 512) or of a passage (retrievers: default the model's own)."""
     kind, _, model = spec.partition(":")
     if kind not in KINDS or not model:
         raise ValueError(f"teacher '{spec}': expected KIND:MODEL with KIND one of {', '.join(KINDS)}")

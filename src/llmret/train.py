@@ -39,7 +39,8 @@ from llmret.encoders.base import DTYPES, TextEncoder
 from llmret.encoders.dense import DenseEncoder
 from llmret.encoders.sparse import SparseEncoder
 from llmret.encoders.term_bias import CALIBRATION_TEXTS, TermBias, zero_points
-from llmret.fileio import atomic_dir
+from llmret.errors import DataError
+from llmret.fileio import atomic_dir, read_json
 from llmret.loop import LoopSettings, mixed_precision, run_loop
 from llmret.losses.infonce import InfoNCELoss
 from llmret.losses.kd import ListwiseKDLoss
@@ -84,6 +85,11 @@ class TrainSettings:
                                 "InfoNCE + kd_weight KL; marginmse: MarginMSE. All but cl need a teacher "
                                 "'score' on every passage (llmret annotate)",
                           choices=("cl", "kd", "cl+kd", "marginmse"))
+    teacher: str | None = option(None, "kd, cl+kd, marginmse: score the training queries' passages with this "
+                                       "teacher first (KIND:MODEL, as llmret annotate; cached by content)")
+    task_instructions: bool = option(False, "put each training source's own instruction (its task.json, as the "
+                                            "built-in tasks have) before its queries; evaluation then uses each "
+                                            "dataset's own")
     kd_weight: float = option(0.5, "cl+kd: share of the KL part (0.5 is Lion's (InfoNCE + KL) / 2)")
     kd_student_temperature: float = option(1.0, "distillation temperature of the student's scores")
     kd_teacher_temperature: float = option(1.0, "distillation temperature of the teacher's scores")
@@ -141,8 +147,30 @@ class TrainSettings:
 
 # ---- data --------------------------------------------------------------------------------------------
 def load_tasks(settings: TrainSettings) -> list[list[TrainExample]]:
-    """The training examples of each source in ``train_data`` (one list per task)."""
-    return [load_examples(settings, spec) for spec in settings.sources]
+    """The training examples of each source in ``train_data`` (one list per task), scored by
+    ``teacher`` when the objective distils."""
+    tasks = [load_examples(settings, spec) for spec in settings.sources]
+    if settings.teacher and settings.objective != "cl":
+        from llmret.annotate import scored_by
+
+        tasks = [scored_by(task, settings.teacher) for task in tasks]
+    return tasks
+
+
+def task_instructions(settings: TrainSettings) -> list[str]:
+    """Each source's instruction from the ``task.json`` beside its data (``task_instructions``)."""
+    from llmret.registry import resolve_folder
+
+    out = []
+    for spec in settings.sources:
+        folder = resolve_folder(spec, "train")
+        task_file = (folder if folder.is_dir() else folder.parent) / "task.json"
+        instruction = read_json(task_file).get("instruction") if task_file.is_file() else None
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise DataError(task_file, None, "task_instructions needs an 'instruction' in a task.json beside each "
+                                             f"training source; none for {spec}")
+        out.append(instruction)
+    return out
 
 
 def load_examples(settings: TrainSettings, spec: str | None = None) -> list[TrainExample]:
@@ -287,6 +315,11 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
         config = config.get_text_config() if hasattr(config, "get_text_config") else config
         settings.encoder.logit_scale = lion_logit_scale(int(config.hidden_size))  # saved with the model
     encoder = (SparseEncoder if sparse else DenseEncoder)(backbone, settings.encoder, accelerator.device)
+    instructions = task_instructions(settings) if settings.task_instructions else None
+    if instructions:
+        if settings.encoder.instruction:
+            raise ValueError("give task_instructions or encoder.instruction, not both")
+        encoder.settings.instruction = instructions[0]  # set per batch below; the first for the token estimate
     used = {**to_dict(settings), "encoder": {"model": settings.encoder.model, **to_dict(encoder.settings)}}
 
     bias = _term_bias(encoder, examples, settings)  # on the weights training starts from
@@ -325,6 +358,8 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
         task, number = plan(epoch)[within * settings.grad_accum + micro]
         begin = number * settings.batch_size
         chosen = tasks[task]
+        if instructions:
+            encoder.settings.instruction = instructions[task]
         indexes = epoch_order(len(chosen), epoch, settings.seed)[begin:begin + settings.batch_size][rank::world]
         batch = make_batch(encoder, chosen, indexes, epoch, settings, objective.needs_teacher)
         if settings.grad_cache:
@@ -342,7 +377,7 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
                         settings.tensorboard)
     evaluate = _checkpoint_evaluator(settings) if settings.eval_data else None
     return run_loop(accelerator, model, micro_step, total, loop, used, resume=resume, force=force,
-                    save_model=lambda unwrapped, folder: save_final(folder, unwrapped, encoder, settings),
+                    save_model=lambda unwrapped, folder: save_final(folder, unwrapped, encoder, settings, instructions),
                     prepared=use_prepared, callbacks=[EvalCallback(settings.eval_steps, evaluate), *callbacks],
                     on_step=on_step, flops_per_token=compute.flops_per_token,
                     records={"compute.json": {**compute.to_json(), "steps": total}})
@@ -367,11 +402,13 @@ def _checkpoint_evaluator(settings: TrainSettings) -> Callable[[Path], dict[str,
     return evaluate
 
 
-def save_final(folder: Path, model: torch.nn.Module, encoder: TextEncoder, settings: TrainSettings) -> None:
+def save_final(folder: Path, model: torch.nn.Module, encoder: TextEncoder, settings: TrainSettings,
+               instructions: list[str] | None = None) -> None:
     """The trained model (a peft adapter folder, or a full model) with its description (llmret.json).
 
     A full model over a sentence-transformers folder keeps its Dense head as module files, so the
-    folder encodes as the trained model did.
+    folder encodes as the trained model did. A model trained with per-task ``instructions`` saves
+    them, and no instruction of its own: each dataset's own is used when it is evaluated.
     """
     from llmret import st_folder
 
@@ -384,5 +421,9 @@ def save_final(folder: Path, model: torch.nn.Module, encoder: TextEncoder, setti
                             dim=int(model.config.hidden_size), lowercase=info.lowercase, head=encoder.head)
         if getattr(encoder, "term_bias", None) is not None:
             term_bias.save(encoder.term_bias, tmp)
+        explicit = encoder.settings.explicit()
+        if instructions:
+            explicit["instruction"] = ""
         SavedModel(base_model=settings.encoder.model, paradigm=encoder.paradigm, lora=settings.lora,
-                   model_info=encoder.info, encoder=encoder.settings.explicit()).write(tmp)
+                   model_info=encoder.info, encoder=explicit,
+                   task_instructions=dict(zip(settings.sources, instructions or []))).write(tmp)
