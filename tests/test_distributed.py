@@ -115,3 +115,40 @@ def test_two_processes_train_the_single_process_adapter(tiny_llama: Path, tmp_pa
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-6, msg=key)
         moved += int(one[key].abs().sum() > 0)
     assert moved == len(one)  # lora_B left zero would make equality trivial
+
+
+def test_the_packaged_configs_load_and_the_launch_line_runs_llmret(
+        tiny_llama: Path, train_data: Path, tmp_path: Path) -> None:
+    """The README's launch line, accelerate launch --config_file (packaged DDP config) -m llmret.cli train,
+    runs the training a plain run does (with --cpu accelerate starts one process: several CPU processes are
+    tested through torchrun above); the packaged FSDP and ZeRO-3 configs are what accelerate reads."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+    from safetensors.torch import load_file
+
+    from llmret.cli import main
+    from llmret.distributed import launch_config
+
+    spec = spec_for(tiny_llama, train_data, tmp_path / "one", lora_dropout=0.0, max_steps=3, save_steps=0)
+    assert launch(tmp_path, 1, spec).returncode == 0
+    encoder = spec["encoder"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(launch_config("ddp")), "--cpu",
+           "--num_processes", "1", "-m", "llmret.cli", "train",
+           "--model", encoder["model"], "--train-data", str(train_data), "--output-dir", str(tmp_path / "ddp"),
+           "--batch-size", "4", "--group-size", "2", "--max-steps", "3", "--logging-steps", "1", "--lora-r", "4",
+           "--lora-dropout", "0", "--learning-rate", "1e-2", "--warmup-ratio", "0.34", "--seed", "5",
+           "--query-max-length", "16", "--passage-max-length", "24", "--bidirectional"]
+    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = load_file(tmp_path / "one" / "final" / "adapter_model.safetensors")
+    two = load_file(tmp_path / "ddp" / "final" / "adapter_model.safetensors")
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-6, msg=key)
+    assert [r["loss"] for r in log_of(tmp_path / "ddp")] == pytest.approx([r["loss"] for r in log_of(tmp_path / "one")],
+                                                                         rel=1e-5)
+    kinds = {name: load_config_from_file(str(launch_config(name))) for name in ("ddp", "fsdp", "deepspeed-zero3")}
+    assert kinds["fsdp"].distributed_type == DistributedType.FSDP and kinds["fsdp"].fsdp_config["fsdp_version"] == 2
+    assert kinds["fsdp"].fsdp_config["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
+    assert kinds["deepspeed-zero3"].distributed_type == DistributedType.DEEPSPEED
+    assert kinds["deepspeed-zero3"].deepspeed_config["zero_stage"] == 3
+    assert main(["launch-config", "nope"]) == 2

@@ -106,8 +106,8 @@ class EvalCallback(Callback):
         if state.step not in self.steps:
             return
         folder = state.out / f"checkpoint-{state.step}" / "model"
+        state.save_model(folder)  # on every process (gathering shards takes them all); main writes
         if state.is_main:
-            state.save_model(folder)
             if self.evaluate is not None:
                 with torch.random.fork_rng(devices=[]):
                     scores = self.evaluate(folder)

@@ -603,6 +603,13 @@ def cmd_curves(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_launch_config(args: argparse.Namespace) -> int:
+    from llmret.distributed import launch_config
+
+    print(launch_config(args.name))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from llmret.demo import run_demo
 
@@ -801,6 +808,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", nargs="+", help="a name per run (default: the folder names)")
     p.add_argument("--linear", action="store_true", help="linear value axes (default: log where all values > 0)")
     p.set_defaults(func=cmd_curves)
+
+    p = sub.add_parser("launch-config", help="the path of a packaged accelerate config: ddp (LoRA), fsdp or "
+                                             "deepspeed-zero3 (full fine-tuning), for accelerate launch --config_file")
+    p.add_argument("name", help="ddp, fsdp or deepspeed-zero3")
+    p.set_defaults(func=cmd_launch_config)
 
     p = sub.add_parser("demo", help="the main job (the demo study preset): BM25, a zero-shot retriever and an LLM "
                                     "fine-tuned dense and sparse")

@@ -45,6 +45,7 @@ class LoopSettings:
     logging_steps: int = 10
     tensorboard: bool = False
     config_name: str = "train_config.yaml"  # the settings used, checked on resume
+    micro_batch: int | None = None  # queries (or texts) per process per micro-step: DeepSpeed's own config asks
     name: str = "training"  # progress bar label
 
 
@@ -67,19 +68,35 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def sharded(accelerator: Any) -> bool:
+    """Whether each process holds only its shard of the weights and optimizer state (FSDP, DeepSpeed
+    ZeRO-3): checkpoints then go through accelerate's sharded save and load, and a saved model is
+    gathered from every process first."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
 def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                     step: int, accelerator: Any) -> None:
     """The whole training state: trainable weights, optimizer, scheduler, the fp16 loss scaler, and the
     random state of every process (each rank writes its own), written atomically; ``state.pt`` is
-    written last, after every rank has written, so its presence marks a complete checkpoint."""
+    written last, after every rank has written, so its presence marks a complete checkpoint. Sharded
+    (FSDP, ZeRO-3), every process writes its shards of the weights and optimizer state through
+    ``accelerator.save_state`` into ``sharded/``, and ``state.pt`` holds the rest."""
     with atomic_write(folder / f"rng-{accelerator.process_index}.pt", "wb") as handle:
         torch.save(_rng_state(), handle)
+    if sharded(accelerator):
+        accelerator.save_state(str(folder / "sharded"))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         scaler = getattr(accelerator, "scaler", None)
-        state = {"step": step, "model": _trainable_state(model), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
-                 "world_size": accelerator.num_processes}
+        state = {"step": step, "scheduler": scheduler.state_dict(),
+                 "scaler": scaler.state_dict() if scaler is not None else None, "world_size": accelerator.num_processes}
+        if sharded(accelerator):
+            state["sharded"] = True
+        else:
+            state |= {"model": _trainable_state(model), "optimizer": optimizer.state_dict()}
         with atomic_write(folder / "state.pt", "wb") as handle:
             torch.save(state, handle)
     accelerator.wait_for_everyone()
@@ -134,10 +151,15 @@ def _restore(ckpt: Path, accelerator: Any, model: torch.nn.Module, optimizer: to
     world = accelerator.num_processes
     if state.get("world_size", world) != world:
         raise ValueError(f"{ckpt}: saved by {state['world_size']} processes; resume it with as many (now {world})")
-    missing = accelerator.unwrap_model(model).load_state_dict(state["model"], strict=False)
-    if missing.unexpected_keys:
-        raise ValueError(f"{ckpt}: checkpoint does not match the model ({missing.unexpected_keys[:3]} ...)")
-    optimizer.load_state_dict(state["optimizer"])
+    if state.get("sharded"):
+        if not sharded(accelerator):
+            raise ValueError(f"{ckpt}: saved sharded (FSDP or DeepSpeed); resume it under the same launch config")
+        accelerator.load_state(str(ckpt / "sharded"))  # this process's shards of weights and optimizer
+    else:
+        missing = accelerator.unwrap_model(model).load_state_dict(state["model"], strict=False)
+        if missing.unexpected_keys:
+            raise ValueError(f"{ckpt}: checkpoint does not match the model ({missing.unexpected_keys[:3]} ...)")
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if state.get("scaler") is not None and getattr(accelerator, "scaler", None) is not None:
         accelerator.scaler.load_state_dict(state["scaler"])
@@ -154,8 +176,12 @@ def _logged_flops(path: Path) -> float:
     return float(json.loads(lines[-1]).get("flops", 0.0)) if lines else 0.0
 
 
+SaveModel = Callable[[torch.nn.Module, Path, "dict[str, torch.Tensor] | None"], None]
+"""(unwrapped model, folder, its full state dict when gathered from shards, else None) -> writes a loadable model."""
+
+
 def run_loop(accelerator: Any, model: torch.nn.Module, micro_step: MicroStep, total: int, settings: LoopSettings,
-             used: dict[str, Any], *, save_model: Callable[[torch.nn.Module, Path], None], resume: bool = False,
+             used: dict[str, Any], *, save_model: SaveModel, resume: bool = False,
              force: bool = False, prepared: Callable[[torch.nn.Module], None] | None = None,
              callbacks: Sequence[Callback] = (), on_step: Callable[[int, float], None] | None = None,
              flops_per_token: float = 0.0, records: dict[str, Any] | None = None) -> Path:
@@ -163,7 +189,8 @@ def run_loop(accelerator: Any, model: torch.nn.Module, micro_step: MicroStep, to
 
     ``used`` are the settings written to the output folder; on ``resume`` they must equal the saved
     ones (``force`` accepts differences). ``prepared`` receives the model as accelerate wrapped it.
-    ``save_model(unwrapped model, folder)`` writes a loadable model (main process only). ``records``
+    ``save_model(unwrapped model, folder, state dict)`` writes a loadable model (main process only; the
+    state dict is gathered from every process first when they hold shards). ``records``
     (file name -> JSON object) are written beside the settings once the resume check has passed.
     """
     from transformers import get_linear_schedule_with_warmup
@@ -181,7 +208,13 @@ def run_loop(accelerator: Any, model: torch.nn.Module, micro_step: MicroStep, to
     # right only when each process takes its own batches; here every process takes a share of the
     # same global batch, so the rate must follow the global step (stepped below once per update).
     scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total), total)
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and settings.micro_batch:
+        # DeepSpeed reads its micro-batch from a prepared DataLoader; batches are built here instead
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = settings.micro_batch
     model, optimizer = accelerator.prepare(model, optimizer)
+    params = [p for p in model.parameters() if p.requires_grad]  # FSDP2 replaces them with sharded ones
     if prepared is not None:
         prepared(model)
 
@@ -205,8 +238,13 @@ def run_loop(accelerator: Any, model: torch.nn.Module, micro_step: MicroStep, to
     bar = tqdm(total=total, initial=start, desc=settings.name, disable=not accelerator.is_main_process)
     loop = [LogCallback(settings.logging_steps, settings.tensorboard, bar, _logged_flops(out / "log.jsonl") if start else 0.0),
             CheckpointCallback(settings.save_steps, save_state), *callbacks]
-    state = LoopState(start, total, out, accelerator, model, optimizer, scheduler,
-                      lambda folder: save_model(accelerator.unwrap_model(model), folder), flops_per_token=flops_per_token)
+    def save_loadable(folder: Path) -> None:  # called on every process: gathering shards is a collective
+        state_dict = accelerator.get_state_dict(model) if sharded(accelerator) else None
+        if accelerator.is_main_process:
+            save_model(accelerator.unwrap_model(model), folder, state_dict)
+
+    state = LoopState(start, total, out, accelerator, model, optimizer, scheduler, save_loadable,
+                      flops_per_token=flops_per_token)
     for step in range(start, total):
         state.tokens = 0
         for micro in range(settings.grad_accum):
@@ -228,7 +266,6 @@ def run_loop(accelerator: Any, model: torch.nn.Module, micro_step: MicroStep, to
             on_step(state.step, state.record["loss"])
     bar.close()
     final = out / "final"
-    if accelerator.is_main_process:
-        state.save_model(final)
+    state.save_model(final)
     accelerator.wait_for_everyone()
     return final

@@ -170,7 +170,9 @@ def run_mntp(settings: MNTPSettings, *, resume: bool = False, force: bool = Fals
         accelerator.backward(loss)
         return {"loss": value}, int(batch["attention_mask"].sum())
 
-    def save_model(unwrapped: torch.nn.Module, folder: Path) -> None:
+    def save_model(unwrapped: torch.nn.Module, folder: Path, state_dict: dict[str, torch.Tensor] | None) -> None:
+        if state_dict is not None:  # gathered from FSDP / ZeRO-3 shards: the full weights, adapters included
+            unwrapped.load_state_dict(state_dict)
         merged = unwrapped.merge_and_unload()  # only at the end: merging changes the model
         with atomic_dir(folder) as tmp:
             merged.save_pretrained(tmp)

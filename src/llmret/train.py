@@ -374,10 +374,11 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
 
     loop = LoopSettings(settings.output_dir, settings.learning_rate, settings.weight_decay, settings.warmup_ratio,
                         settings.max_grad_norm, settings.grad_accum, settings.save_steps, settings.logging_steps,
-                        settings.tensorboard)
+                        settings.tensorboard, micro_batch=settings.batch_size // world)
     evaluate = _checkpoint_evaluator(settings) if settings.eval_data else None
     return run_loop(accelerator, model, micro_step, total, loop, used, resume=resume, force=force,
-                    save_model=lambda unwrapped, folder: save_final(folder, unwrapped, encoder, settings, instructions),
+                    save_model=lambda unwrapped, folder, state_dict: save_final(folder, unwrapped, encoder, settings,
+                                                                                 instructions, state_dict),
                     prepared=use_prepared, callbacks=[EvalCallback(settings.eval_steps, evaluate), *callbacks],
                     on_step=on_step, flops_per_token=compute.flops_per_token,
                     records={"compute.json": {**compute.to_json(), "steps": total}})
@@ -403,17 +404,18 @@ def _checkpoint_evaluator(settings: TrainSettings) -> Callable[[Path], dict[str,
 
 
 def save_final(folder: Path, model: torch.nn.Module, encoder: TextEncoder, settings: TrainSettings,
-               instructions: list[str] | None = None) -> None:
+               instructions: list[str] | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
     """The trained model (a peft adapter folder, or a full model) with its description (llmret.json).
 
     A full model over a sentence-transformers folder keeps its Dense head as module files, so the
     folder encodes as the trained model did. A model trained with per-task ``instructions`` saves
     them, and no instruction of its own: each dataset's own is used when it is evaluated.
+    ``state_dict``: the full weights gathered from FSDP / ZeRO-3 shards (the model itself holds shards).
     """
     from llmret import st_folder
 
     with atomic_dir(folder) as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
         encoder.tokenizer.save_pretrained(tmp)
         if not settings.lora and encoder.head is not None:
             info = encoder.info
