@@ -95,7 +95,6 @@ def dense_rows(docs: int, dim: int, n_queries: int, clusters: int, threads: int,
     rows.append({"search": f"exact (Flat), {n_queries} queries in one call", "QPS": qps_batch, "Recall@10": 1.0,
                  "build s": 0.0})
     del exact
-    space = faiss.ParameterSpace()
     for factory, knob, values in (("HNSW32", "efSearch", (32, 128)), (f"IVF{nlist},PQ{pq}", "nprobe", (8, 64))):
         start = time.perf_counter()
         index = DenseIndex(dim, factory)
@@ -104,7 +103,7 @@ def dense_rows(docs: int, dim: int, n_queries: int, clusters: int, threads: int,
         index.add(ids, vectors)
         build = time.perf_counter() - start
         for value in values:
-            space.set_index_parameter(index.index, knob, value)
+            index.set_parameter(knob, value)
             qps, found = timed_search(index, queries, one_at_a_time=True)
             rows.append({"search": f"{factory} {knob}={value}, one query at a time", "QPS": qps,
                          "Recall@10": recall_at_10(found, truth), "build s": build})

@@ -1,8 +1,17 @@
-"""Dense index over FAISS: exact inner product by default, any ``index_factory`` string if asked."""
+"""Dense index over FAISS: exact inner product by default, any ``index_factory`` string if asked.
+
+FAISS on GPU when present: with a GPU build of FAISS (``pip install faiss-gpu-cu12`` in place of
+``faiss-cpu``) and a visible GPU, searches run on a copy of the index sharded over every GPU, as llmret
+uses the GPU for encoding whenever torch sees one; ``LLMRET_FAISS_GPU=0`` keeps them on the CPU. Index
+types FAISS cannot move (HNSW) stay on the CPU. The CPU index is what is built and saved.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -10,6 +19,26 @@ import numpy as np
 from llmret.errors import DataError
 from llmret.fileio import atomic_write, read_ids, write_ids
 from llmret.index.shards import Shards
+
+log = logging.getLogger(__name__)
+
+
+def faiss_gpus() -> int:
+    """GPUs FAISS can search on: 0 with faiss-cpu, without a GPU, or with ``LLMRET_FAISS_GPU=0``."""
+    if os.environ.get("LLMRET_FAISS_GPU", "1") == "0" or not hasattr(faiss, "index_cpu_to_all_gpus"):
+        return 0
+    return int(faiss.get_num_gpus())
+
+
+def to_gpus(index: Any) -> Any | None:
+    """A copy of ``index`` sharded over every GPU, or None where FAISS cannot move this index type."""
+    options = faiss.GpuMultipleClonerOptions()
+    options.shard = True  # each GPU holds a part of the vectors; results are merged by FAISS
+    try:
+        return faiss.index_cpu_to_all_gpus(index, co=options)
+    except RuntimeError as exc:  # e.g. HNSW has no GPU implementation
+        log.info("searching on the CPU: FAISS cannot move this index to GPUs (%s)", str(exc).splitlines()[0])
+        return None
 
 
 class DenseIndex:
@@ -24,6 +53,7 @@ class DenseIndex:
         self.factory = factory
         self.index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
         self.ids: list[str] = []
+        self._gpu: Any | None = None  # the GPU copy searches use, made at the first search after a change
 
     def add(self, ids: list[str], vectors: np.ndarray) -> None:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -33,6 +63,7 @@ class DenseIndex:
             self.index.train(vectors)
         self.index.add(vectors)
         self.ids.extend(ids)
+        self._gpu = None
 
     @classmethod
     def from_shards(cls, shards: Shards, factory: str = "Flat") -> DenseIndex:
@@ -50,8 +81,16 @@ class DenseIndex:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
         """Top ``k`` scores [n, k] and document ids per query (fewer where the index is smaller)."""
         k = min(k, len(self.ids))
-        scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        if self._gpu is None and faiss_gpus():
+            self._gpu = to_gpus(self.index) or False
+        searcher = self._gpu or self.index
+        scores, rows = searcher.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         return scores, [[self.ids[r] for r in row if r >= 0] for row in rows]
+
+    def set_parameter(self, name: str, value: float) -> None:
+        """A FAISS search parameter (``efSearch``, ``nprobe`` ...) for the searches that follow."""
+        faiss.ParameterSpace().set_index_parameter(self.index, name, value)
+        self._gpu = None  # copied again, with the parameter, at the next search
 
     def params(self) -> dict[str, object]:
         return {"factory": self.factory}
@@ -69,7 +108,7 @@ class DenseIndex:
         folder = Path(folder)
         raw = faiss.read_index(str(folder / "index.faiss"))
         index = cls.__new__(cls)
-        index.index, index.dim, index.factory = raw, raw.d, factory
+        index.index, index.dim, index.factory, index._gpu = raw, raw.d, factory, None
         index.ids = read_ids(folder / "index.ids")
         if len(index.ids) != raw.ntotal:
             raise DataError(folder / "index.ids", None, f"{len(index.ids)} ids for {raw.ntotal} vectors")
