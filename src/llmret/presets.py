@@ -47,14 +47,14 @@ def available() -> dict[str, str]:
 
 
 def _files(folder: Path) -> list[Path]:
-    return sorted(folder.glob("*.yaml"))
+    return sorted(folder.glob("*.yaml")) if folder.is_dir() else []
 
 
 def load(target: str, out: str | None = None) -> Suite:
     """The studies ``target`` names: a study file, a suite folder, or a preset's name; ``out`` replaces
     the output folder (a single study's ``out``, or the suite's)."""
     path = Path(target).expanduser()
-    if not path.exists():
+    if not (path.is_file() or _files(path)):  # a results folder named like a preset is not a suite
         preset = PRESETS / target
         if preset.is_dir() or preset.with_suffix(".yaml").is_file():
             path = preset if preset.is_dir() else preset.with_suffix(".yaml")
