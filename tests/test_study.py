@@ -88,6 +88,31 @@ def test_report_tables_significance_and_plot_come_from_the_metrics_files(study_f
     assert "![nDCG@10 against train.max_steps]" in text
 
 
+def test_a_categorical_axis_is_drawn_as_bars_of_the_metrics_files(study_file: Path) -> None:
+    data = yaml.safe_load(study_file.read_text())
+    data["systems"] = [s for s in data["systems"] if s["name"] == "bert"]
+    data["grid"] = {"encoder.instruction": [None, "tower bridge", ""]}
+    data.pop("baseline")
+    study_file.write_text(yaml.safe_dump(data))
+    spec = study.StudySpec.read(study_file)
+    study.run(spec)
+    text = study.report(spec).read_text()
+    assert "![nDCG@10 against encoder.instruction](nDCG-10-vs-encoder.instruction.png)" in text
+    assert (spec.folder / "nDCG-10-vs-encoder.instruction.png").read_bytes()[:4] == b"\x89PNG"
+    rows, expected = [], []  # by hand: each cell's metrics file, labelled as the figure labels its value
+    for cell, label in zip(study.cells(spec), ("default", "tower bridge", "none")):
+        folder = study._eval_folder(spec.folder, cell, spec.datasets[0], spec.measures)
+        metrics = json.loads((folder / "metrics.json").read_text())
+        settings = json.loads((folder / "settings.json").read_text())
+        assert settings["instruction"] == {"default": "", "none": ""}.get(label, label)
+        rows.append({"system": "bert", "axes": cell.axes, "aggregate": metrics["aggregate"]})
+        expected.append((label, metrics["aggregate"]["nDCG@10"]))
+    numeric, keys, series = study.axis_series("encoder.instruction", [None, "tower bridge", ""], rows, "nDCG@10",
+                                              [spec.datasets[0].label])
+    assert not numeric and keys == ["default", "tower bridge", "none"] and series == {"bert": expected}
+    assert expected[1][1] != expected[0][1]  # the instruction reached the encoder
+
+
 @pytest.mark.parametrize("change,message", [
     (lambda s: s["systems"][1]["encoder"].update(poolng="mean"), "unknown setting"),
     (lambda s: s["grid"].update({"max_steps": [1]}), "must be train.KEY or encoder.KEY"),

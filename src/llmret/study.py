@@ -423,7 +423,7 @@ def report(spec: StudySpec) -> Path:
         lines.append(f"\\* differs from `{spec.baseline}` on that dataset: paired t-test and randomisation test "
                      f"both below {spec.alpha} after {spec.correction} correction over the systems compared.")
     for axis in spec.grid:
-        figure = _plot(root, axis, rows, measures[0], datasets)
+        figure = _plot(root, axis, spec.grid[axis], rows, measures[0], datasets)
         if figure is not None:
             lines += ["", f"![{measures[0]} against {axis}]({figure.name})"]
     lines += _scaling_section(spec, rows, measures[0], datasets)
@@ -559,20 +559,44 @@ def _significance(spec: StudySpec, rows: list[dict[str, Any]], measures: list[st
     return marks
 
 
-def _plot(root: Path, axis: str, rows: list[dict[str, Any]], measure: str, datasets: list[str]) -> Path | None:
-    """The measure's dataset mean against a numeric axis, one line per system (None if not numeric)."""
-    points: dict[str, dict[float, list[float]]] = {}
+def _value_label(value: Any) -> str:
+    """An axis value as a figure shows it: null is the default, an empty string is none."""
+    if value is None:
+        return "default"
+    if value == "":
+        return "none"
+    text = str(value)
+    return text if len(text) <= 28 else text[:25] + "..."
+
+
+def axis_series(axis: str, values: list[Any], rows: list[dict[str, Any]], measure: str,
+                datasets: list[str]) -> tuple[bool, list[str], dict[str, list[tuple[Any, float]]]]:
+    """What the figure of ``axis`` draws: whether the axis is numeric, its value labels, and per series
+    (a system with its other axis values) the (value, dataset-mean ``measure``) points of cells
+    finished on every dataset; null values of a numeric axis are left out."""
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values if v is not None)
+    keys = [_value_label(v) for v in values]
+    points: dict[str, dict[Any, list[float]]] = {}
     for r in rows:
-        value = r["axes"].get(axis)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if axis not in r["axes"] or (numeric and r["axes"][axis] is None):
             continue
+        value = r["axes"][axis]
         rest = tuple(sorted((a, str(v)) for a, v in r["axes"].items() if a != axis))
         name = r["system"] + (" [" + ", ".join(f"{a.split('.', 1)[1]}={v}" for a, v in rest) + "]" if rest else "")
-        points.setdefault(name, {}).setdefault(float(value), []).append(r["aggregate"][measure])
-    lines = {name: sorted((x, sum(v) / len(v)) for x, v in by_x.items() if len(v) == len(datasets))
-             for name, by_x in points.items()}
-    lines = {name: line for name, line in lines.items() if line}
-    if not lines:
+        key = float(value) if numeric else _value_label(value)
+        points.setdefault(name, {}).setdefault(key, []).append(r["aggregate"][measure])
+    series = {name: sorted(((x, sum(v) / len(v)) for x, v in by_x.items() if len(v) == len(datasets)),
+                           key=lambda p: p[0] if numeric else keys.index(p[0]))
+              for name, by_x in points.items()}
+    return numeric, keys, {name: line for name, line in series.items() if line}
+
+
+def _plot(root: Path, axis: str, values: list[Any], rows: list[dict[str, Any]], measure: str,
+          datasets: list[str]) -> Path | None:
+    """The measure's dataset mean against an axis, one series per system: lines over a numeric axis,
+    grouped bars over any other (instructions on, off, unseen ...)."""
+    numeric, keys, series = axis_series(axis, values, rows, measure, datasets)
+    if not series:
         return None
     import matplotlib
 
@@ -580,8 +604,15 @@ def _plot(root: Path, axis: str, rows: list[dict[str, Any]], measure: str, datas
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, line in lines.items():
-        ax.plot([x for x, _ in line], [100 * y for _, y in line], marker="o", label=name)
+    width = 0.8 / len(series)
+    for number, (name, line) in enumerate(series.items()):
+        if numeric:
+            ax.plot([x for x, _ in line], [100 * y for _, y in line], marker="o", label=name)
+        else:
+            ax.bar([keys.index(x) + (number - (len(series) - 1) / 2) * width for x, _ in line],
+                   [100 * y for _, y in line], width, label=name)
+    if not numeric:
+        ax.set_xticks(range(len(keys)), keys, fontsize=7)
     ax.set_xlabel(axis)
     ax.set_ylabel(f"{measure} x100 (mean over {len(datasets)} dataset{'s' if len(datasets) > 1 else ''})")
     ax.legend(fontsize=7)
