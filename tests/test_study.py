@@ -88,6 +88,41 @@ def test_report_tables_significance_and_plot_come_from_the_metrics_files(study_f
     assert "![nDCG@10 against train.max_steps]" in text
 
 
+def test_a_study_killed_mid_training_resumes_the_training_from_its_checkpoint(study_file: Path) -> None:
+    """SIGKILL during a cell's training (no cleanup, as a lost node): the rerun keeps the finished cells,
+    resumes the training from its last checkpoint, and takes each step once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = yaml.safe_load(study_file.read_text())
+    data["grid"] = {}
+    data["systems"][2]["train"].update(max_steps=80, save_steps=10, logging_steps=1)
+    study_file.write_text(yaml.safe_dump(data))
+    spec = study.StudySpec.read(study_file)
+    train = study._train_folder(spec, study.cells(spec)[2])
+    process = subprocess.Popen([sys.executable, "-m", "llmret.cli", "study", "run", str(study_file)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 240
+    while not (train / "checkpoint-20" / "state.pt").is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (train / "final").exists(), "the training ended before it could be killed"
+    finished = _done(spec)
+    assert len(finished) == 2  # BM25 and the zero-shot model ran before the training
+    early = (train / "checkpoint-10" / "state.pt").stat().st_mtime_ns
+    ran = []
+    study.run(spec, on_cell=lambda cell, dataset: ran.append(cell.label))
+    assert ran == ["llama"] and {k: v for k, v in _done(spec).items() if k in finished} == finished
+    assert (train / "checkpoint-10" / "state.pt").stat().st_mtime_ns == early  # resumed past it, not restarted
+    steps = [json.loads(line)["step"] for line in (train / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 81))  # no step logged twice
+    assert (train / "final" / "llmret.json").is_file()
+
+
 def test_a_categorical_axis_is_drawn_as_bars_of_the_metrics_files(study_file: Path) -> None:
     data = yaml.safe_load(study_file.read_text())
     data["systems"] = [s for s in data["systems"] if s["name"] == "bert"]
