@@ -43,6 +43,7 @@ def test_study_report_fits_quality_and_heldout_loss_against_compute_from_the_cel
     spec_data["systems"] = [s for s in spec_data["systems"] if s["name"] == "llama"]
     spec_data["grid"] = {"train.max_steps": [1, 2, 4]}
     spec_data["heldout"] = {"data": spec_data["datasets"][0]["data"], "split": "test", "queries": 8}
+    spec_data["fits"] = True
     spec_data.pop("baseline")
     study_file.write_text(yaml.safe_dump(spec_data))
     spec = study.StudySpec.read(study_file)
@@ -69,6 +70,9 @@ def test_study_report_fits_quality_and_heldout_loss_against_compute_from_the_cel
         assert f"| {fit['group']} | training FLOPs (compute.json: per step x steps) | 3 | {ref.slope:.4f} |" in report
     for figure in ("scaling-nDCG-10-vs-compute.png", "scaling-held-out-loss-vs-compute.png"):
         assert (spec.folder / figure).is_file() and figure in report
+    spec.fits = False  # fits are a scaling study's: other studies' reports have none
+    assert "## Scaling" not in study.report(spec).read_text()
+    spec.fits = True
     # a malformed compute.json is an error naming it, not a bare KeyError
     compute_file = study._train_folder(spec, study.cells(spec)[0]) / "compute.json"
     compute_file.write_text(json.dumps({"parameters": 5}))

@@ -65,7 +65,8 @@ class HeldoutSpec:
 class StudySpec:
     """A study file: ``name``, ``description``, ``systems``, ``datasets``, ``measures``, ``grid`` axes,
     the ``baseline`` system significance is tested against (with ``correction``), ``heldout`` (data on
-    which each trained cell's contrastive loss is measured and fitted), ``data_help`` (what to download
+    which each trained cell's contrastive loss is measured), ``fits`` (power laws of quality and held-out
+    loss against parameters and compute in the report: a scaling study's), ``data_help`` (what to download
     when data is missing) and ``out`` (default results/NAME); ``train_dir`` (default OUT/train) is where
     trainings go, shared by the studies of a suite."""
 
@@ -79,6 +80,7 @@ class StudySpec:
     correction: str = "holm"
     alpha: float = 0.05
     heldout: HeldoutSpec | None = None
+    fits: bool = False
     data_help: str = ""
     out: str | None = None
     train_dir: str | None = None
@@ -426,7 +428,8 @@ def report(spec: StudySpec) -> Path:
         figure = _plot(root, axis, spec.grid[axis], rows, measures[0], datasets)
         if figure is not None:
             lines += ["", f"![{measures[0]} against {axis}]({figure.name})"]
-    lines += _scaling_section(spec, rows, measures[0], datasets)
+    if spec.fits:
+        lines += _scaling_section(spec, rows, measures[0], datasets)
     with atomic_write(root / "report.md") as handle:
         handle.write("\n".join(lines) + "\n")
     return root / "report.md"
@@ -613,6 +616,9 @@ def _plot(root: Path, axis: str, values: list[Any], rows: list[dict[str, Any]], 
                    [100 * y for _, y in line], width, label=name)
     if not numeric:
         ax.set_xticks(range(len(keys)), keys, fontsize=7)
+    elif all(x > 0 for line in series.values() for x, _ in line) and \
+            max(x for line in series.values() for x, _ in line) >= 16 * min(x for line in series.values() for x, _ in line):
+        ax.set_xscale("log", base=2)  # lengths, steps, data sizes: doublings are evenly spaced
     ax.set_xlabel(axis)
     ax.set_ylabel(f"{measure} x100 (mean over {len(datasets)} dataset{'s' if len(datasets) > 1 else ''})")
     ax.legend(fontsize=7)
