@@ -84,9 +84,10 @@ def annotate(source: str | Path, out: str | Path, teacher: Teacher, *, corpus: C
     return out
 
 
-def scored_by(examples: list[TrainExample], teacher: str) -> list[TrainExample]:
-    """``examples`` with ``teacher``'s score on every passage (``train --teacher``), annotated once: the
-    scored file is kept in llmret's cache under a digest of the teacher and of the examples' content,
+def scored_by(examples: list[TrainExample], teacher: str, max_length: int | None = None) -> list[TrainExample]:
+    """``examples`` with ``teacher``'s score on every passage (``train --teacher``; ``max_length`` as
+    :func:`llmret.teachers.load_teacher` takes it), annotated once: the scored file is kept in llmret's
+    cache under a digest of the teacher, its length and the examples' content,
     so runs that share the data (a study's objectives and backbones) share the scoring, and a killed
     scoring resumes."""
     import hashlib
@@ -96,7 +97,7 @@ def scored_by(examples: list[TrainExample], teacher: str) -> list[TrainExample]:
     from llmret.teachers import load_teacher
 
     rows = "".join(json.dumps(example_json(ex), ensure_ascii=False, sort_keys=True) + "\n" for ex in examples)
-    digest = hashlib.sha256(f"{teacher}\n{rows}".encode()).hexdigest()[:16]
+    digest = hashlib.sha256(f"{teacher}\n{max_length}\n{rows}".encode()).hexdigest()[:16]
     folder = cache_dir("annotations")
     out = folder / f"{digest}.jsonl"
     if not out.is_file():
@@ -104,6 +105,6 @@ def scored_by(examples: list[TrainExample], teacher: str) -> list[TrainExample]:
         with atomic_write(source) as handle:
             handle.write(rows)
         log.info("scoring %d training queries' passages with %s (cached as %s)", len(examples), teacher, out)
-        annotate(source, out, load_teacher(teacher))
+        annotate(source, out, load_teacher(teacher, max_length=max_length))
         source.unlink()
     return read_training(out)

@@ -87,6 +87,8 @@ class TrainSettings:
                           choices=("cl", "kd", "cl+kd", "marginmse"))
     teacher: str | None = option(None, "kd, cl+kd, marginmse: score the training queries' passages with this "
                                        "teacher first (KIND:MODEL, as llmret annotate; cached by content)")
+    teacher_max_length: int | None = option(None, "tokens the teacher reads: of a pair (cross-encoder, judge: "
+                                                  "default 512) or of a passage (retriever teachers: the model's)")
     task_instructions: bool = option(False, "put each training source's own instruction (its task.json, as the "
                                             "built-in tasks have) before its queries; evaluation then uses each "
                                             "dataset's own")
@@ -153,7 +155,7 @@ def load_tasks(settings: TrainSettings) -> list[list[TrainExample]]:
     if settings.teacher and settings.objective != "cl":
         from llmret.annotate import scored_by
 
-        tasks = [scored_by(task, settings.teacher) for task in tasks]
+        tasks = [scored_by(task, settings.teacher, settings.teacher_max_length) for task in tasks]
     return tasks
 
 
