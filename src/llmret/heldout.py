@@ -27,10 +27,9 @@ def heldout_loss(model: str | Path, data: str, split: str, *, retriever: str, ba
     from llmret.config import EncoderSettings
     from llmret.data.dataset import load_dataset
     from llmret.data.training import resolve_passages
-    from llmret.encoders.dense import DenseEncoder
-    from llmret.encoders.sparse import SparseEncoder
     from llmret.mining import mine_bm25_negatives
     from llmret.registry import resolve_folder
+    from llmret.systems import load_encoder
 
     folder = resolve_folder(data, split)
     dataset = load_dataset(folder, split)
@@ -38,9 +37,8 @@ def heldout_loss(model: str | Path, data: str, split: str, *, retriever: str, ba
     batches = len(examples) // batch_size
     if batches == 0:
         raise ValueError(f"{data} ({split}) has {len(examples)} judged queries, fewer than one batch of {batch_size}")
-    cls = SparseEncoder if retriever == "sparse" else DenseEncoder
-    encoder = cls.load(EncoderSettings(model=str(model), query_max_length=query_max_length,
-                                       passage_max_length=passage_max_length))
+    encoder = load_encoder(retriever, EncoderSettings(model=str(model), query_max_length=query_max_length,
+                                                      passage_max_length=passage_max_length))
     encoder.model.eval()
     loss = InfoNCELoss(temperature, similarity)
     total = 0.0

@@ -72,6 +72,21 @@ class SystemSpec:
         return TrainSettings.from_dict(data)
 
 
+def load_encoder(kind: str, settings: EncoderSettings, *, dataset: dict[str, Any] | None = None,
+                 device: str | None = None) -> Any:
+    """The dense or sparse encoder of ``settings``: what every retriever here, and a saved index's
+    searcher (the service's), encodes with."""
+    if kind == "sparse":
+        from llmret.encoders.sparse import SparseEncoder
+
+        return SparseEncoder.load(settings, device, dataset=dataset)
+    if kind != "dense":
+        raise ValueError(f"an encoder is dense or sparse, not '{kind}'")
+    from llmret.encoders.dense import DenseEncoder
+
+    return DenseEncoder.load(settings, device, dataset=dataset)
+
+
 def make_retriever(kind: str, settings: EncoderSettings | None = None, *, rules: Any = None,
                    work_dir: str | Path | None = None, index: str | None = None, bm25: dict[str, float] | None = None,
                    progress: bool = True) -> Retriever:
@@ -84,17 +99,15 @@ def make_retriever(kind: str, settings: EncoderSettings | None = None, *, rules:
         raise ValueError(f"a {kind} retriever needs encoder settings")
     dataset = rules.encoder_layer() if rules is not None else None
     if kind == "sparse":
-        from llmret.encoders.sparse import SparseEncoder
         from llmret.retrievers.sparse import SparseRetriever
 
-        return SparseRetriever(SparseEncoder.load(settings, dataset=dataset), work_dir=work_dir, index=index or "exact",
+        return SparseRetriever(load_encoder(kind, settings, dataset=dataset), work_dir=work_dir, index=index or "exact",
                                progress=progress)
     if kind != "dense":
         raise ValueError(f"retriever must be one of {', '.join(RETRIEVERS)}, not '{kind}'")
-    from llmret.encoders.dense import DenseEncoder
     from llmret.retrievers.dense import DenseRetriever
 
-    return DenseRetriever(DenseEncoder.load(settings, dataset=dataset), work_dir=work_dir, factory=index or "Flat",
+    return DenseRetriever(load_encoder(kind, settings, dataset=dataset), work_dir=work_dir, factory=index or "Flat",
                           progress=progress)
 
 

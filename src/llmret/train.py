@@ -390,16 +390,13 @@ def _checkpoint_evaluator(settings: TrainSettings) -> Callable[[Path], dict[str,
     """Scores of a saved checkpoint model on ``eval_data`` under that data's rules."""
     from llmret.pipeline import evaluate_retriever
     from llmret.registry import load
-    from llmret.retrievers.dense import DenseRetriever
-    from llmret.retrievers.sparse import SparseRetriever
+    from llmret.systems import make_retriever
 
     data, rules = load(settings.eval_data or "", settings.eval_split)
 
     def evaluate(folder: Path) -> dict[str, float]:
-        cls, retriever = ((SparseEncoder, SparseRetriever) if settings.retriever == "sparse"
-                          else (DenseEncoder, DenseRetriever))
-        encoder = cls.load(EncoderSettings(model=str(folder)), dataset=rules.encoder_layer())
-        result = evaluate_retriever(retriever(encoder), data, folder.parent / "eval", rules=rules)
+        retriever = make_retriever(settings.retriever, EncoderSettings(model=str(folder)), rules=rules, progress=False)
+        result = evaluate_retriever(retriever, data, folder.parent / "eval", rules=rules)
         return result.evaluation.aggregate
 
     return evaluate

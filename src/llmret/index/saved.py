@@ -129,8 +129,7 @@ class Searcher:
     @classmethod
     def open(cls, folders: str | Path | list[str | Path], device: str | None = None) -> Searcher:
         from llmret.config import SPARSE_ONLY, EncoderSettings
-        from llmret.encoders.dense import DenseEncoder
-        from llmret.encoders.sparse import SparseEncoder
+        from llmret.systems import load_encoder
 
         paths = [Path(f) for f in (folders if isinstance(folders, list) else [folders])]
         opened = [open_index(path) for path in paths]
@@ -145,8 +144,7 @@ class Searcher:
         sparse = signature.get("paradigm") == "sparse"
         names = {f.name for f in fields(EncoderSettings)} - (set() if sparse else set(SPARSE_ONLY))
         settings = EncoderSettings(**{k: v for k, v in signature.items() if k in names})
-        cls_ = SparseEncoder if sparse else DenseEncoder
-        encoder = cls_.load(settings, device)
+        encoder = load_encoder("sparse" if sparse else "dense", settings, device=device)
         now = encoder.signature()
         changed = sorted(k for k in set(now) | set(signature) if now.get(k) != signature.get(k))
         if changed:
