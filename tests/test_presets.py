@@ -71,6 +71,8 @@ def test_a_suite_runs_its_studies_and_reports_their_main_tables(study_file: Path
     (suite / "2-lengths.yaml").write_text(yaml.safe_dump({**data, "name": "lengths", "description": "Lengths.",
                                                           "grid": {"encoder.passage_max_length": [12, 20]}}))
     out = tmp_path / "out"
+    unrun = presets.report(presets.load(str(suite), str(out))).read_text()  # a suite reports what has run
+    assert unrun.count("No finished cells yet.") == 2
     assert main(["study", "run", str(suite), "--out", str(out)]) == 0
     assert len(list((out / "train").iterdir())) == 1  # one training for both studies and both lengths
     report = (out / "report.md").read_text()

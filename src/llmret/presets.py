@@ -91,11 +91,14 @@ def report(suite: Suite) -> Path:
     measure) under its description, linking the full report."""
     from llmret import study
 
-    reports = [study.report(spec) for spec in suite.studies]
     if suite.single:
-        return reports[0]
+        return study.report(suite.studies[0])
     lines = [f"# Suite: {suite.name}", ""]
-    for spec, path in zip(suite.studies, reports):
+    for spec in suite.studies:
+        if not any(done for _, _, done in study.status(spec)):
+            lines += [f"## {spec.name}", "", spec.description.strip(), "", "No finished cells yet.", ""]
+            continue
+        path = study.report(spec)
         text = path.read_text(encoding="utf-8").split("\n")
         table = text[text.index(next(t for t in text if t.startswith("## "))):]
         main = table[:table.index("", 2) + 1] if "" in table[2:] else table
