@@ -57,3 +57,9 @@ def test_the_demo_is_the_demo_preset_and_its_options_replace_parts_of_it(tmp_pat
     assert [s.name for s in demo_study(tmp_path, finetune="").systems] == ["bm25", "minilm-l6 (zero-shot)"]
     with pytest.raises(ValueError, match="tasks are among code, docs, long"):
         demo_study(tmp_path, tasks=["nope"])
+    # another backbone takes the preset's model's place in each trained system's label and encoder
+    other = demo_study(tmp_path, finetune="/models/my llama", train_steps=3)
+    trained = [s for s in other.systems if s.train is not None]
+    assert [s.name for s in trained] == ["/models/my llama (LoRA+InfoNCE)", "/models/my llama (sparse LoRA+InfoNCE+FLOPS)"]
+    assert {s.encoder["model"] for s in trained} == {"/models/my llama"} and {s.train["max_steps"] for s in trained} == {3}
+    assert other.source == plain.source == presets.PRESETS / "demo.yaml"  # errors still name the preset file

@@ -54,9 +54,7 @@ def demo_study(out: Path, models: Sequence[str] | None = None, tasks: Sequence[s
         if not tasks or set(tasks) - set(known):
             raise ValueError(f"tasks are among {', '.join(known)}, not {', '.join(tasks) or 'none'}")
         datasets = [known[t] for t in tasks]
-    out_spec = replace(spec, systems=systems, datasets=datasets, out=str(out))
-    out_spec.source = spec.source
-    return out_spec
+    return spec.changed(systems=systems, datasets=datasets, out=str(out))
 
 
 def _fine_tuned(system: SystemSpec, model: str | None, steps: int | None) -> SystemSpec:
@@ -67,7 +65,10 @@ def _fine_tuned(system: SystemSpec, model: str | None, steps: int | None) -> Sys
     if steps is not None:
         train["max_steps"] = steps
     encoder = system.encoder if model is None else {**system.encoder, "model": model}
-    name = system.name if model is None else f"{model} {system.name.split(' ', 1)[1]}"
+    name = system.name
+    if model is not None:  # the label names the backbone: swap it in, or put it first if the label lacks it
+        preset_model = system.encoder["model"]
+        name = name.replace(preset_model, model, 1) if preset_model in name else f"{model} ({name})"
     return replace(system, name=name, encoder=encoder, train=train)
 
 

@@ -10,7 +10,7 @@ zero-shot and long-passage studies all start from one fine-tuned model) train it
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from llmret.config import load_config
@@ -64,7 +64,7 @@ def load(target: str, out: str | None = None) -> Suite:
     if path.is_file():
         spec = StudySpec.read(path)
         if out is not None:
-            spec = _with(spec, out=out)
+            spec = spec.changed(out=out)
         return Suite(spec.name, spec.folder, [spec])
     files = _files(path)
     if not files:
@@ -75,15 +75,8 @@ def load(target: str, out: str | None = None) -> Suite:
         spec = StudySpec.read(file)
         if spec.out is not None or spec.train_dir is not None:
             raise DataError(file, None, "a suite's study sets no out or train_dir: the suite places them")
-        studies.append(_with(spec, out=str(folder / file.stem), train_dir=str(folder / "train")))
+        studies.append(spec.changed(out=str(folder / file.stem), train_dir=str(folder / "train")))
     return Suite(path.name, folder, studies)
-
-
-def _with(spec: StudySpec, **changes: str) -> StudySpec:
-    source = getattr(spec, "source", None)
-    spec = replace(spec, **changes)
-    spec.source = source
-    return spec
 
 
 def report(suite: Suite) -> Path:

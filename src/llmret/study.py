@@ -27,7 +27,7 @@ import re
 import socket
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +123,12 @@ class StudySpec:
             except (DataError, ValueError) as exc:
                 message = str(exc).removeprefix("<input>: ")
                 raise DataError(path, None, f"system '{cell.label}': {message}") from None
+        return spec
+
+    def changed(self, **changes: Any) -> StudySpec:
+        """A copy with ``changes`` that still names the file it was read from, so that its errors do."""
+        spec = replace(self, **changes)
+        spec.source = getattr(self, "source", None)
         return spec
 
     @property
