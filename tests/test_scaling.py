@@ -32,6 +32,13 @@ def test_fit_matches_scipy_linregress_on_logs() -> None:
     assert exact.exponent == pytest.approx(0.5) and exact.coefficient == pytest.approx(2.0) and exact.r2 == pytest.approx(1.0)
     two = fit_power_law([1, 10], [1.0, 2.0])
     assert math.isnan(two.exponent_se) and two.exponent == pytest.approx(math.log10(2))
+    # two models of nearly one size (mini-scaling's decoders: 104M and 111M non-embedding parameters) and
+    # very different scores: b is about -43, a = e^807 is beyond a float, the fit and its values are not
+    steep = fit_power_law([104_123_008, 111_087_936], [62.25, 3.73])
+    ref = linregress(np.log([104_123_008, 111_087_936]), np.log([62.25, 3.73]))
+    assert steep.exponent == pytest.approx(ref.slope) and steep.log_coefficient == pytest.approx(ref.intercept)
+    assert steep.coefficient == math.inf and steep.log_coefficient > 709
+    assert steep(np.array([104_123_008, 111_087_936])) == pytest.approx([62.25, 3.73])
     with pytest.raises(ValueError, match="positive"):
         fit_power_law([1, 10, 100], [0.5, 0.0, 0.2])
     with pytest.raises(ValueError, match="two distinct x"):
@@ -70,6 +77,15 @@ def test_study_report_fits_quality_and_heldout_loss_against_compute_from_the_cel
         assert f"| {fit['group']} | training FLOPs (compute.json: per step x steps) | 3 | {ref.slope:.4f} |" in report
     for figure in ("scaling-nDCG-10-vs-compute.png", "scaling-held-out-loss-vs-compute.png"):
         assert (spec.folder / figure).is_file() and figure in report
+    # budgets within 1.5x of each other are one point on a log scale: named as not fitted, not fitted
+    for cell, flops in zip(study.cells(spec), (1.0e12, 1.1e12, 1.2e12)):
+        compute_file = study._train_folder(spec, cell) / "compute.json"
+        compute = json.loads(compute_file.read_text())
+        compute_file.write_text(json.dumps({**compute, "flops_per_step": flops / compute["steps"]}))
+    report = study.report(spec).read_text()
+    assert json.loads((spec.folder / "scaling.json").read_text()) == [] and "| y: group |" not in report
+    assert "Not fitted, x spanning less than 1.5x: nDCG@10: dense, cl against compute (1.20x); " \
+           "held-out loss: dense, cl against compute (1.20x)." in report
     spec.fits = False  # fits are a scaling study's: other studies' reports have none
     assert "## Scaling" not in study.report(spec).read_text()
     spec.fits = True

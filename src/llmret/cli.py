@@ -115,7 +115,7 @@ def load_encoder(args: argparse.Namespace, rules=None):  # noqa: ANN001, ANN201 
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="BEIR folder, or builtin:code | builtin:docs | builtin:long")
+    p.add_argument("--data", required=True, help="BEIR folder, builtin:code | builtin:docs | builtin:long, or irds:ID (an ir_datasets id)")
     p.add_argument("--split", default="test")
     _add_rules_arg(p)
 
@@ -670,7 +670,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="evaluate a retriever on a dataset, or score a run file")
     p.add_argument("--retriever", choices=["bm25", "dense", "sparse"], default="bm25")
-    p.add_argument("--data", help="BEIR folder, or builtin:code | builtin:docs | builtin:long")
+    p.add_argument("--data", help="BEIR folder, builtin:code | builtin:docs | builtin:long, or irds:ID (an ir_datasets id)")
     p.add_argument("--split", default="test")
     p.add_argument("--out", help="output folder (default results/DATA-RETRIEVER)")
     p.add_argument("--name", help="system name in tables and runs")
@@ -784,7 +784,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("mine", help="hard negatives from a run, without likely false negatives")
     p.add_argument("--run", required=True, help="TREC run over the training queries (BM25 or a trained retriever)")
-    p.add_argument("--data", required=True, help="BEIR folder (or builtin:TASK) with the queries and judgments")
+    p.add_argument("--data", required=True, help="BEIR folder (or builtin:TASK, irds:ID) with the queries and judgments")
     p.add_argument("--split", default="train")
     p.add_argument("--out", required=True, help="Tevatron JSONL training file to write")
     p.add_argument("--depth", nargs=2, type=int, default=[0, 100], metavar=("FROM", "TO"),

@@ -1,7 +1,7 @@
 """Named evaluation data and the rules each is evaluated by: a new benchmark is one entry here.
 
 ``--data`` takes a BEIR folder or a name: ``builtin:code`` (``docs``, ``long``) for the built-in
-dataset. Published numbers follow conventions that change the scores, so each dataset is scored by
+dataset, ``irds:ID`` for an ir_datasets id (converted once to a BEIR folder, :mod:`llmret.data.irds`). Published numbers follow conventions that change the scores, so each dataset is scored by
 the rules of its convention on every path (one-shot evaluation, staged encode/search/evaluate, the
 demo), and ``settings.json`` records which rules were applied:
 
@@ -15,7 +15,8 @@ demo), and ``settings.json`` records which rules were applied:
 - ``plain``: trec_eval's defaults (grade >= 1, nothing dropped), for judgments with no known dataset.
 
 Conventions are found by the data folder's name (``dl19``, ``trec-dl-2020``, ``dev-small``,
-``msmarco`` ...; any other BEIR-layout folder is ``beir``), or named with ``--rules``.
+``msmarco`` ...; any other BEIR-layout folder is ``beir``) or an ir_datasets id's prefix (``beir/``,
+``msmarco-passage/dev``, ``msmarco-passage/trec-dl-20..``), or named with ``--rules``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from llmret.data import builtin
+from llmret.data import builtin, irds
 from llmret.data.corpus import Corpus
 from llmret.data.dataset import RetrievalData, load_dataset
 from llmret.data.qrels import Qrels
@@ -84,9 +85,11 @@ DATASETS: dict[str, str] = {
 
 
 def resolve_folder(spec: str, split: str) -> Path:
-    """A data spec to a BEIR folder: ``builtin:TASK`` or a path."""
+    """A data spec to a BEIR folder: ``builtin:TASK``, ``irds:ID`` or a path."""
     if spec.startswith("builtin:"):
         return builtin.task_folder(spec.split(":", 1)[1], split)
+    if spec.startswith(irds.PREFIX):
+        return irds.folder(spec.removeprefix(irds.PREFIX), split)
     return Path(spec).expanduser()
 
 
@@ -107,7 +110,12 @@ def convention_of(folder: Path) -> str:
 
 def rules_for(folder: Path, convention: str | None = None, *, spec: str = "") -> DatasetRules:
     """The rules of ``folder`` (or of the named ``convention``), with the instruction of a ``task.json`` beside the data."""
-    name = convention or ("builtin" if spec.startswith("builtin:") else convention_of(folder))
+    if convention:
+        name = convention
+    elif spec.startswith(irds.PREFIX):
+        name = irds.convention(spec.removeprefix(irds.PREFIX))
+    else:
+        name = "builtin" if spec.startswith("builtin:") else convention_of(folder)
     if name not in CONVENTIONS:
         raise ValueError(f"unknown evaluation rules '{name}'; known: {', '.join(CONVENTIONS)}")
     rules = CONVENTIONS[name]
@@ -132,4 +140,6 @@ def load(spec: str, split: str = "test", convention: str | None = None) -> tuple
     data = load_dataset(folder, split)
     if spec.startswith("builtin:"):
         data.name = f"{spec.split(':', 1)[1]}-{split}"
+    elif spec.startswith(irds.PREFIX):
+        data.name = spec.removeprefix(irds.PREFIX)
     return data, rules_for(folder, convention, spec=spec)

@@ -18,17 +18,24 @@ import numpy as np
 
 @dataclass
 class PowerLaw:
-    """y = coefficient * x ** exponent, fitted on ``points`` (x, y) pairs."""
+    """y = a * x ** exponent, fitted on ``points`` (x, y) pairs, with a kept as ``log_coefficient`` (ln a):
+    points close together in x (two models of nearly one size) give steep exponents whose a overflows a
+    float, while ln a and every fitted value stay finite."""
 
-    coefficient: float
+    log_coefficient: float
     exponent: float
     exponent_se: float  # standard error of the exponent (nan with two points: no residual to estimate it)
     ci95: tuple[float, float]
     r2: float
     points: int
 
+    @property
+    def coefficient(self) -> float:
+        """a itself (inf where it exceeds a float)."""
+        return math.exp(self.log_coefficient) if self.log_coefficient < 709 else math.inf
+
     def __call__(self, x: np.ndarray | float) -> np.ndarray | float:
-        return self.coefficient * np.power(x, self.exponent)
+        return np.exp(self.log_coefficient + self.exponent * np.log(x))
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -59,4 +66,4 @@ def fit_power_law(x: Sequence[float], y: Sequence[float]) -> PowerLaw:
         half = float(t.ppf(0.975, n - 2)) * se
     else:
         se = half = float("nan")
-    return PowerLaw(math.exp(intercept), slope, se, (slope - half, slope + half), r2, n)
+    return PowerLaw(intercept, slope, se, (slope - half, slope + half), r2, n)

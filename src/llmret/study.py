@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from llmret.config import from_dict, load_config
+from llmret.data import irds
 from llmret.errors import DataError
 from llmret.fileio import atomic_write, read_json, write_json
 from llmret.systems import SystemSpec
@@ -43,12 +44,19 @@ AXIS_SECTIONS = ("train", "encoder")
 
 @dataclass
 class DatasetSpec:
+    """One evaluation dataset: ``data`` (a BEIR folder, ``builtin:TASK`` or ``irds:ID``), its ``split``,
+    its ``rules`` (default: from the data's name) and ``irds``, an ir_datasets id used when ``data`` is
+    not there (a preset names both: a local copy first, else ir_datasets online)."""
+
     data: str
     split: str = "test"
-    rules: str | None = None  # evaluation convention (default: from the data's name)
+    rules: str | None = None
+    irds: str | None = None
 
     @property
     def label(self) -> str:
+        if self.data.startswith(irds.PREFIX):  # the id names its split already
+            return self.data.removeprefix(irds.PREFIX)
         return f"{self.data.removeprefix('builtin:')}/{self.split}"
 
 
@@ -59,6 +67,7 @@ class HeldoutSpec:
     data: str
     split: str = "dev"
     queries: int = 128
+    irds: str | None = None  # as a dataset's: the ir_datasets id used when ``data`` is not there
 
 
 @dataclass
@@ -96,13 +105,13 @@ class StudySpec:
         systems = [_expand_train_paths(s) for s in data["systems"]]
         datasets = [{"data": d} if isinstance(d, str) else d for d in data["datasets"]]
         data = {**data, "systems": [SystemSpec.from_dict(s, path) for s in systems],
-                "datasets": [from_dict(DatasetSpec, {**d, "data": _expand(d.get("data"))} if isinstance(d, dict) else d,
-                                       path) for d in datasets]}
+                "datasets": [_local_or_irds(from_dict(DatasetSpec, {**d, "data": _expand(d.get("data"))}
+                                                      if isinstance(d, dict) else d, path)) for d in datasets]}
         if data.get("heldout") is not None:
             if not isinstance(data["heldout"], dict):
                 raise DataError(path, None, "heldout needs data (and optionally split, queries)")
             held = from_dict(HeldoutSpec, data["heldout"], path)
-            data["heldout"] = HeldoutSpec(_expand(held.data), held.split, held.queries)
+            data["heldout"] = _local_or_irds(replace(held, data=_expand(held.data)))
         spec = from_dict(cls, data, path)
         spec.source = Path(path)
         names = [s.name for s in spec.systems]
@@ -147,15 +156,40 @@ class StudySpec:
             sources = train.get("train_data", [])
             paths += [sources] if isinstance(sources, str) else list(sources)
             paths += [train["corpus"]] if train.get("corpus") else []
-        return list(dict.fromkeys(p for p in paths if not p.startswith("builtin:") and not Path(p).exists()))
+        return list(dict.fromkeys(p for p in paths if not p.startswith(("builtin:", irds.PREFIX))
+                                  and not Path(p).exists()))
 
     def check_data(self) -> None:
-        """Refuse to run with data missing: one message naming every missing path and what to get."""
+        """Refuse to run with data missing, before any work: one message naming every missing path (and
+        the ir_datasets ids that would stand in for datasets), then every ir_datasets id that cannot be
+        fetched (each is converted here, only once nothing local is missing: MS MARCO is large)."""
+        from llmret.registry import resolve_folder
+
+        help_text = f". {self.data_help}" if self.data_help else ""
+        sources = self.datasets + ([self.heldout] if self.heldout else [])
+        ids = list(dict.fromkeys(d.data.removeprefix(irds.PREFIX) for d in sources if d.data.startswith(irds.PREFIX)))
         missing = self.missing_data()
         if missing:
             unset = " (LLMRET_DATA is not set)" if any("$LLMRET_DATA" in p for p in missing) else ""
+            stand_in = f" (ir_datasets would provide: {', '.join(ids)})" if ids else ""
             raise DataError(getattr(self, "source", None), None,
-                            f"data not found{unset}: {', '.join(missing)}" + (f". {self.data_help}" if self.data_help else ""))
+                            f"data not found{unset}: {', '.join(missing)}{stand_in}{help_text}")
+        problems = []
+        for dataset in sources:
+            if dataset.data.startswith(irds.PREFIX):
+                try:
+                    resolve_folder(dataset.data, dataset.split)
+                except DataError as exc:
+                    problems.append(str(exc))
+        if problems:
+            raise DataError(getattr(self, "source", None), None, "; ".join(problems) + help_text)
+
+
+def _local_or_irds(dataset: Any) -> Any:
+    """A dataset or held-out spec reading its ir_datasets id where its local ``data`` is not there."""
+    if dataset.irds and not Path(dataset.data).exists():
+        return replace(dataset, data=irds.PREFIX + dataset.irds)
+    return dataset
 
 
 def _expand(path: Any) -> Any:
@@ -205,8 +239,14 @@ class Cell:
         return _digest({"retriever": self.trained.retriever, "train": data})
 
     def eval_key(self, dataset: DatasetSpec, measures: list[str] | None) -> str:
-        return _digest({"system": {**self.system.to_json(), "name": None}, "dataset": asdict(dataset),
+        return _digest({"system": {**self.system.to_json(), "name": None}, "dataset": _data_key(dataset),
                         "measures": measures})
+
+
+def _data_key(spec: DatasetSpec | HeldoutSpec) -> dict[str, Any]:
+    """What of a dataset or held-out spec decides its numbers: not ``irds``, an alternative that is
+    already resolved into ``data`` (and leaving it out keeps the keys of studies run before it existed)."""
+    return {k: v for k, v in asdict(spec).items() if k != "irds"}
 
 
 def _digest(data: Any) -> str:
@@ -267,7 +307,7 @@ def _trained_model(spec: StudySpec, cell: Cell) -> str | None:
 
 
 def _heldout_file(spec: StudySpec, cell: Cell) -> Path:
-    return _train_folder(spec, cell) / f"heldout-{_digest(asdict(spec.heldout))}.json"
+    return _train_folder(spec, cell) / f"heldout-{_digest(_data_key(spec.heldout))}.json"
 
 
 EXECUTORS = ("local", "ray")
@@ -475,26 +515,39 @@ def scaling_points(spec: StudySpec, rows: list[dict[str, Any]], measure: str,
     return points
 
 
+MIN_SPAN = 1.5  # the least ratio of largest to smallest x a power law is fitted over
+
+
 def _scaling_section(spec: StudySpec, rows: list[dict[str, Any]], measure: str, datasets: list[str]) -> list[str]:
     """Power-law fits of the dataset-mean ``measure`` (and of the held-out loss) against parameters and
-    compute, per group, where a group has at least two distinct x; fits go to ``scaling.json`` and a
-    log-log PNG per scale and quantity."""
+    compute, per group, where a group's x spans at least ``MIN_SPAN`` (points nearer together are one
+    point on a log scale: two decoders of nearly one size, or several models' steps rounded from one
+    budget, would give an exponent of rounding noise, so the report names them as not fitted instead);
+    fits go to ``scaling.json`` and a log-log PNG per scale and quantity."""
     from llmret.scaling import fit_power_law
 
-    fits = []
+    fits, narrow = [], []
     for group, scales in scaling_points(spec, rows, measure, datasets).items():
         for scale, pts in scales.items():
-            if len({x for x, _, _ in pts}) < 2 or any(y <= 0 for _, y, _ in pts):
+            xs = [x for x, _, _ in pts]
+            if len(set(xs)) < 2 or any(y <= 0 for _, y, _ in pts):
                 continue
-            fit = fit_power_law([x for x, _, _ in pts], [y for _, y, _ in pts])
+            if max(xs) / min(xs) < MIN_SPAN:
+                narrow.append(f"{group} against {scale} ({max(xs) / min(xs):.2f}x)")
+                continue
+            fit = fit_power_law(xs, [y for _, y, _ in pts])
             fits.append({"group": group, "against": scale, **fit.to_json(), "data": pts})
-    if not fits:
+    if not fits and not narrow:
         return []
     write_json(spec.folder / "scaling.json", fits)
     lines = ["", f"## Scaling: y = a x^b, y the {measure} mean over datasets"
-             + (f" or the {HELDOUT} on {spec.heldout.data} ({spec.heldout.split})" if spec.heldout else ""), "",
-             "| y: group | against | points | b | SE of b | 95% interval | R^2 |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             + (f" or the {HELDOUT} on {spec.heldout.data} ({spec.heldout.split})" if spec.heldout else ""), ""]
+    if narrow:
+        lines += [f"Not fitted, x spanning less than {MIN_SPAN}x: {'; '.join(narrow)}.", ""]
+    if not fits:
+        return lines
+    lines += ["| y: group | against | points | b | SE of b | 95% interval | R^2 |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
     for f in fits:
         low, high = f["ci95"]
         lines.append(f"| {f['group']} | {SCALES[f['against']]} | {f['points']} | {f['exponent']:.4f} | "
@@ -524,7 +577,7 @@ def _plot_fits(root: Path, scale: str, fits: list[dict[str, Any]], quantity: str
     fig, ax = plt.subplots(figsize=(6, 4))
     for colour, f in enumerate(fits):
         xs = np.array([x for x, _, _ in f["data"]])
-        law = PowerLaw(f["coefficient"], f["exponent"], f["exponent_se"], tuple(f["ci95"]), f["r2"], f["points"])
+        law = PowerLaw(f["log_coefficient"], f["exponent"], f["exponent_se"], tuple(f["ci95"]), f["r2"], f["points"])
         grid = np.geomspace(xs.min(), xs.max(), 50)
         ax.plot(xs, [y for _, y, _ in f["data"]], "o", color=f"C{colour}")
         ax.plot(grid, law(grid), "-", color=f"C{colour}",
