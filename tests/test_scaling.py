@@ -84,6 +84,7 @@ def test_study_report_fits_quality_and_heldout_loss_against_compute_from_the_cel
         compute_file.write_text(json.dumps({**compute, "flops_per_step": flops / compute["steps"]}))
     report = study.report(spec).read_text()
     assert json.loads((spec.folder / "scaling.json").read_text()) == [] and "| y: group |" not in report
+    assert not list(spec.folder.glob("scaling-*.png"))  # the earlier report's fit figures are gone with the fits
     assert "Not fitted, x spanning less than 1.5x: nDCG@10: dense, cl against compute (1.20x); " \
            "held-out loss: dense, cl against compute (1.20x)." in report
     spec.fits = False  # fits are a scaling study's: other studies' reports have none

@@ -537,6 +537,8 @@ def _scaling_section(spec: StudySpec, rows: list[dict[str, Any]], measure: str, 
                 continue
             fit = fit_power_law(xs, [y for _, y, _ in pts])
             fits.append({"group": group, "against": scale, **fit.to_json(), "data": pts})
+    for stale in spec.folder.glob("scaling-*.png"):  # a figure of an earlier report that has no fit now
+        stale.unlink()
     if not fits and not narrow:
         return []
     write_json(spec.folder / "scaling.json", fits)
