@@ -3,7 +3,7 @@
 ``llmret demo`` runs ``llmret/presets/demo.yaml`` like any study (one way to run a grid): BM25, a
 zero-shot retriever, and ``smollm2-135m`` trained briefly on the built-in code task's train split,
 once dense and once sparse on the same batches, each evaluated on every task's test split. It runs
-on a laptop CPU within ten minutes and 4 GB; the zoo models install and convert on first use, and
+on a laptop CPU in about ten minutes and 4 GB; the zoo models install and convert on first use, and
 the built-in dataset builds from this Python's standard library. The options replace parts of the
 preset (which models run zero-shot, which is fine-tuned, as what, for how many steps, on which
 tasks). Finished cells are skipped and a killed training resumes, as in every study; the table goes
