@@ -155,6 +155,7 @@ def test_a_categorical_axis_is_drawn_as_bars_of_the_metrics_files(study_file: Pa
     (lambda s: s["systems"].append({"name": "bm25", "retriever": "bm25"}), "must be unique"),
     (lambda s: s["systems"][2]["train"].update(max_step=3), "unknown setting"),
     (lambda s: s["systems"][1].pop("encoder"), "needs encoder.model"),
+    (lambda s: s.update(datasets=[{"data": "/nowhere", "irds": 5}]), "data and irds are strings, not '/nowhere' and 5"),
 ])
 def test_bad_study_files_are_errors_naming_the_file(study_file: Path, change: object, message: str) -> None:
     spec = yaml.safe_load(study_file.read_text())

@@ -106,12 +106,12 @@ class StudySpec:
         datasets = [{"data": d} if isinstance(d, str) else d for d in data["datasets"]]
         data = {**data, "systems": [SystemSpec.from_dict(s, path) for s in systems],
                 "datasets": [_local_or_irds(from_dict(DatasetSpec, {**d, "data": _expand(d.get("data"))}
-                                                      if isinstance(d, dict) else d, path)) for d in datasets]}
+                                                      if isinstance(d, dict) else d, path), path) for d in datasets]}
         if data.get("heldout") is not None:
             if not isinstance(data["heldout"], dict):
                 raise DataError(path, None, "heldout needs data (and optionally split, queries)")
             held = from_dict(HeldoutSpec, data["heldout"], path)
-            data["heldout"] = _local_or_irds(replace(held, data=_expand(held.data)))
+            data["heldout"] = _local_or_irds(replace(held, data=_expand(held.data)), path)
         spec = from_dict(cls, data, path)
         spec.source = Path(path)
         names = [s.name for s in spec.systems]
@@ -185,8 +185,10 @@ class StudySpec:
             raise DataError(getattr(self, "source", None), None, "; ".join(problems) + help_text)
 
 
-def _local_or_irds(dataset: Any) -> Any:
+def _local_or_irds(dataset: Any, path: str | Path) -> Any:
     """A dataset or held-out spec reading its ir_datasets id where its local ``data`` is not there."""
+    if not isinstance(dataset.data, str) or not isinstance(dataset.irds, (str, type(None))):
+        raise DataError(path, None, f"a dataset's data and irds are strings, not {dataset.data!r} and {dataset.irds!r}")
     if dataset.irds and not Path(dataset.data).exists():
         return replace(dataset, data=irds.PREFIX + dataset.irds)
     return dataset
