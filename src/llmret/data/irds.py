@@ -20,7 +20,7 @@ from typing import Any
 
 from llmret.cache import cache_dir
 from llmret.errors import DataError
-from llmret.fileio import atomic_dir, atomic_write, write_json
+from llmret.fileio import atomic_dir, atomic_write
 
 PREFIX = "irds:"
 
@@ -35,29 +35,33 @@ def convention(dataset_id: str) -> str:
 
 
 def folder(dataset_id: str, split: str = "test") -> Path:
-    """The BEIR folder of ``dataset_id``, converted on first use, with its judgments as ``qrels/<split>.tsv``."""
-    irds = _load(dataset_id)
+    """The BEIR folder of ``dataset_id``, converted on first use, with its judgments as ``qrels/<split>.tsv``.
+    A converted folder is returned without importing ir_datasets (every cell of a study asks again)."""
     out = cache_dir("irds") / _slug(dataset_id)
     qrels = out / "qrels" / f"{split}.tsv"
     if qrels.is_file():
         return out
+    irds, dataset = _load(dataset_id)
     if not (out / "queries.jsonl").is_file():
-        with atomic_dir(out) as tmp:
-            _write_queries(irds, tmp / "queries.jsonl", dataset_id)
-            write_json(tmp / "irds.json", {"id": dataset_id, "docs": irds.docs_parent_id(dataset_id)})
-    corpus = _corpus(irds, dataset_id)
+        with atomic_dir(out) as tmp, _fetching(dataset_id), atomic_write(tmp / "queries.jsonl") as handle:
+            for query in dataset.queries_iter():
+                handle.write(json.dumps({"_id": query.query_id, "text": _text(query)}, ensure_ascii=False) + "\n")
     link = out / "corpus.jsonl"
     if not link.exists():
+        corpus = _corpus(dataset, cache_dir("irds", "corpora", _slug(irds.docs_parent_id(dataset_id))), dataset_id)
         tmp_link = out / ".corpus.jsonl.tmp"
         tmp_link.unlink(missing_ok=True)
         tmp_link.symlink_to(os.path.relpath(corpus, out))
         tmp_link.replace(link)
-    _write_qrels(irds, qrels, dataset_id)
+    with _fetching(dataset_id), atomic_write(qrels) as handle:
+        handle.write("query-id\tcorpus-id\tscore\n")
+        for qrel in dataset.qrels_iter():
+            handle.write(f"{qrel.query_id}\t{qrel.doc_id}\t{int(qrel.relevance)}\n")
     return out
 
 
-def _load(dataset_id: str) -> Any:
-    """The ir_datasets module after checking that it knows ``dataset_id``."""
+def _load(dataset_id: str) -> tuple[Any, Any]:
+    """The ir_datasets module and the dataset, after checking that the id names documents, queries and judgments."""
     try:
         import ir_datasets
     except ImportError:
@@ -68,36 +72,23 @@ def _load(dataset_id: str) -> Any:
     if not (dataset.has_docs() and dataset.has_queries() and dataset.has_qrels()):
         raise DataError(PREFIX + dataset_id, None, "an evaluation id needs documents, queries and judgments; "
                                                    "this one lacks some (pick a subset that has all three)")
-    return ir_datasets
+    return ir_datasets, dataset
 
 
-def _corpus(irds: Any, dataset_id: str) -> Path:
-    """One ``corpus.jsonl`` per document collection (the id's docs parent), written once."""
-    docs_id = irds.docs_parent_id(dataset_id)
-    path = cache_dir("irds", "corpora", _slug(docs_id)) / "corpus.jsonl"
-    if path.is_file():
-        return path
-    with _fetching(dataset_id), atomic_write(path) as handle:
-        for doc in irds.load(dataset_id).docs_iter():
-            fields = doc._fields
-            record = {"_id": doc.doc_id, "title": getattr(doc, "title", "") or "",
-                      "text": doc.text if "text" in fields else doc.default_text()}
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+def _corpus(dataset: Any, folder: Path, dataset_id: str) -> Path:
+    """One ``corpus.jsonl`` per document collection (``folder``: the id's docs parent's), written once."""
+    path = folder / "corpus.jsonl"
+    if not path.is_file():
+        with _fetching(dataset_id), atomic_write(path) as handle:
+            for doc in dataset.docs_iter():
+                record = {"_id": doc.doc_id, "title": getattr(doc, "title", "") or "", "text": _text(doc)}
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     return path
 
 
-def _write_queries(irds: Any, path: Path, dataset_id: str) -> None:
-    with _fetching(dataset_id), atomic_write(path) as handle:
-        for query in irds.load(dataset_id).queries_iter():
-            text = query.text if "text" in query._fields else query.default_text()
-            handle.write(json.dumps({"_id": query.query_id, "text": text}, ensure_ascii=False) + "\n")
-
-
-def _write_qrels(irds: Any, path: Path, dataset_id: str) -> None:
-    with _fetching(dataset_id), atomic_write(path) as handle:
-        handle.write("query-id\tcorpus-id\tscore\n")
-        for qrel in irds.load(dataset_id).qrels_iter():
-            handle.write(f"{qrel.query_id}\t{qrel.doc_id}\t{int(qrel.relevance)}\n")
+def _text(record: Any) -> str:
+    """A document's or query's text field, or ir_datasets' own joining of its fields where it has none."""
+    return record.text if "text" in record._fields else record.default_text()
 
 
 @contextmanager
