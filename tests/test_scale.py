@@ -209,3 +209,53 @@ def test_budget_buys_steps_and_logs_flops_and_checkpoints_are_evaluated(tiny_lla
         train(settings("x", budget_flops=10.0))
     with pytest.raises(ValueError, match="at least 1"):
         train(settings("x", max_train_queries=0))
+
+
+def test_grad_cache_backpropagates_the_cached_loss_before_any_chunk(tiny_llama: Path) -> None:
+    """The order GradCache relies on, recorded: one backward through ``backward`` (the accelerator's) on
+    the loss over detached vectors, when no weight has a gradient yet, then every chunk's own. An engine
+    whose backward also steps (DeepSpeed) would step there on nothing: hence the refusal below."""
+    from helpers import random_texts
+
+    from llmret.losses import InfoNCELoss, ListwiseKDLoss, Objective
+    from llmret.steps import Batch, Criterion, cached_step
+
+    encoder = _lora_encoder(tiny_llama, False, dropout=0.0)
+    texts = random_texts(12, seed=4)
+    batch = Batch(encoder.tokenize(texts[:4], 12), encoder.tokenize(texts[4:12], 20))
+    calls: list[str] = []
+    params = [p for p in encoder.model.parameters() if p.requires_grad]
+    encoder.model.zero_grad(set_to_none=True)
+    real = torch.autograd.backward
+
+    def backward(loss: torch.Tensor) -> None:
+        calls.append("backward:" + ("weights-have-grads" if any(p.grad is not None for p in params) else "no-grads"))
+        real(loss)
+
+    try:
+        torch.autograd.backward = lambda *a, **k: (calls.append("chunk"), real(*a, **k))[1]
+        cached_step(encoder, batch, Criterion(Objective("cl", InfoNCELoss(0.05), ListwiseKDLoss())), 0, 2, backward)
+    finally:
+        torch.autograd.backward = real
+    assert calls[0] == "backward:no-grads" and calls.count("chunk") == 6 and "backward" not in "".join(calls[1:])
+    assert all(p.grad is not None for p in params)
+
+
+def test_grad_cache_under_deepspeed_is_refused_before_any_work(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """No DeepSpeed here: a stand-in accelerator reports the DeepSpeed backend, as accelerate's would."""
+    import accelerate
+    from accelerate.utils import DistributedType
+
+    from llmret.train import TrainSettings, train
+
+    class DeepSpeedStandIn(accelerate.Accelerator):
+        @property
+        def distributed_type(self) -> DistributedType:
+            return DistributedType.DEEPSPEED
+
+    monkeypatch.setattr(accelerate, "Accelerator", DeepSpeedStandIn)
+    settings = TrainSettings(train_data=str(tmp_path / "absent.jsonl"), output_dir=str(tmp_path / "o"), grad_cache=True)
+    with pytest.raises(ValueError, match="grad_cache does not run under DeepSpeed"):
+        train(settings)  # the data is missing too: the backend is checked first
+    assert not (tmp_path / "o").exists()

@@ -30,12 +30,14 @@ def _one_word(kind: str) -> dict[str, str]:
 RECIPES: dict[str, dict[str, Any]] = {
     "lion-sparse": {
         "retriever": "sparse", "learning_rate": 1e-4, "warmup_ratio": 0.04, "group_size": 17, "temperature": 1.0,
+        "kd_student_temperature": 1.0, "margin_temperature": 1.0, "margin_negatives": "one",
         "regularizer": "flops", "query_reg_weight": 0.05, "passage_reg_weight": 0.04, "reg_warmup_ratio": 0.33,
         "lora_target_modules": "all-linear",
         "encoder": {"query_max_length": 64, "passage_max_length": 128, "add_bos": True},
     },
     "lion-dense": {
         "retriever": "dense", "learning_rate": 1e-4, "warmup_ratio": 0.04, "group_size": 17, "temperature": 0.01,
+        "kd_student_temperature": 0.01, "margin_temperature": 0.01, "margin_negatives": "one",
         "lora_target_modules": "all-linear",
         "encoder": {"query_max_length": 64, "passage_max_length": 128, "add_bos": True, "append_eos": False,
                     "pooling": "mean_normalized", "normalize": False},

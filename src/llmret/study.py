@@ -232,12 +232,17 @@ class Cell:
         a later llmret keeps old keys), and the encoder settings training reads; nothing else."""
         from dataclasses import fields
 
-        from llmret.train import TrainSettings
+        from llmret.train import TrainSettings, resolve_temperatures
 
         settings, defaults = self.trained.train_settings(Path(".")), TrainSettings()
         data = {f.name: getattr(settings, f.name) for f in fields(settings)
                 if f.name not in ("output_dir", "encoder") and getattr(settings, f.name) != getattr(defaults, f.name)}
         data["encoder"] = {"model": settings.encoder.model, **settings.encoder.explicit()}
+        if settings.objective != "cl":
+            # The temperatures a distilling objective trains with, as resolved: their defaults once were
+            # 1.0 for every student, so a key without them would reuse trainings made under the old ones.
+            resolved = resolve_temperatures(replace(settings))
+            data["temperatures"] = [resolved.temperature, resolved.kd_student_temperature, resolved.margin_temperature]
         return _digest({"retriever": self.trained.retriever, "train": data})
 
     def eval_key(self, dataset: DatasetSpec, measures: list[str] | None) -> str:

@@ -44,6 +44,7 @@ from llmret.fileio import atomic_dir, read_json
 from llmret.loop import LoopSettings, mixed_precision, run_loop
 from llmret.losses.infonce import InfoNCELoss
 from llmret.losses.kd import ListwiseKDLoss
+from llmret.losses.margin_mse import MarginMSELoss
 from llmret.losses.objective import Objective
 from llmret.recipes import RECIPES, lion_logit_scale, with_recipe
 from llmret.saved import SavedModel
@@ -93,8 +94,15 @@ class TrainSettings:
                                             "built-in tasks have) before its queries; evaluation then uses each "
                                             "dataset's own")
     kd_weight: float = option(0.5, "cl+kd: share of the KL part (0.5 is Lion's (InfoNCE + KL) / 2)")
-    kd_student_temperature: float = option(1.0, "distillation temperature of the student's scores")
+    kd_student_temperature: float | None = option(None, "kd, cl+kd: the student's scores are divided by this in the KL "
+                                                        "(default: the InfoNCE temperature for dense, as Lion's "
+                                                        "T = 0.01 over cosines; 1.0 for sparse dot products)")
     kd_teacher_temperature: float = option(1.0, "distillation temperature of the teacher's scores")
+    margin_temperature: float | None = option(None, "marginmse: the student's margin is divided by this (default as "
+                                                    "kd_student_temperature: Lion's T = 0.01 dense, none sparse)")
+    margin_negatives: str = option("all", "marginmse: all: every hard negative of the group; one: the group's first "
+                                          "(a fresh uniform draw each epoch), Lion's one sampled negative per query",
+                                   choices=("all", "one"))
     similarity: str = option("dot", "InfoNCE similarity: dot (cosine when the encoder normalises) or cos",
                            choices=("dot", "cos"))
     epochs: float = option(1.0, "passes over the training queries")
@@ -145,6 +153,28 @@ class TrainSettings:
         settings.encoder = encoder
         settings.recipe_applied = True  # not a field: train() refuses a recipe named but never applied
         return settings
+
+
+def resolve_temperatures(settings: TrainSettings) -> TrainSettings:
+    """Fill the temperatures left to their defaults, in place: InfoNCE 0.02 for dense (cosines) and 1.0
+    for sparse (raw dot products); the student's KL and margin temperatures follow InfoNCE's, as in Lion,
+    whose dense student divides its cosine scores by the same T = 0.01 in every loss. At 1.0 a cosine
+    student cannot follow a teacher: its distribution over a group stays near uniform."""
+    if settings.temperature is None:
+        settings.temperature = 1.0 if settings.retriever == "sparse" else 0.02
+    if settings.kd_student_temperature is None:
+        settings.kd_student_temperature = settings.temperature
+    if settings.margin_temperature is None:
+        settings.margin_temperature = settings.kd_student_temperature
+    return settings
+
+
+def objective_for(settings: TrainSettings) -> Objective:
+    """The loss ``settings`` train with (their temperatures resolved in place first)."""
+    resolve_temperatures(settings)
+    return Objective(settings.objective, InfoNCELoss(settings.temperature, settings.similarity),
+                     ListwiseKDLoss(settings.kd_student_temperature, settings.kd_teacher_temperature),
+                     settings.kd_weight, MarginMSELoss(settings.margin_temperature, settings.margin_negatives))
 
 
 # ---- data --------------------------------------------------------------------------------------------
@@ -285,6 +315,7 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
     accelerator = Accelerator(mixed_precision=mixed_precision(settings.mixed_precision),
                               gradient_accumulation_steps=settings.grad_accum)
     set_seed(settings.seed, device_specific=True)  # each process draws its own dropout masks
+    check_backend(settings, accelerator)
     if settings.batch_size % accelerator.num_processes:
         # Every process must run as many forward passes as the others, or DDP's collectives deadlock.
         raise ValueError(f"batch_size {settings.batch_size} does not split evenly over {accelerator.num_processes} processes")
@@ -302,11 +333,7 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
     sparse = settings.retriever == "sparse"
     if settings.top_k_in_training and not (sparse and (settings.encoder.query_top_k or settings.encoder.passage_top_k)):
         raise ValueError("top_k_in_training needs a sparse retriever with query_top_k or passage_top_k")
-    if settings.temperature is None:  # resolved here, so the saved config shows the value used
-        settings.temperature = 1.0 if sparse else 0.02
-    objective = Objective(settings.objective, InfoNCELoss(settings.temperature, settings.similarity),
-                          ListwiseKDLoss(settings.kd_student_temperature, settings.kd_teacher_temperature),
-                          settings.kd_weight)
+    objective = objective_for(settings)  # resolves the temperatures: the saved config shows the values used
     tasks = load_tasks(settings)
     examples = [e for task in tasks for e in task]
     if objective.needs_teacher:
@@ -384,6 +411,20 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
                     prepared=use_prepared, callbacks=[EvalCallback(settings.eval_steps, evaluate), *callbacks],
                     on_step=on_step, flops_per_token=compute.flops_per_token,
                     records={"compute.json": {**compute.to_json(), "steps": total}})
+
+
+def check_backend(settings: TrainSettings, accelerator: Any) -> None:
+    """Refuse GradCache under DeepSpeed, before any work. GradCache backpropagates the loss over the
+    cached vectors first (through ``accelerator.backward``, for loss scaling and accumulation) and the
+    chunks' forward passes after it; under DeepSpeed that backward also steps the engine, so the
+    optimizer would step before the batch's gradients exist, and every chunk's backward would count as
+    a micro-step. FSDP and DDP step only where the loop says (after the last chunk)."""
+    from accelerate.utils import DistributedType
+
+    if settings.grad_cache and accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ValueError("grad_cache does not run under DeepSpeed (its backward also steps the optimizer, before "
+                         "the chunks' gradients exist): launch with FSDP (llmret launch-config fsdp) or DDP, or "
+                         "train without grad_cache")
 
 
 def _checkpoint_evaluator(settings: TrainSettings) -> Callable[[Path], dict[str, float]]:

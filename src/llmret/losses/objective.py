@@ -1,7 +1,8 @@
 """Training objectives: named loss parts, weighted and summed, so the loop logs each part.
 
 ``cl`` is InfoNCE (in-batch and hard negatives); ``kd`` listwise KL from teacher scores; ``cl+kd`` the
-Lion recipe's (InfoNCE + KL) / 2 (``kd_weight`` moves the balance); ``marginmse`` MarginMSE.
+Lion recipe's (InfoNCE + KL) / 2 (``kd_weight`` moves the balance); ``marginmse`` MarginMSE (what the
+Lion "KD" scripts train).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ OBJECTIVES = ("cl", "kd", "cl+kd", "marginmse")
 class Objective(torch.nn.Module):
     """The parts an objective is made of, with their weights; :meth:`forward` returns every part and ``loss``."""
 
-    def __init__(self, kind: str, infonce: InfoNCELoss, kd: ListwiseKDLoss, kd_weight: float = 0.5) -> None:
+    def __init__(self, kind: str, infonce: InfoNCELoss, kd: ListwiseKDLoss, kd_weight: float = 0.5,
+                 margin: MarginMSELoss | None = None) -> None:
         super().__init__()
         if kind not in OBJECTIVES:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, not '{kind}'")
@@ -27,7 +29,7 @@ class Objective(torch.nn.Module):
             "cl": {"ranking": (infonce, 1.0)},
             "kd": {"kd": (kd, 1.0)},
             "cl+kd": {"ranking": (infonce, 1.0 - kd_weight), "kd": (kd, kd_weight)},
-            "marginmse": {"margin_mse": (MarginMSELoss(), 1.0)},
+            "marginmse": {"margin_mse": (margin or MarginMSELoss(), 1.0)},
         }[kind]
 
     @property
