@@ -83,3 +83,62 @@ def test_distillation_without_scores_names_the_line(tiny_llama: Path, tmp_path: 
                              group_size=3, max_steps=1, encoder=EncoderSettings(model=str(tiny_llama)))
     with pytest.raises(DataError, match=r"partly.jsonl:6: objective 'kd' needs a teacher 'score' on every passage; 'd12'"):
         train(settings)
+
+
+def _numeric_ids_file(path: Path) -> Path:
+    """Training groups with MS MARCO-like numeric ids and no scores of their own."""
+    docs = random_texts(12, seed=3, min_words=6)
+    examples = [TrainExample(str(100 + i), " ".join(docs[i].split()[:3]), [Passage(str(i), docs[i])],
+                             [Passage(str((i + k) % 12), docs[(i + k) % 12]) for k in (2, 5)]) for i in range(12)]
+    write_training(path, examples)
+    return path
+
+
+def test_sentence_transformers_score_files_are_read_as_they_are(tiny_llama: Path, tmp_path: Path) -> None:
+    """The layout of sentence-transformers' MS MARCO cross-encoder scores: a gzipped pickle of
+    {int qid: {int pid: float}}; JSON copies have string keys. Both train KD; a hole is an error."""
+    import gzip
+    import pickle
+
+    data = _numeric_ids_file(tmp_path / "train.jsonl")
+    scores = {100 + i: {j: float(np.cos(i + 3 * j)) for j in range(12)} for i in range(12)}
+    with gzip.open(tmp_path / "ce-scores.pkl.gz", "wb") as handle:
+        pickle.dump(scores, handle)
+    (tmp_path / "ce-scores.json").write_text(json.dumps({str(q): {str(p): s for p, s in row.items()}
+                                                         for q, row in scores.items()}))
+    from llmret.train import load_tasks
+
+    for name in ("ce-scores.pkl.gz", "ce-scores.json"):
+        settings = TrainSettings(train_data=str(data), objective="kd", teacher_scores=str(tmp_path / name))
+        example = load_tasks(settings)[0][3]
+        assert [p.score for p in example.positives + example.negatives] == \
+            [scores[103][int(p.docid)] for p in example.positives + example.negatives]
+    out = tmp_path / "run"
+    train(TrainSettings(train_data=str(data), output_dir=str(out), objective="cl+kd", batch_size=4, group_size=3,
+                        max_steps=1, lora_r=4, teacher_scores=str(tmp_path / "ce-scores.pkl.gz"),
+                        encoder=EncoderSettings(model=str(tiny_llama))))
+    assert (out / "final" / "llmret.json").is_file()
+    del scores[105][(5 + 5) % 12]
+    (tmp_path / "holed.json").write_text(json.dumps({str(q): {str(p): s for p, s in row.items()}
+                                                     for q, row in scores.items()}))
+    with pytest.raises(DataError, match=r"holed.json: query '105': no score for passage '10' \(.*train.jsonl:6\)"):
+        load_tasks(TrainSettings(train_data=str(data), objective="kd", teacher_scores=str(tmp_path / "holed.json")))
+
+
+def test_a_score_pickle_that_would_run_code_is_refused(tmp_path: Path) -> None:
+    import os
+    import pickle
+
+    from llmret.data.teacher_scores import read_teacher_scores
+
+    class Evil:
+        def __reduce__(self):  # noqa: ANN204 - what a hostile pickle does
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"1": {"2": Evil()}}))
+    with pytest.raises(DataError, match="evil.pkl: cannot read teacher scores: refusing to load"):
+        read_teacher_scores(tmp_path / "evil.pkl")
+    assert not (tmp_path / "pwned").exists()
+    (tmp_path / "cut.pkl.gz").write_bytes(b"\x1f\x8b\x08\x00")
+    with pytest.raises(DataError, match="cut.pkl.gz: not a complete gzip file"):
+        read_teacher_scores(tmp_path / "cut.pkl.gz")

@@ -9,7 +9,7 @@ import logging
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from llmret.config import EncoderSettings, from_dict, load_config
 from llmret.curves import DEFAULT_KEYS  # light: matplotlib is imported only when drawing
@@ -387,6 +387,9 @@ def cmd_study(args: argparse.Namespace) -> int:
     if args.target is None:
         raise ValueError(f"study {args.action} needs a study file, suite folder or preset name (llmret study list)")
     suite = presets.load(args.target, args.out)
+    if args.action == "plan":
+        _print_plan(suite, args.json)
+        return 0
     if args.action == "run":
         for spec in suite.studies:
             spec.check_data()  # every study's data, before the first cell runs
@@ -404,6 +407,28 @@ def cmd_study(args: argparse.Namespace) -> int:
         return 0
     print(f"report in {presets.report(suite)}")
     return 0
+
+
+def _print_plan(suite: Any, as_json: bool) -> None:
+    """``study plan``: every cell's resolved settings and where each came from, as JSON or as text."""
+    import json
+
+    from llmret import study
+
+    plans = {spec.name: study.plan(spec) for spec in suite.studies}
+    if as_json:
+        print(json.dumps(plans if not suite.single else next(iter(plans.values())), indent=1, default=str))
+        return
+    for name, cells in plans.items():
+        for cell in cells:
+            print(f"{'' if suite.single else name + ': '}{cell['cell']} ({cell['retriever']})")
+            for section in ("train", "evaluation"):
+                for key, entry in cell.get(section, {}).items():
+                    print(f"  {section}.{key} = {entry['value']!r}  [{entry['from']}]")
+            for override in cell.get("recipe_overrides", []):
+                print(f"  ! {override['key']}: {override['value']!r} from {override['layer']} replaces "
+                      f"{override['recipe']}'s {override['replaced']!r}")
+            print(f"  datasets: {', '.join(cell['datasets'])}; measures: {cell['measures'] or 'each convention'}")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -525,15 +550,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from llmret.train import TrainSettings, train
 
     data = load_config(args.config) if args.config else {}
-    if args.recipe:
-        data["recipe"] = args.recipe
-    settings = TrainSettings.from_dict(data, args.config)
-    for f in fields(TrainSettings):
-        if getattr(args, f.name, None) is not None and f.name != "encoder":
-            setattr(settings, f.name, getattr(args, f.name))
-    for f in fields(EncoderSettings):
-        if f.name != "batch_size" and getattr(args, f.name, None) is not None:
-            setattr(settings.encoder, f.name, getattr(args, f.name))
+    flags = {f.name: getattr(args, f.name, None) for f in fields(TrainSettings) if f.name != "encoder"}
+    flags["encoder"] = {f.name: getattr(args, f.name, None) for f in fields(EncoderSettings) if f.name != "batch_size"}
+    settings = TrainSettings.from_layers([("config", data), ("flags", flags)], args.config)
     final = train(settings, resume=args.resume, force=args.force)
     print(f"trained model in {final}")
     return 0
@@ -700,7 +719,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("study", help="run, follow and report a study: a grid of systems x datasets from a YAML file")
-    p.add_argument("action", choices=["run", "status", "report", "list"], help="list: the presets")
+    p.add_argument("action", choices=["run", "plan", "status", "report", "list"],
+                   help="plan: every cell's resolved settings and where each came from, running nothing; "
+                        "list: the presets")
+    p.add_argument("--json", action="store_true", help="plan: as JSON")
     p.add_argument("target", nargs="?", help="study file (YAML; see the README), suite folder, or preset name")
     p.add_argument("--out", help="output folder (default: the study's out, or results/NAME)")
     p.add_argument("--executor", choices=["local", "ray"], default="local",

@@ -47,6 +47,7 @@ class LoopSettings:
     config_name: str = "train_config.yaml"  # the settings used, checked on resume
     micro_batch: int | None = None  # queries (or texts) per process per micro-step: DeepSpeed's own config asks
     name: str = "training"  # progress bar label
+    schedule_steps: int | None = None  # the learning-rate schedule's length, where it outlasts the run (MNTP)
 
 
 def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -207,7 +208,8 @@ def run_loop(accelerator: Any, model: torch.nn.Module, micro_step: MicroStep, to
     # The scheduler stays out of accelerator.prepare: prepared, it steps once per process, which is
     # right only when each process takes its own batches; here every process takes a share of the
     # same global batch, so the rate must follow the global step (stepped below once per update).
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total), total)
+    length = max(settings.schedule_steps or total, total)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * length), length)
     from accelerate.utils import DistributedType
 
     if accelerator.distributed_type == DistributedType.DEEPSPEED and settings.micro_batch:

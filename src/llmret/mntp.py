@@ -10,7 +10,10 @@ the mask token, "_" for decoders that have none, 10% a random token, 10% stay), 
 to end into blocks of ``max_length`` tokens (no padding), and LoRA has dropout.
 
 The result is merged into a plain causal-LM folder whose ``llmret.json`` says it is bidirectional,
-so ``llmret train --model FOLDER`` (dense or sparse) starts from it with full attention.
+so ``llmret train --model FOLDER`` (dense or sparse) starts from it with full attention; the adapter
+is kept unmerged in its ``adapter/`` folder, which ``llmret train --continue-adapter`` trains further
+for retrieval (as Lion does, keeping the MNTP adapter's rank, alpha and dropout 0.05) where a fresh
+LoRA over the merged weights is the default.
 """
 
 from __future__ import annotations
@@ -36,11 +39,15 @@ from llmret.saved import SavedModel
 
 log = logging.getLogger(__name__)
 
+ADAPTER = "adapter"  # the MNTP LoRA adapter, unmerged, inside the merged model's folder
+
 
 @dataclass
 class MNTPSettings:
-    """MNTP settings; each field is an ``llmret mntp`` flag. Defaults are CPU-sized; Lion's run is
-    ``--batch-size 32 --max-length 512 --max-steps 10000`` (the rest are its values)."""
+    """MNTP settings; each field is an ``llmret mntp`` flag. Defaults are CPU-sized. Lion's run
+    (train_configs/mntp/meta_llama3_*_msmarco.json and run_mntp.py) is ``--batch-size 32 --max-length 512
+    --max-steps 10000 --schedule-epochs 1 --learning-rate 5e-5 --warmup-ratio 0 --mixed-precision bf16`` on
+    the MS MARCO passages, with LoRA r 16, alpha 32, dropout 0.05 and 20% of the tokens chosen, as here."""
 
     model: str = option("smollm2-135m", "the decoder to adapt (zoo name, folder, .gguf or hub id)")
     data: str = option("builtin:code", "corpus to adapt on: builtin:TASK, a BEIR folder or a corpus JSONL")
@@ -51,7 +58,13 @@ class MNTPSettings:
     pack: bool = option(True, "join texts end to end and cut blocks of max_length (no padding), as run_mlm does")
     mask_ratio: float = option(0.2, "share of tokens chosen for prediction")
     mask_token: str | None = option(None, "the mask token's text (default: the tokenizer's, else '_')")
-    learning_rate: float = option(1e-4, "peak learning rate (a tenth of the steps to warm up, then linear decay)")
+    learning_rate: float = option(1e-4, "peak learning rate (warm-up, then linear decay)")
+    warmup_ratio: float = option(0.1, "share of the schedule spent warming up (Lion: 0)")
+    schedule_epochs: float | None = option(None, "the linear decay spans this many epochs of blocks even where "
+                                                 "max_steps stops earlier (Lion: 1, stopped at 10,000 steps); "
+                                                 "default: it ends at max_steps")
+    mixed_precision: str = option("auto", "auto: bf16 where the GPU supports it (Lion trains MNTP in bf16), else none",
+                                  choices=("auto", "no", "bf16", "fp16"))
     lora_r: int = option(16, "LoRA rank")
     lora_alpha: int = option(32, "LoRA alpha")
     lora_dropout: float = option(0.05, "LoRA dropout")
@@ -128,9 +141,9 @@ def run_mntp(settings: MNTPSettings, *, resume: bool = False, force: bool = Fals
     from peft import LoraConfig, get_peft_model
 
     from llmret.backbone import load_backbone
-    from llmret.loop import LoopSettings, run_loop
+    from llmret.loop import LoopSettings, mixed_precision, run_loop
 
-    accelerator = Accelerator()
+    accelerator = Accelerator(mixed_precision=mixed_precision(settings.mixed_precision))
     set_seed(settings.seed)
     texts = corpus_texts(settings.data)  # bad data fails before the model loads
     if settings.batch_size % accelerator.num_processes:
@@ -173,15 +186,21 @@ def run_mntp(settings: MNTPSettings, *, resume: bool = False, force: bool = Fals
     def save_model(unwrapped: torch.nn.Module, folder: Path, state_dict: dict[str, torch.Tensor] | None) -> None:
         if state_dict is not None:  # gathered from FSDP / ZeRO-3 shards: the full weights, adapters included
             unwrapped.load_state_dict(state_dict)
-        merged = unwrapped.merge_and_unload()  # only at the end: merging changes the model
+        info = replace(backbone.info, bidirectional=True)
         with atomic_dir(folder) as tmp:
+            # The adapter itself too, before merging: Lion trains its MNTP adapter further for retrieval
+            # (``train --continue-adapter``) instead of a fresh one over the merged weights.
+            unwrapped.save_pretrained(tmp / ADAPTER)
+            SavedModel(base_model=settings.model, lora=True, model_info=info,
+                       adaptation={"mntp": to_dict(settings)}).write(tmp / ADAPTER)
+            merged = unwrapped.merge_and_unload()  # only at the end: merging changes the model
             merged.save_pretrained(tmp)
             tok.save_pretrained(tmp)
-            SavedModel(base_model=settings.model, model_info=replace(backbone.info, bidirectional=True),
-                       adaptation={"mntp": to_dict(settings)}).write(tmp)
+            SavedModel(base_model=settings.model, model_info=info, adaptation={"mntp": to_dict(settings)}).write(tmp)
 
-    loop = LoopSettings(settings.output_dir, settings.learning_rate, warmup_ratio=0.1, max_grad_norm=1.0,
-                        save_steps=settings.save_steps, logging_steps=settings.logging_steps,
-                        config_name="mntp_config.yaml", name="mntp")
+    schedule = math.ceil(per_epoch * settings.schedule_epochs) if settings.schedule_epochs else None
+    loop = LoopSettings(settings.output_dir, settings.learning_rate, warmup_ratio=settings.warmup_ratio,
+                        max_grad_norm=1.0, save_steps=settings.save_steps, logging_steps=settings.logging_steps,
+                        config_name="mntp_config.yaml", name="mntp", schedule_steps=schedule)
     return run_loop(accelerator, model, micro_step, settings.max_steps, loop, to_dict(settings), save_model=save_model,
                     resume=resume, force=force, on_step=on_step)

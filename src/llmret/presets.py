@@ -16,9 +16,7 @@ from pathlib import Path
 from llmret.config import load_config
 from llmret.errors import DataError
 from llmret.fileio import atomic_write
-from llmret.study import StudySpec
-
-PRESETS = Path(__file__).parent / "presets"
+from llmret.study import PRESETS, StudySpec
 
 
 @dataclass

@@ -52,19 +52,6 @@ RECIPES: dict[str, dict[str, Any]] = {
 ENCODER_RECIPES = tuple(name for name, r in RECIPES.items() if set(r) <= {"retriever", "encoder"})
 
 
-def with_recipe(data: dict[str, Any]) -> dict[str, Any]:
-    """``data`` (settings as a config file gives them) over its ``recipe``'s values; nested encoder
-    settings are merged key by key, so a config's own encoder keys win one by one."""
-    name = data.get("recipe")
-    if name is None:
-        return data
-    if name not in RECIPES:
-        raise ValueError(f"unknown recipe '{name}'; known: {', '.join(RECIPES)}")
-    merged = copy.deepcopy(RECIPES[name])
-    encoder = {**merged.pop("encoder", {}), **(data.get("encoder") or {})}
-    return {**merged, **data, "encoder": encoder}
-
-
 def encoder_recipe(name: str, retriever: str) -> dict[str, Any]:
     """The encoder settings of recipe ``name`` (for encoding and evaluating without training)."""
     if name not in ENCODER_RECIPES:

@@ -40,6 +40,7 @@ from llmret.systems import SystemSpec
 log = logging.getLogger(__name__)
 
 AXIS_SECTIONS = ("train", "encoder")
+PRESETS = Path(__file__).parent / "presets"  # the study files llmret ships (llmret study list)
 
 
 @dataclass
@@ -128,7 +129,7 @@ class StudySpec:
             try:
                 cell.system.encoder_settings()
                 if cell.system.train is not None:
-                    cell.trained.train_settings(Path("unused"))
+                    cell.train_settings(Path("unused"))
             except (DataError, ValueError) as exc:
                 message = str(exc).removeprefix("<input>: ")
                 raise DataError(path, None, f"system '{cell.label}': {message}") from None
@@ -155,7 +156,7 @@ class StudySpec:
             train = system.train or {}
             sources = train.get("train_data", [])
             paths += [sources] if isinstance(sources, str) else list(sources)
-            paths += [train["corpus"]] if train.get("corpus") else []
+            paths += [train[key] for key in ("corpus", "teacher_scores") if train.get(key)]
         return list(dict.fromkeys(p for p in paths if not p.startswith(("builtin:", irds.PREFIX))
                                   and not Path(p).exists()))
 
@@ -199,11 +200,11 @@ def _expand(path: Any) -> Any:
 
 
 def _expand_train_paths(system: Any) -> Any:
-    """A raw system mapping with ``train.train_data`` and ``train.corpus`` expanded."""
+    """A raw system mapping with the paths of ``train`` (data, corpus, teacher scores) expanded."""
     if not isinstance(system, dict) or not isinstance(system.get("train"), dict):
         return system
     train = dict(system["train"])
-    for key in ("train_data", "corpus"):
+    for key in ("train_data", "corpus", "teacher_scores"):
         value = train.get(key)
         train[key] = [_expand(v) for v in value] if isinstance(value, list) else _expand(value)
         if value is None:
@@ -220,6 +221,14 @@ class Cell:
     axes: dict[str, Any]
     system: SystemSpec
     trained: SystemSpec
+    origin: SystemSpec  # as the study file wrote it, before any axis
+    layer: str = "study"  # what the study file is called in the settings' origins: "study", or "preset NAME"
+
+    def train_settings(self, output_dir: Path, stage: str | None = None) -> Any:
+        """The cell's TrainSettings: recipe < the study's system < the ``train.*`` grid values < ``stage``
+        (the folder of the MNTP stage it starts from, once run)."""
+        grid = {axis.removeprefix("train."): value for axis, value in self.axes.items() if axis.startswith("train.")}
+        return self.origin.train_settings(output_dir, grid, self.layer, stage)
 
     @property
     def label(self) -> str:
@@ -234,10 +243,12 @@ class Cell:
 
         from llmret.train import TrainSettings, resolve_temperatures
 
-        settings, defaults = self.trained.train_settings(Path(".")), TrainSettings()
+        settings, defaults = self.train_settings(Path(".")), TrainSettings()
         data = {f.name: getattr(settings, f.name) for f in fields(settings)
                 if f.name not in ("output_dir", "encoder") and getattr(settings, f.name) != getattr(defaults, f.name)}
         data["encoder"] = {"model": settings.encoder.model, **settings.encoder.explicit()}
+        if self.system.mntp is not None:  # the stage the training starts from, by its settings
+            data["mntp"] = mntp_key(self)
         if settings.objective != "cl":
             # The temperatures a distilling objective trains with, as resolved: their defaults once were
             # 1.0 for every student, so a key without them would reuse trainings made under the old ones.
@@ -264,8 +275,17 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:60]
 
 
+def _layer_name(spec: StudySpec) -> str:
+    """What a study's own settings are called among the layers: "preset NAME" for a shipped preset."""
+    source = getattr(spec, "source", None)
+    if source is None or PRESETS not in Path(source).resolve().parents:
+        return "study"
+    return "preset " + Path(source).resolve().relative_to(PRESETS).parts[0].removesuffix(".yaml")
+
+
 def cells(spec: StudySpec) -> list[Cell]:
     """Every system crossed with the grid axes that apply to it, in file order."""
+    layer = _layer_name(spec)
     out = []
     for system in spec.systems:
         axes = [a for a in spec.grid if (a.startswith("train.") and system.train is not None)
@@ -278,8 +298,58 @@ def cells(spec: StudySpec) -> list[Cell]:
                     if axis.startswith(f"{section}."):
                         data[section] = {**(data[section] or {}), axis.split(".", 1)[1]: value}
                 trained = trained or SystemSpec(**copy.deepcopy(data))
-            out.append(Cell(system.name, dict(zip(axes, values)), SystemSpec(**data), trained))
+            out.append(Cell(system.name, dict(zip(axes, values)), SystemSpec(**data), trained, system, layer))
     return out
+
+
+def plan(spec: StudySpec) -> list[dict[str, Any]]:
+    """Every cell as it would run, nothing run or loaded: its training settings fully resolved (each
+    ``{"value", "from"}``: the layer that set it, or ``default``; temperatures left to their default show
+    the value training resolves, from ``default (resolved)``), the recipe values a layer replaced, the
+    training folder, and the evaluation encoder's settings (unset ones come from the model when it loads)
+    with the datasets and measures."""
+    from dataclasses import fields as dataclass_fields
+
+    from llmret.train import resolve_temperatures
+
+    out = []
+    for cell in cells(spec):
+        entry: dict[str, Any] = {"cell": cell.label, "system": cell.base, "retriever": cell.system.retriever,
+                                 "axes": cell.axes}
+        if cell.system.train is not None:
+            settings = cell.train_settings(Path("unused"))
+            origins = dict(getattr(settings, "origins", {}))
+            resolved = resolve_temperatures(replace(settings))
+            values = {f.name: getattr(resolved, f.name) for f in dataclass_fields(settings)
+                      if f.name not in ("encoder", "output_dir")}
+            values |= {f"encoder.{k}": v for k, v in asdict(settings.encoder).items() if v is not None}
+            entry["train"] = {key: {"value": value, "from": origins.get(key) or (
+                "default (resolved)" if value != _field_value(settings, key) else "default")}
+                for key, value in values.items()}
+            entry["recipe_overrides"] = [asdict(o) for o in getattr(settings, "overrides", [])]
+            entry["train_folder"] = str(_train_folder(spec, cell))
+            if cell.system.mntp is not None:
+                stage = asdict(cell.system.mntp_settings(_stage_folder(spec, cell)))
+                given = {*cell.system.mntp, "model"}
+                entry["stage"] = {"mntp": {key: {"value": value, "from": cell.layer if key in given else
+                                                 ("study" if key == "output_dir" else "default")}
+                                           for key, value in stage.items()}}
+                entry["train"]["encoder.model"] = {"value": f"{stage['output_dir']}/final", "from": "stage mntp"}
+        if cell.system.retriever != "bm25":
+            grid = {a.removeprefix("encoder."): v for a, v in cell.axes.items() if a.startswith("encoder.")}
+            layered = cell.origin.encoder_layers(grid, cell.layer)
+            entry["evaluation"] = {f"encoder.{key}": {"value": value, "from": layered.origins[f"encoder.{key}"]}
+                                   for key, value in layered.values.get("encoder", {}).items()}
+        elif cell.system.bm25:
+            entry["evaluation"] = {f"bm25.{k}": {"value": v, "from": cell.layer} for k, v in cell.system.bm25.items()}
+        entry["datasets"] = [d.label for d in spec.datasets]
+        entry["measures"] = spec.measures
+        out.append(entry)
+    return out
+
+
+def _field_value(settings: Any, key: str) -> Any:
+    return getattr(settings.encoder, key.removeprefix("encoder.")) if key.startswith("encoder.") else getattr(settings, key)
 
 
 def _train_folder(spec: StudySpec, cell: Cell) -> Path:
@@ -288,9 +358,35 @@ def _train_folder(spec: StudySpec, cell: Cell) -> Path:
     return spec.train_root / f"{cell.trained.retriever}-{cell.train_key()}"
 
 
+def mntp_key(cell: Cell) -> str:
+    """The key of a cell's MNTP stage: its settings as resolved, the output folder left out."""
+    settings = asdict(cell.system.mntp_settings(Path(".")))
+    settings.pop("output_dir")
+    return _digest(settings)
+
+
+def _stage_folder(spec: StudySpec, cell: Cell) -> Path | None:
+    """Where a cell's MNTP stage goes (shared by every cell with the same stage), or None without one."""
+    return spec.train_root / f"mntp-{mntp_key(cell)}" if cell.system.mntp is not None else None
+
+
+def run_stage(spec: StudySpec, cell: Cell) -> str | None:
+    """Run the cell's MNTP stage unless it finished (resuming a killed one); its model folder, or None."""
+    folder = _stage_folder(spec, cell)
+    if folder is None:
+        return None
+    final = folder / "final"
+    if not (final / "llmret.json").is_file():
+        from llmret.mntp import run_mntp
+
+        log.info("MNTP stage of %s into %s", cell.label, folder)
+        run_mntp(cell.system.mntp_settings(folder), resume=(folder / "mntp_config.yaml").is_file())
+    return str(final)
+
+
 def _trained_model(spec: StudySpec, cell: Cell) -> str | None:
-    """Train the cell's system (resuming a killed run) unless an identical training finished already;
-    then measure its held-out loss, once, if the study asks."""
+    """Train the cell's system (resuming a killed run) unless an identical training finished already,
+    after its MNTP stage if it has one; then measure its held-out loss, once, if the study asks."""
     if cell.system.train is None:
         return None
     from llmret.train import train
@@ -298,8 +394,9 @@ def _trained_model(spec: StudySpec, cell: Cell) -> str | None:
     folder = _train_folder(spec, cell)
     final = folder / "final"
     if not (final / "llmret.json").is_file():
+        stage = run_stage(spec, cell)
         log.info("training %s into %s", cell.label, folder)
-        train(cell.trained.train_settings(folder), resume=(folder / "train_config.yaml").is_file())
+        train(cell.train_settings(folder, stage), resume=(folder / "train_config.yaml").is_file())
     if spec.heldout is not None and not _heldout_file(spec, cell).is_file():
         from llmret.heldout import heldout_loss
 
@@ -417,6 +514,11 @@ def _run_on_ray(spec: StudySpec, units: list[list[Cell]], address: str | None, c
     if started:
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
     try:
+        # Each MNTP stage once, before the trainings that start from it (units sharing one run in parallel)
+        stages = {str(_stage_folder(spec, c)): c for unit in pending for c in unit if c.system.mntp is not None}
+        if stages:
+            stage_task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(run_stage)
+            ray.get([stage_task.remote(spec, cell) for cell in stages.values()])
         task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(run_cells)
         log.info("%d work units to Ray (%s CPU, %s GPU each)", len(pending), cpus, gpus)
         for done in ray.get([task.remote(spec, unit) for unit in pending]):

@@ -15,6 +15,7 @@ from typing import Any
 
 from llmret.config import EncoderSettings, from_dict
 from llmret.errors import DataError
+from llmret.layers import Layered, merge
 from llmret.retrievers.base import Retriever
 
 RETRIEVERS = ("bm25", "dense", "sparse")
@@ -35,6 +36,7 @@ class SystemSpec:
     index: str | None = None
     bm25: dict[str, float] = field(default_factory=dict)
     train: dict[str, Any] | None = None
+    mntp: dict[str, Any] | None = None  # a first stage: MNTP settings (not model, output_dir) the training starts after
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | Path | None = None) -> SystemSpec:
@@ -45,31 +47,59 @@ class SystemSpec:
         if spec.retriever != "bm25" and "model" not in spec.encoder:
             raise DataError(source, None, f"system '{spec.name}': a {spec.retriever} system needs encoder.model")
         from_dict(EncoderSettings, spec.encoder, source)  # unknown encoder keys fail here, before any work
+        if spec.mntp is not None:
+            if spec.train is None:
+                raise DataError(source, None, f"system '{spec.name}': an mntp stage comes before a training; add train")
+            spec.mntp_settings(Path("unused"), source)
         return spec
+
+    def mntp_settings(self, output_dir: Path, source: str | Path | None = None) -> Any:
+        """The MNTP stage's settings: the system's backbone, adapted into ``output_dir``."""
+        from llmret.mntp import MNTPSettings
+
+        given = dict(self.mntp or {})
+        for key in ("model", "output_dir"):
+            if key in given:
+                raise DataError(source, None, f"system '{self.name}': mntp.{key} is set by the study "
+                                              "(the system's encoder.model, and a folder keyed by the stage)")
+        return from_dict(MNTPSettings, {**given, "model": self.encoder.get("model"), "output_dir": str(output_dir)},
+                         source)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
-    def encoder_settings(self, model: str | None = None) -> EncoderSettings:
-        """The encoder settings: the recipe's, the spec's over them, and ``model`` (a trained folder) last."""
+    def encoder_layers(self, grid: dict[str, Any] | None = None, layer: str = "study") -> Layered:
+        """The evaluation encoder's settings as layers: the encoder recipe's, the system's (``layer``),
+        ``grid`` (``encoder.*`` axis values, keys without ``encoder.``). Unset ones come from the model
+        when it loads (its saved settings, then its defaults)."""
         from llmret.recipes import encoder_recipe
 
-        data = {**(encoder_recipe(self.recipe, self.retriever) if self.recipe else {}), **self.encoder}
+        recipe = [(f"recipe {self.recipe}", {"encoder": encoder_recipe(self.recipe, self.retriever)})] if self.recipe else []
+        return merge([*recipe, (layer, {"encoder": self.encoder}), ("grid", {"encoder": grid or {}})])
+
+    def encoder_settings(self, model: str | None = None) -> EncoderSettings:
+        """The encoder settings: the recipe's, the spec's over them, and ``model`` (a trained folder) last."""
+        data = dict(self.encoder_layers().values.get("encoder", {}))
         if model is not None:
             data["model"] = model
         return from_dict(EncoderSettings, data)
 
-    def train_settings(self, output_dir: Path) -> Any:
-        """TrainSettings for this system, written to ``output_dir`` (its encoder defaults to the spec's)."""
+    def train_settings(self, output_dir: Path, grid: dict[str, Any] | None = None, layer: str = "study",
+                       stage: str | None = None) -> Any:
+        """TrainSettings for this system, written to ``output_dir``: its recipe, then the system's own
+        training settings (its encoder's under ``train.encoder``'s) as layer ``layer``, then ``grid``
+        (``train.*`` axis values, the keys without ``train.``), then ``stage``: the model folder a first
+        stage (MNTP) made, which the training starts from."""
         from llmret.train import TrainSettings
 
         data = copy.deepcopy(self.train or {})
         data["encoder"] = {**self.encoder, **(data.get("encoder") or {})}
         data.setdefault("retriever", self.retriever)
-        if data["retriever"] != self.retriever:
-            raise ValueError(f"system '{self.name}' is {self.retriever} but trains {data['retriever']}")
-        data["output_dir"] = str(output_dir)
-        return TrainSettings.from_dict(data)
+        grid = grid or {}
+        if grid.get("retriever", data["retriever"]) != self.retriever or data["retriever"] != self.retriever:
+            raise ValueError(f"system '{self.name}' is {self.retriever} but trains {grid.get('retriever', data['retriever'])}")
+        return TrainSettings.from_layers([(layer, data), ("grid", grid), ("stage mntp", {"encoder": {"model": stage}}),
+                                          ("study", {"output_dir": str(output_dir)})])
 
 
 def load_encoder(kind: str, settings: EncoderSettings, *, dataset: dict[str, Any] | None = None,

@@ -20,7 +20,7 @@ import math
 import random
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +41,14 @@ from llmret.encoders.sparse import SparseEncoder
 from llmret.encoders.term_bias import CALIBRATION_TEXTS, TermBias, zero_points
 from llmret.errors import DataError
 from llmret.fileio import atomic_dir, read_json
+from llmret.layers import merge
 from llmret.loop import LoopSettings, mixed_precision, run_loop
 from llmret.losses.infonce import InfoNCELoss
 from llmret.losses.kd import ListwiseKDLoss
 from llmret.losses.margin_mse import MarginMSELoss
 from llmret.losses.objective import Objective
-from llmret.recipes import RECIPES, lion_logit_scale, with_recipe
+from llmret.mntp import ADAPTER
+from llmret.recipes import RECIPES, lion_logit_scale
 from llmret.saved import SavedModel
 from llmret.steps import Batch, Criterion, Regularizer, cached_step, plain_step
 
@@ -76,6 +78,9 @@ class TrainSettings:
     lora_target_modules: list[str] | str = option("all-linear", "modules given adapters (default every attention "
                                                               "and MLP projection)")
     lora_layers: int | None = option(None, "only the top N layers get adapters (cheaper backward on a CPU)")
+    continue_adapter: bool = option(False, "the model is an MNTP run's output: train its LoRA adapter further over "
+                                           "the original base (as Lion does) instead of a fresh one over the merged "
+                                           "weights; the adapter's rank, alpha, dropout and targets replace lora_*")
     learning_rate: float = option(3e-4, "peak learning rate (linear warm-up and decay)")
     weight_decay: float = option(0.0, "AdamW weight decay")
     warmup_ratio: float = option(0.1, "share of the steps spent warming up")
@@ -88,6 +93,9 @@ class TrainSettings:
                           choices=("cl", "kd", "cl+kd", "marginmse"))
     teacher: str | None = option(None, "kd, cl+kd, marginmse: score the training queries' passages with this "
                                        "teacher first (KIND:MODEL, as llmret annotate; cached by content)")
+    teacher_scores: str | None = option(None, "kd, cl+kd, marginmse: teacher scores from a file, as the field shares "
+                                              "them ({query id: {passage id: score}} as .pkl.gz, e.g. "
+                                              "sentence-transformers' MS MARCO cross-encoder scores, or .json)")
     teacher_max_length: int | None = option(None, "tokens the teacher reads: of a pair (cross-encoder, judge: "
                                                   "default 512) or of a passage (retriever teachers: the model's)")
     task_instructions: bool = option(False, "put each training source's own instruction (its task.json, as the "
@@ -147,11 +155,25 @@ class TrainSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | Path | None = None) -> TrainSettings:
-        data = with_recipe(dict(data))
+        """Settings from one mapping (a config file's), over its recipe's values."""
+        return cls.from_layers([("config", data)], source)
+
+    @classmethod
+    def from_layers(cls, layers: Sequence[tuple[str, dict[str, Any] | None]],
+                    source: str | Path | None = None) -> TrainSettings:
+        """Settings from ``(layer name, values)`` layers, lowest first, over the recipe the highest layer
+        naming one names. The result remembers where each value came from (``origins``: dotted key ->
+        layer) and which recipe values a layer replaced (``overrides``); neither is a field."""
+        named = merge(layers).values.get("recipe")
+        if named is not None and named not in RECIPES:
+            raise DataError(source, None, f"unknown recipe '{named}'; known: {', '.join(RECIPES)}")
+        layered = merge([(f"recipe {named}", RECIPES[named]), *layers] if named else list(layers))
+        data = dict(layered.values)
         encoder = from_dict(EncoderSettings, data.pop("encoder", {}) or {}, source)
         settings = from_dict(cls, data, source)
         settings.encoder = encoder
-        settings.recipe_applied = True  # not a field: train() refuses a recipe named but never applied
+        settings.recipe_applied = True  # train() refuses a recipe named but never applied
+        settings.origins, settings.overrides = layered.origins, layered.overrides
         return settings
 
 
@@ -182,6 +204,13 @@ def load_tasks(settings: TrainSettings) -> list[list[TrainExample]]:
     """The training examples of each source in ``train_data`` (one list per task), scored by
     ``teacher`` when the objective distils."""
     tasks = [load_examples(settings, spec) for spec in settings.sources]
+    if settings.teacher and settings.teacher_scores:
+        raise ValueError("give teacher (scores computed here) or teacher_scores (a file of them), not both")
+    if settings.teacher_scores and settings.objective != "cl":
+        from llmret.data.teacher_scores import attach_teacher_scores, read_teacher_scores
+
+        scores = read_teacher_scores(settings.teacher_scores)
+        tasks = [attach_teacher_scores(task, scores, settings.teacher_scores) for task in tasks]
     if settings.teacher and settings.objective != "cl":
         from llmret.annotate import scored_by
 
@@ -299,6 +328,50 @@ def _wrap_lora(model: torch.nn.Module, settings: TrainSettings) -> torch.nn.Modu
     return get_peft_model(model, config)
 
 
+def mntp_stage(folder: str) -> SavedModel:
+    """The description of an MNTP run's output ``folder`` whose unmerged adapter training continues."""
+    saved = SavedModel.read(folder) if Path(folder).is_dir() else None
+    if saved is None or "mntp" not in saved.adaptation or not (Path(folder) / ADAPTER / "adapter_config.json").is_file():
+        raise ValueError(f"continue_adapter needs the model to be an MNTP run's final folder (llmret mntp) with its "
+                         f"adapter/ inside; {folder} is not")
+    return saved
+
+
+def _canonical(key: str) -> str:
+    """A LoRA weight's name without the wrappers around the transformer: peft's ``base_model.model.`` and a
+    causal LM's ``model.``, so an adapter trained over the LM (MNTP) fits the bare model (dense) too."""
+    key = key.removeprefix("base_model.model.")
+    return key.removeprefix("model.")
+
+
+def continue_lora(model: torch.nn.Module, adapter: Path) -> torch.nn.Module:
+    """``model`` with the LoRA adapter saved in ``adapter`` attached, trainable, every weight loaded.
+
+    The adapter may have been trained over the causal LM (MNTP reads the LM head) while a dense retriever
+    loads the bare transformer: names are matched without those wrappers (what Lion's
+    lora_rewrite_from_mntp_to_bimodel does to its files), and a weight left over or missing is an error.
+    """
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    config = LoraConfig.from_pretrained(str(adapter))
+    config.inference_mode = False
+    if not isinstance(config.target_modules, str):  # peft saves the full names it matched over the LM
+        config.target_modules = sorted({name.rsplit(".", 1)[-1] for name in config.target_modules})
+    model = get_peft_model(model, config)
+    wanted = {_canonical(key): key for key in get_peft_model_state_dict(model)}
+    saved = load_file(str(adapter / "adapter_model.safetensors"))
+    state = {wanted[_canonical(key)]: value for key, value in saved.items() if _canonical(key) in wanted}
+    if len(state) != len(saved) or len(state) != len(wanted):
+        extra = sorted(set(map(_canonical, saved)) - set(wanted))[:3]
+        missing = sorted(set(wanted) - set(map(_canonical, saved)))[:3]
+        raise ValueError(f"{adapter}: the adapter does not fit the model (unmatched {extra}, missing {missing})")
+    set_peft_model_state_dict(model, state)
+    log.info("continuing the adapter in %s (r %d, alpha %s, dropout %s)", adapter, config.r, config.lora_alpha,
+             config.lora_dropout)
+    return model
+
+
 def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
           on_step: Callable[[int, float], None] | None = None, callbacks: Sequence[Callback] = ()) -> Path:
     """Train and return the folder of the final model (``OUTPUT/final``).
@@ -330,6 +403,10 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
     if settings.recipe and not getattr(settings, "recipe_applied", False):
         raise ValueError(f"recipe '{settings.recipe}' was named but not applied: build the settings with "
                          "TrainSettings.from_dict({'recipe': ...}) (the CLI and config files do)")
+    if settings.continue_adapter and not settings.lora:
+        raise ValueError("continue_adapter trains the MNTP stage's LoRA adapter: it needs lora")
+    for override in getattr(settings, "overrides", []):
+        log.warning("recipe value replaced: %s", override)
     sparse = settings.retriever == "sparse"
     if settings.top_k_in_training and not (sparse and (settings.encoder.query_top_k or settings.encoder.passage_top_k)):
         raise ValueError("top_k_in_training needs a sparse retriever with query_top_k or passage_top_k")
@@ -338,7 +415,11 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
     examples = [e for task in tasks for e in task]
     if objective.needs_teacher:
         require_teacher_scores(examples, f"objective '{settings.objective}'")  # before the model loads
-    backbone = load_backbone(settings.encoder.model, dtype=DTYPES[settings.encoder.dtype or "float32"], lm_head=sparse)
+    stage = mntp_stage(settings.encoder.model) if settings.continue_adapter else None
+    if stage is not None and settings.encoder.bidirectional is None:
+        settings.encoder.bidirectional = True  # what MNTP adapted the adapter to
+    base = stage.base_model if stage is not None else settings.encoder.model
+    backbone = load_backbone(base, dtype=DTYPES[settings.encoder.dtype or "float32"], lm_head=sparse)
     if settings.recipe == "lion-sparse" and settings.encoder.logit_scale is None:
         config = backbone.model.config
         config = config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -355,7 +436,10 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
     model = backbone.model
     if settings.grad_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = _wrap_lora(model, settings) if settings.lora else model
+    if stage is not None:
+        model = continue_lora(model, Path(settings.encoder.model) / ADAPTER)
+    elif settings.lora:
+        model = _wrap_lora(model, settings)
     if bias is not None:  # a submodule: trained, checkpointed, restored and synced with the model
         model.term_bias = bias
         encoder.term_bias = bias.bias
@@ -410,7 +494,15 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
                                                                                  instructions, state_dict),
                     prepared=use_prepared, callbacks=[EvalCallback(settings.eval_steps, evaluate), *callbacks],
                     on_step=on_step, flops_per_token=compute.flops_per_token,
-                    records={"compute.json": {**compute.to_json(), "steps": total}})
+                    records={"compute.json": {**compute.to_json(), "steps": total},
+                             "settings-origins.json": origins_record(settings)})
+
+
+def origins_record(settings: TrainSettings) -> dict[str, Any]:
+    """Where each setting came from (layer per dotted key; unnamed ones are defaults) and the recipe values
+    replaced: written beside the settings a run used, so a cell's folder says what overrode its recipe."""
+    return {"origins": dict(getattr(settings, "origins", {})),
+            "recipe_overrides": [asdict(o) for o in getattr(settings, "overrides", [])]}
 
 
 def check_backend(settings: TrainSettings, accelerator: Any) -> None:
@@ -466,6 +558,7 @@ def save_final(folder: Path, model: torch.nn.Module, encoder: TextEncoder, setti
         explicit = encoder.settings.explicit()
         if instructions:
             explicit["instruction"] = ""
-        SavedModel(base_model=settings.encoder.model, paradigm=encoder.paradigm, lora=settings.lora,
+        base = mntp_stage(settings.encoder.model).base_model if settings.continue_adapter else settings.encoder.model
+        SavedModel(base_model=base, paradigm=encoder.paradigm, lora=settings.lora,
                    model_info=encoder.info, encoder=explicit,
                    task_instructions=dict(zip(settings.sources, instructions or []))).write(tmp)
