@@ -96,3 +96,39 @@ def test_margin_mse_over_all_negatives_is_the_mean_over_pairs() -> None:
     scores, tn = _own_group(q.numpy(), p.numpy()), teacher.numpy()
     expected = np.mean([((scores[:, 0] - scores[:, j]) - (tn[:, 0] - tn[:, j])) ** 2 for j in range(1, G)])
     assert loss == pytest.approx(float(expected), rel=1e-9)
+
+
+def test_the_flops_warm_up_counts_micro_batches_as_lions_scheduler(tiny_llama, tmp_path, monkeypatch) -> None:
+    """Lion's RegWeightScheduler (losses/regulariaztion.py) steps once per micro-batch, its counter first
+    incremented to 1: lambda_t = lambda * (t / T)^2 until t = T. With the lion-sparse recipe and two
+    micro-batches per step, the weights training applies are that sequence, written out here."""
+    from helpers import write_training_file
+
+    from llmret import train as train_module
+    from llmret.config import EncoderSettings
+    from llmret.losses.regularizers import warmup_weight
+
+    seen: list[int] = []
+    real = train_module.plain_step
+    monkeypatch.setattr(train_module, "plain_step", lambda enc, batch, crit, at, *rest: (seen.append(at),
+                                                                                         real(enc, batch, crit, at, *rest))[1])
+    data = write_training_file(tmp_path / "train.jsonl", 16, (1, 5))
+    settings = TrainSettings.from_dict({"recipe": "lion-sparse", "train_data": str(data), "output_dir": str(tmp_path / "o"),
+                                        "batch_size": 2, "grad_accum": 2, "group_size": 2, "max_steps": 3,
+                                        "reg_warmup_steps": 4, "lora_r": 4,
+                                        "encoder": {"model": str(tiny_llama), "query_max_length": 8, "passage_max_length": 12}})
+    train_module.train(settings)
+    assert seen == [1, 2, 3, 4, 5, 6]
+    lion = []
+    t, lam, big_t = 0, 0.05, 4
+    for _ in seen:
+        if t < big_t:
+            t += 1
+            lam_t = lam * (t / big_t) ** 2
+        lion.append(lam_t)
+    assert [warmup_weight(lam, at, big_t) for at in seen] == pytest.approx(lion, rel=1e-12)
+    seen.clear()
+    train_module.train(TrainSettings(retriever="sparse", train_data=str(data), output_dir=str(tmp_path / "s"), batch_size=2,
+                                     grad_accum=2, group_size=2, max_steps=3, lora_r=4,
+                                     encoder=EncoderSettings(model=str(tiny_llama), query_max_length=8, passage_max_length=12)))
+    assert seen == [0, 0, 1, 1, 2, 2]  # the default counts optimizer steps

@@ -57,9 +57,10 @@ def test_study_report_fits_quality_and_heldout_loss_against_compute_from_the_cel
     study.run(spec)
     report = study.report(spec).read_text()
     fits = json.loads((spec.folder / "scaling.json").read_text())
-    # one backbone: no fit against parameters
-    assert [(f["group"], f["against"]) for f in fits] == [("nDCG@10: dense, cl", "compute"),
-                                                           ("held-out loss: dense, cl", "compute")]
+    # one backbone: no fit against parameters, each group named with its reason; against compute, one system
+    assert [(f["group"], f["against"]) for f in fits] == [("nDCG@10: dense, cl, llama", "compute"),
+                                                           ("held-out loss: dense, cl, llama", "compute")]
+    assert "Not fitted: nDCG@10: dense, cl, max_steps=1 against parameters (one point)" in report
     # by hand from the files: FLOPs from each training's compute.json, quality from each cell's metrics.json,
     # the loss from each training's held-out file
     xs, ys, losses = [], [], []
@@ -85,8 +86,8 @@ def test_study_report_fits_quality_and_heldout_loss_against_compute_from_the_cel
     report = study.report(spec).read_text()
     assert json.loads((spec.folder / "scaling.json").read_text()) == [] and "| y: group |" not in report
     assert not list(spec.folder.glob("scaling-*.png"))  # the earlier report's fit figures are gone with the fits
-    assert "Not fitted, x spanning less than 1.5x: nDCG@10: dense, cl against compute (1.20x); " \
-           "held-out loss: dense, cl against compute (1.20x)." in report
+    assert "nDCG@10: dense, cl, llama against compute (x spans 1.20x, less than 1.5x)" in report
+    assert "held-out loss: dense, cl, llama against compute (x spans 1.20x, less than 1.5x)" in report
     spec.fits = False  # fits are a scaling study's: other studies' reports have none
     assert "## Scaling" not in study.report(spec).read_text()
     spec.fits = True
@@ -95,3 +96,53 @@ def test_study_report_fits_quality_and_heldout_loss_against_compute_from_the_cel
     compute_file.write_text(json.dumps({"parameters": 5}))
     with pytest.raises(DataError, match="compute.json: needs numeric parameters"):
         study.report(spec)
+
+
+def test_offset_power_law_recovers_a_known_law_and_its_floor() -> None:
+    """y = E + a (x / s)^-alpha from exact and from noisy points of a known law; too few points refused."""
+    from llmret.scaling import fit_offset_power_law
+
+    x = np.geomspace(1e17, 1e19, 6)
+    scale = float(np.exp(np.log(x).mean()))
+    truth = 0.8 + 0.5 * (x / scale) ** -0.3
+    exact = fit_offset_power_law(x, truth)
+    assert (exact.irreducible, exact.a, exact.alpha) == pytest.approx((0.8, 0.5, 0.3), rel=1e-6)
+    assert exact.r2 == pytest.approx(1.0) and exact(x) == pytest.approx(truth)
+    rng = np.random.default_rng(3)
+    noisy = fit_offset_power_law(x, truth + rng.normal(0, 0.002, x.size))
+    assert abs(noisy.alpha - 0.3) < 4 * noisy.alpha_se and abs(noisy.irreducible - 0.8) < 4 * noisy.irreducible_se
+    assert 0 < noisy.alpha_se < 0.3
+    with pytest.raises(ValueError, match="needs 4 distinct"):
+        fit_offset_power_law(x[:3], truth[:3])
+
+
+def test_fits_hold_the_other_factor_fixed_and_name_every_group_left_out(tmp_path: Path) -> None:
+    """Two models at two budgets: against parameters one fit per budget, against compute one per model,
+    never one fit pooling both factors; a group with a zero score is named, not dropped."""
+    from dataclasses import replace
+
+    spec = study.StudySpec(name="grid", out=str(tmp_path), datasets=[study.DatasetSpec("builtin:code")],
+                           systems=[study.SystemSpec(name=f"m{i}", encoder={"model": f"m{i}"}, train={"max_steps": 1})
+                                    for i in (1, 2)], grid={"train.budget_flops": [1e12, 4e12]}, fits=True)
+    flops = {"m1": 1e8, "m2": 4e8}
+    rows, cells = [], study.cells(spec)
+    for cell in cells:
+        budget = cell.axes["train.budget_flops"]
+        folder = study._train_folder(spec, cell)
+        folder.mkdir(parents=True)
+        params = flops[cell.base]
+        (folder / "compute.json").write_text(json.dumps({"parameters": params, "flops_per_step": budget / 10,
+                                                          "steps": 10}))
+        score = 0.0 if (cell.base, budget) == ("m1", 1e12) else 0.1 * math.log10(params) * math.log10(budget) / 12
+        rows.append({"cell": cell.label, "aggregate": {"nDCG@10": score}})
+    lines = study._scaling_section(spec, rows, "nDCG@10", ["code/test"])
+    fits = json.loads((tmp_path / "scaling.json").read_text())
+    groups = sorted((f["group"], f["against"], len(f["data"])) for f in fits)
+    assert groups == [("nDCG@10: dense, cl, budget_flops=4000000000000.0", "parameters", 2),
+                      ("nDCG@10: dense, cl, m2", "compute", 2)]
+    text = "\n".join(lines)
+    assert "nDCG@10: dense, cl, budget_flops=1000000000000.0 against parameters (a value at or below 0 (no logarithm))" in text
+    assert "nDCG@10: dense, cl, m1 against compute (a value at or below 0 (no logarithm))" in text
+    for fit in fits:  # each group's exponent is its own factor's: the by-hand slope on its two points
+        (x1, y1, _), (x2, y2, _) = sorted(fit["data"])
+        assert fit["exponent"] == pytest.approx(math.log(y2 / y1) / math.log(x2 / x1))

@@ -200,3 +200,24 @@ def test_ray_executor_on_a_local_two_worker_cluster_gives_the_local_metrics(stud
         assert a == b
     with pytest.raises(ValueError, match="executor must be one of local, ray"):
         study.run(spec, executor="slurm")
+
+
+def test_checkpoints_of_one_run_and_per_dataset_encoder_settings(study_file: Path) -> None:
+    """Quality against steps as Luo et al. measure it: the checkpoints of one training, not one run per
+    step count; and a dataset's own evaluation lengths (Lion: 64/192 on MS MARCO, 512/512 on BEIR)."""
+    raw = yaml.safe_load(study_file.read_text())
+    raw["grid"] = {"checkpoint": [1, None]}
+    raw["systems"] = [s for s in raw["systems"] if s["name"] == "llama"]
+    del raw["baseline"]
+    raw["systems"][0]["train"]["max_steps"] = 2
+    raw["datasets"][0]["encoder"] = {"passage_max_length": 7}
+    study_file.write_text(yaml.safe_dump(raw))
+    spec = study.StudySpec.read(study_file)
+    assert [c.label for c in study.cells(spec)] == ["llama [checkpoint=1]", "llama [checkpoint=None]"]
+    records = study.run(spec)
+    trainings = list((spec.folder / "train").glob("dense-*"))
+    assert len(trainings) == 1 and (trainings[0] / "checkpoint-1" / "model" / "llmret.json").is_file()
+    used = [json.loads((spec.folder / "cells" / r["folder"] / "settings.json").read_text()) for r in records]
+    assert [u["model"] for u in used] == [str(trainings[0] / "checkpoint-1" / "model"), str(trainings[0] / "final")]
+    assert all(u["passage_max_length"] == 7 for u in used)
+    assert records[0]["folder"] != records[1]["folder"]

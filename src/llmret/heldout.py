@@ -1,4 +1,4 @@
-"""The contrastive loss of a trained model on held-out data: the second seed's scaling laws fit it.
+"""The contrastive loss of a trained model on held-out data: the Lion models' scaling laws fit it.
 
 Quality measures saturate and jump on small test sets; the InfoNCE loss on queries the model never
 saw falls smoothly with size and compute, which is why scaling studies fit it as well. The held-out

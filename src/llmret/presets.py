@@ -3,7 +3,7 @@
 ``llmret study run TARGET`` takes a study file, a folder of study files (a suite), or the name of a
 preset shipped in ``llmret/presets`` (``llmret study list`` shows them). A suite runs its files in
 name order; each writes into ``OUT/<file name>`` and every training goes to ``OUT/train``, keyed by
-its settings alone, so the studies of a suite that train the same system (the first seed's in-domain,
+its settings alone, so the studies of a suite that train the same system (Luo et al.'s in-domain,
 zero-shot and long-passage studies all start from one fine-tuned model) train it once. The suite's
 ``report.md`` gathers each study's main table under its description and links its full report.
 """

@@ -67,3 +67,55 @@ def fit_power_law(x: Sequence[float], y: Sequence[float]) -> PowerLaw:
     else:
         se = half = float("nan")
     return PowerLaw(intercept, slope, se, (slope - half, slope + half), r2, n)
+
+
+@dataclass
+class OffsetPowerLaw:
+    """y = irreducible + a * x ** -alpha: a loss that falls as a power of x towards a floor it never
+    crosses (the form dense-retrieval scaling laws fit contrastive losses with). ``scale`` is the x the
+    fit was made at (the points' geometric mean), so ``a`` is the excess loss there: fitted on x / scale,
+    the three parameters are of like size and their standard errors mean something."""
+
+    irreducible: float
+    a: float
+    alpha: float
+    scale: float
+    irreducible_se: float
+    a_se: float
+    alpha_se: float
+    r2: float
+    points: int
+
+    def __call__(self, x: np.ndarray | float) -> np.ndarray | float:
+        return self.irreducible + self.a * (np.asarray(x, dtype=float) / self.scale) ** -self.alpha
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+OFFSET_MIN_POINTS = 4  # three parameters and at least one degree of freedom for their errors
+
+
+def fit_offset_power_law(x: Sequence[float], y: Sequence[float]) -> OffsetPowerLaw:
+    """Non-linear least squares (scipy's ``curve_fit``) of y = E + a (x / s)^-alpha with E >= 0, a > 0,
+    alpha > 0, standard errors from the fit's covariance. Needs ``OFFSET_MIN_POINTS`` points."""
+    from scipy.optimize import curve_fit
+
+    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if xs.shape != ys.shape or xs.ndim != 1:
+        raise ValueError(f"x and y must be equal-length lists, got {xs.shape} and {ys.shape}")
+    if len(np.unique(xs)) < OFFSET_MIN_POINTS or (xs <= 0).any():
+        raise ValueError(f"y = E + a x^-alpha needs {OFFSET_MIN_POINTS} distinct positive x values")
+    scale = float(np.exp(np.log(xs).mean()))
+
+    def law(z: np.ndarray, e: float, a: float, alpha: float) -> np.ndarray:
+        return e + a * z ** -alpha
+
+    start = (max(float(ys.min()) * 0.5, 0.0), max(float(ys.max() - ys.min()), 1e-6), 0.5)
+    params, cov = curve_fit(law, xs / scale, ys, p0=start, bounds=([0, 0, 0], [np.inf, np.inf, 10]), maxfev=20000)
+    errors = np.sqrt(np.clip(np.diag(cov), 0, None)) if np.isfinite(cov).all() else np.full(3, np.nan)
+    residual = ys - law(xs / scale, *params)
+    total = float(((ys - ys.mean()) ** 2).sum())
+    r2 = 1.0 - float((residual ** 2).sum()) / total if total > 0 else 1.0
+    return OffsetPowerLaw(float(params[0]), float(params[1]), float(params[2]), scale, float(errors[0]),
+                          float(errors[1]), float(errors[2]), r2, len(xs))

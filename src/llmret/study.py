@@ -40,19 +40,24 @@ from llmret.systems import SystemSpec
 log = logging.getLogger(__name__)
 
 AXIS_SECTIONS = ("train", "encoder")
+CHECKPOINT = "checkpoint"  # an axis over the saved steps of one training run (null: its final model)
 PRESETS = Path(__file__).parent / "presets"  # the study files llmret ships (llmret study list)
 
 
 @dataclass
 class DatasetSpec:
     """One evaluation dataset: ``data`` (a BEIR folder, ``builtin:TASK`` or ``irds:ID``), its ``split``,
-    its ``rules`` (default: from the data's name) and ``irds``, an ir_datasets id used when ``data`` is
-    not there (a preset names both: a local copy first, else ir_datasets online)."""
+    its ``rules`` (default: from the data's name), ``irds``, an ir_datasets id used when ``data`` is not
+    there (a preset names both: a local copy first, else ir_datasets online), and ``encoder`` settings
+    for evaluating on it."""
 
     data: str
     split: str = "test"
     rules: str | None = None
     irds: str | None = None
+    # Evaluation encoder settings for this dataset, over the system's (a grid's encoder.* values still win):
+    # Lion evaluates MS MARCO at 64 / 192 tokens and BEIR at 512 / 512.
+    encoder: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -99,7 +104,7 @@ class StudySpec:
     def read(cls, path: str | Path) -> StudySpec:
         """Read and check a study file: unknown keys, bad axes and duplicate names are errors naming the file.
         ``$VARIABLES`` and ``~`` in data paths are expanded (a preset names ``$LLMRET_DATA/...``)."""
-        data = load_config(path)
+        data = {k: v for k, v in load_config(path).items() if not str(k).startswith("x-")}  # x-*: YAML anchors
         for key in ("systems", "datasets"):
             if not isinstance(data.get(key), list) or not data[key]:
                 raise DataError(path, None, f"a study needs a non-empty list of {key}")
@@ -119,10 +124,13 @@ class StudySpec:
         if len(set(names)) != len(names):
             raise DataError(path, None, f"system names must be unique: {', '.join(names)}")
         for axis, values in spec.grid.items():
-            if axis.split(".", 1)[0] not in AXIS_SECTIONS or "." not in axis:
-                raise DataError(path, None, f"grid axis '{axis}' must be train.KEY or encoder.KEY")
+            if axis != CHECKPOINT and (axis.split(".", 1)[0] not in AXIS_SECTIONS or "." not in axis):
+                raise DataError(path, None, f"grid axis '{axis}' must be train.KEY, encoder.KEY or {CHECKPOINT}")
             if not isinstance(values, list) or not values:
                 raise DataError(path, None, f"grid axis '{axis}' needs a non-empty list of values")
+            if axis == CHECKPOINT and not all(v is None or (isinstance(v, int) and v > 0) for v in values):
+                raise DataError(path, None, f"grid axis '{CHECKPOINT}' takes training steps (positive integers) "
+                                            "or null (the final model)")
         if spec.baseline is not None and spec.baseline not in names:
             raise DataError(path, None, f"baseline '{spec.baseline}' is not one of the systems: {', '.join(names)}")
         for cell in cells(spec):  # every cell's settings are checked before anything runs
@@ -157,6 +165,7 @@ class StudySpec:
             sources = train.get("train_data", [])
             paths += [sources] if isinstance(sources, str) else list(sources)
             paths += [train[key] for key in ("corpus", "teacher_scores") if train.get(key)]
+            paths += [system.mntp["data"]] if system.mntp and system.mntp.get("data") else []
         return list(dict.fromkeys(p for p in paths if not p.startswith(("builtin:", irds.PREFIX))
                                   and not Path(p).exists()))
 
@@ -200,7 +209,10 @@ def _expand(path: Any) -> Any:
 
 
 def _expand_train_paths(system: Any) -> Any:
-    """A raw system mapping with the paths of ``train`` (data, corpus, teacher scores) expanded."""
+    """A raw system mapping with the paths of ``train`` (data, corpus, teacher scores) and of an MNTP
+    stage's data expanded."""
+    if isinstance(system, dict) and isinstance(system.get("mntp"), dict) and "data" in system["mntp"]:
+        system = {**system, "mntp": {**system["mntp"], "data": _expand(system["mntp"]["data"])}}
     if not isinstance(system, dict) or not isinstance(system.get("train"), dict):
         return system
     train = dict(system["train"])
@@ -223,16 +235,27 @@ class Cell:
     trained: SystemSpec
     origin: SystemSpec  # as the study file wrote it, before any axis
     layer: str = "study"  # what the study file is called in the settings' origins: "study", or "preset NAME"
+    checkpoints: list[int] = field(default_factory=list)  # the steps the study evaluates of this training
 
     def train_settings(self, output_dir: Path, stage: str | None = None) -> Any:
-        """The cell's TrainSettings: recipe < the study's system < the ``train.*`` grid values < ``stage``
-        (the folder of the MNTP stage it starts from, once run)."""
+        """The cell's TrainSettings: recipe < the study's system < the ``train.*`` grid values (and the
+        checkpoints the study evaluates, saved on the way) < ``stage`` (the folder of the MNTP stage it
+        starts from, once run)."""
         grid = {axis.removeprefix("train."): value for axis, value in self.axes.items() if axis.startswith("train.")}
+        if self.checkpoints:
+            grid["eval_steps"] = sorted({*self.checkpoints, *(self.origin.train or {}).get("eval_steps", [])})
         return self.origin.train_settings(output_dir, grid, self.layer, stage)
+
+    def eval_system(self, dataset: DatasetSpec) -> SystemSpec:
+        """The system as evaluated on ``dataset``: its encoder settings under the dataset's, the grid's last."""
+        if not dataset.encoder or self.system.retriever == "bm25":
+            return self.system
+        grid = {a.removeprefix("encoder."): v for a, v in self.axes.items() if a.startswith("encoder.")}
+        return replace(self.system, encoder={**self.origin.encoder, **dataset.encoder, **grid})
 
     @property
     def label(self) -> str:
-        values = ", ".join(f"{axis.split('.', 1)[1]}={value}" for axis, value in self.axes.items())
+        values = ", ".join(f"{axis.split('.', 1)[-1]}={value}" for axis, value in self.axes.items())
         return f"{self.base} [{values}]" if values else self.base
 
     def train_key(self) -> str:
@@ -257,14 +280,19 @@ class Cell:
         return _digest({"retriever": self.trained.retriever, "train": data})
 
     def eval_key(self, dataset: DatasetSpec, measures: list[str] | None) -> str:
-        return _digest({"system": {**self.system.to_json(), "name": None}, "dataset": _data_key(dataset),
-                        "measures": measures})
+        key = {"system": {**self.system.to_json(), "name": None}, "dataset": _data_key(dataset), "measures": measures}
+        if CHECKPOINT in self.axes:
+            key[CHECKPOINT] = self.axes[CHECKPOINT]
+        if self.system.mntp is None:
+            del key["system"]["mntp"]  # a field newer than the first studies: their keys stay
+        return _digest(key)
 
 
 def _data_key(spec: DatasetSpec | HeldoutSpec) -> dict[str, Any]:
     """What of a dataset or held-out spec decides its numbers: not ``irds``, an alternative that is
-    already resolved into ``data`` (and leaving it out keeps the keys of studies run before it existed)."""
-    return {k: v for k, v in asdict(spec).items() if k != "irds"}
+    already resolved into ``data``, nor an empty ``encoder`` (leaving them out keeps the keys of studies
+    run before they existed)."""
+    return {k: v for k, v in asdict(spec).items() if k != "irds" and not (k == "encoder" and not v)}
 
 
 def _digest(data: Any) -> str:
@@ -288,8 +316,9 @@ def cells(spec: StudySpec) -> list[Cell]:
     layer = _layer_name(spec)
     out = []
     for system in spec.systems:
-        axes = [a for a in spec.grid if (a.startswith("train.") and system.train is not None)
+        axes = [a for a in spec.grid if ((a.startswith("train.") or a == CHECKPOINT) and system.train is not None)
                 or (a.startswith("encoder.") and system.retriever != "bm25")]
+        checkpoints = [v for v in spec.grid.get(CHECKPOINT, []) if v is not None] if system.train is not None else []
         for values in itertools.product(*(spec.grid[a] for a in axes)):
             data = copy.deepcopy(system.to_json())
             trained = None
@@ -298,7 +327,8 @@ def cells(spec: StudySpec) -> list[Cell]:
                     if axis.startswith(f"{section}."):
                         data[section] = {**(data[section] or {}), axis.split(".", 1)[1]: value}
                 trained = trained or SystemSpec(**copy.deepcopy(data))
-            out.append(Cell(system.name, dict(zip(axes, values)), SystemSpec(**data), trained, system, layer))
+            out.append(Cell(system.name, dict(zip(axes, values)), SystemSpec(**data), trained, system, layer,
+                            checkpoints))
     return out
 
 
@@ -343,6 +373,8 @@ def plan(spec: StudySpec) -> list[dict[str, Any]]:
         elif cell.system.bm25:
             entry["evaluation"] = {f"bm25.{k}": {"value": v, "from": cell.layer} for k, v in cell.system.bm25.items()}
         entry["datasets"] = [d.label for d in spec.datasets]
+        if any(d.encoder for d in spec.datasets) and cell.system.retriever != "bm25":
+            entry["dataset_encoder"] = {d.label: d.encoder for d in spec.datasets if d.encoder}
         entry["measures"] = spec.measures
         out.append(entry)
     return out
@@ -449,8 +481,11 @@ def run_cells(spec: StudySpec, group: list[Cell],
                 continue
             start = time.perf_counter()
             model = model or _trained_model(spec, cell)
+            evaluated = model
+            if model is not None and cell.axes.get(CHECKPOINT) is not None:  # that step of the same run
+                evaluated = str(Path(model).parent / f"checkpoint-{cell.axes[CHECKPOINT]}" / "model")
             data, rules = load(dataset.data, dataset.split, dataset.rules)
-            retriever = build(cell.system, rules=rules, work_dir=folder, model=model, progress=False)
+            retriever = build(cell.eval_system(dataset), rules=rules, work_dir=folder, model=evaluated, progress=False)
             result = evaluate_retriever(retriever, data, folder, name=cell.label, rules=rules, measures=spec.measures)
             record = {"cell": cell.label, "system": cell.base, "axes": cell.axes, "dataset": dataset.label,
                       "metrics": result.evaluation.aggregate, "folder": folder.name,
@@ -596,10 +631,11 @@ HELDOUT = "held-out loss"
 
 def scaling_points(spec: StudySpec, rows: list[dict[str, Any]], measure: str,
                    datasets: list[str]) -> dict[str, dict[str, list[tuple[float, float, str]]]]:
-    """Per (quantity, group) and per scale (parameters, compute): (x, y, cell) for every trained cell,
-    x read from its training's ``compute.json``. The quantities are the dataset-mean ``measure`` (cells
-    finished on every dataset) and, when the study has ``heldout``, the cell's held-out loss;
-    a group is a retriever and objective."""
+    """Per group and scale (parameters, compute): (x, y, cell) for every trained cell, x read from its
+    training's ``compute.json``; y is the dataset-mean ``measure`` (cells finished on every dataset) and,
+    when the study has ``heldout``, the cell's held-out loss. A group holds the other factor fixed, so a
+    fit measures one factor alone: against parameters, cells of one retriever and objective that share
+    every other grid value (one budget); against compute, the cells of one system (one model)."""
     by_cell = {c.label: c for c in cells(spec)}
     points: dict[str, dict[str, list[tuple[float, float, str]]]] = {}
     for label in dict.fromkeys(r["cell"] for r in rows):
@@ -613,58 +649,85 @@ def scaling_points(spec: StudySpec, rows: list[dict[str, Any]], measure: str,
                   "compute": float(compute["flops_per_step"]) * float(compute["steps"])}
         except (KeyError, TypeError, ValueError):
             raise DataError(compute_file, None, "needs numeric parameters, flops_per_step and steps") from None
-        group = f"{cell.system.retriever}, {cell.system.train.get('objective', 'cl')}"
+        kind = f"{cell.system.retriever}, {cell.system.train.get('objective', 'cl')}"
+        held = ", ".join(f"{a.split('.', 1)[-1]}={v}" for a, v in cell.axes.items() if a != "train.objective")
+        groups = {"parameters": f"{kind}, {held}" if held else kind, "compute": f"{kind}, {cell.base}"}
         values = [r["aggregate"][measure] for r in rows if r["cell"] == label]
         ys = {measure: sum(values) / len(values)} if len(values) == len(datasets) else {}
         if spec.heldout is not None and _heldout_file(spec, cell).is_file():
             ys[HELDOUT] = float(read_json(_heldout_file(spec, cell))["loss"])
         for quantity, y in ys.items():
             for scale, x in xs.items():
-                points.setdefault(f"{quantity}: {group}", {}).setdefault(scale, []).append((x, y, label))
+                points.setdefault(f"{quantity}: {groups[scale]}", {}).setdefault(scale, []).append((x, y, label))
     return points
 
 
 MIN_SPAN = 1.5  # the least ratio of largest to smallest x a power law is fitted over
 
 
-def _scaling_section(spec: StudySpec, rows: list[dict[str, Any]], measure: str, datasets: list[str]) -> list[str]:
-    """Power-law fits of the dataset-mean ``measure`` (and of the held-out loss) against parameters and
-    compute, per group, where a group's x spans at least ``MIN_SPAN`` (points nearer together are one
-    point on a log scale: two decoders of nearly one size, or several models' steps rounded from one
-    budget, would give an exponent of rounding noise, so the report names them as not fitted instead);
-    fits go to ``scaling.json`` and a log-log PNG per scale and quantity."""
-    from llmret.scaling import fit_power_law
+def _not_fitted(xs: list[float], ys: list[float]) -> str | None:
+    """Why a group gets no power law, or None: one point, values without a logarithm, or x values so
+    close that they are one point on a log scale (two decoders of nearly one size, several models'
+    steps rounded from one budget: the exponent would be rounding noise)."""
+    if len(set(xs)) < 2:
+        return "one point" if len(xs) == 1 else "one distinct x"
+    if any(y <= 0 for y in ys):
+        return "a value at or below 0 (no logarithm)"
+    if max(xs) / min(xs) < MIN_SPAN:
+        return f"x spans {max(xs) / min(xs):.2f}x, less than {MIN_SPAN}x"
+    return None
 
-    fits, narrow = [], []
+
+def _scaling_section(spec: StudySpec, rows: list[dict[str, Any]], measure: str, datasets: list[str]) -> list[str]:
+    """Fits of the dataset-mean ``measure`` and of the held-out loss against parameters and compute, each
+    factor in groups that hold the other fixed (:func:`scaling_points`): y = a x^b on log-log values for
+    both, and for the held-out loss also y = E + a x^-alpha (a floor it never crosses) where a group has
+    enough points. Every group not fitted is named with its reason. Fits go to ``scaling.json``, log-log
+    PNGs per scale and quantity."""
+    from llmret.scaling import OFFSET_MIN_POINTS, fit_offset_power_law, fit_power_law
+
+    fits, offsets, skipped = [], [], []
     for group, scales in scaling_points(spec, rows, measure, datasets).items():
         for scale, pts in scales.items():
-            xs = [x for x, _, _ in pts]
-            if len(set(xs)) < 2 or any(y <= 0 for _, y, _ in pts):
+            xs, ys = [x for x, _, _ in pts], [y for _, y, _ in pts]
+            reason = _not_fitted(xs, ys)
+            if reason is not None:
+                skipped.append(f"{group} against {scale} ({reason})")
                 continue
-            if max(xs) / min(xs) < MIN_SPAN:
-                narrow.append(f"{group} against {scale} ({max(xs) / min(xs):.2f}x)")
-                continue
-            fit = fit_power_law(xs, [y for _, y, _ in pts])
-            fits.append({"group": group, "against": scale, **fit.to_json(), "data": pts})
+            fits.append({"group": group, "against": scale, "form": "power", **fit_power_law(xs, ys).to_json(),
+                         "data": pts})
+            if group.startswith(f"{HELDOUT}: ") and len(set(xs)) >= OFFSET_MIN_POINTS:
+                offsets.append({"group": group, "against": scale, "form": "offset",
+                                **fit_offset_power_law(xs, ys).to_json(), "data": pts})
     for stale in spec.folder.glob("scaling-*.png"):  # a figure of an earlier report that has no fit now
         stale.unlink()
-    if not fits and not narrow:
+    if not fits and not skipped:
         return []
-    write_json(spec.folder / "scaling.json", fits)
-    lines = ["", f"## Scaling: y = a x^b, y the {measure} mean over datasets"
-             + (f" or the {HELDOUT} on {spec.heldout.data} ({spec.heldout.split})" if spec.heldout else ""), ""]
-    if narrow:
-        lines += [f"Not fitted, x spanning less than {MIN_SPAN}x: {'; '.join(narrow)}.", ""]
-    if not fits:
-        return lines
-    lines += ["| y: group | against | points | b | SE of b | 95% interval | R^2 |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
-    for f in fits:
-        low, high = f["ci95"]
-        lines.append(f"| {f['group']} | {SCALES[f['against']]} | {f['points']} | {f['exponent']:.4f} | "
-                     f"{f['exponent_se']:.4f} | [{low:.4f}, {high:.4f}] | {f['r2']:.3f} |")
-    lines += ["", "b from least squares on log-log values; its standard error from the residuals, the interval "
-                  "from Student's t with points - 2 degrees of freedom (none with two points)."]
+    write_json(spec.folder / "scaling.json", fits + offsets)
+    lines = ["", f"## Scaling: y the {measure} mean over datasets"
+             + (f" or the {HELDOUT} on {spec.heldout.data} ({spec.heldout.split})" if spec.heldout else ""), "",
+             "Each fit holds the other factor fixed: against parameters, the cells of one retriever and "
+             "objective at one setting of the other grid axes (one budget); against compute, one system's cells.", ""]
+    if skipped:
+        lines += [f"Not fitted: {'; '.join(skipped)}.", ""]
+    if fits:
+        lines += ["y = a x^b, least squares on log-log values; the standard error of b from the residuals, the "
+                  "interval from Student's t with points - 2 degrees of freedom (none with two points).", "",
+                  "| y: group | against | points | b | SE of b | 95% interval | R^2 |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for f in fits:
+            low, high = f["ci95"]
+            lines.append(f"| {f['group']} | {SCALES[f['against']]} | {f['points']} | {f['exponent']:.4f} | "
+                         f"{f['exponent_se']:.4f} | [{low:.4f}, {high:.4f}] | {f['r2']:.3f} |")
+    if offsets:
+        lines += ["", "y = E + a (x / s)^-alpha, non-linear least squares (s the points' geometric mean, E the loss "
+                      "no scale removes); standard errors from the fit's covariance.", "",
+                  "| y: group | against | points | E (SE) | a (SE) | alpha (SE) | R^2 |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for f in offsets:
+            lines.append(f"| {f['group']} | {SCALES[f['against']]} | {f['points']} | {f['irreducible']:.4f} "
+                         f"({f['irreducible_se']:.4f}) | {f['a']:.4f} ({f['a_se']:.4f}) | {f['alpha']:.4f} "
+                         f"({f['alpha_se']:.4f}) | {f['r2']:.3f} |")
     for quantity in (measure, HELDOUT):
         for scale in SCALES:
             chosen = [f for f in fits if f["against"] == scale and f["group"].startswith(f"{quantity}: ")]

@@ -48,7 +48,7 @@ from llmret.losses.kd import ListwiseKDLoss
 from llmret.losses.margin_mse import MarginMSELoss
 from llmret.losses.objective import Objective
 from llmret.mntp import ADAPTER
-from llmret.recipes import RECIPES, lion_logit_scale
+from llmret.recipes import RECIPES, lion_logit_scale, recipe_values
 from llmret.saved import SavedModel
 from llmret.steps import Batch, Criterion, Regularizer, cached_step, plain_step
 
@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainSettings:
-    """Training settings; defaults follow arXiv 2408.12194 (LoRA, InfoNCE at 0.02, lr 3e-4, 7 negatives).
+    """Training settings; defaults follow Luo et al. 2024 (LoRA, InfoNCE at 0.02, lr 3e-4, 7 negatives).
 
     Each field is a ``train`` flag (``max_steps`` -> ``--max-steps``) and a key of a ``--config`` file.
     """
@@ -137,6 +137,9 @@ class TrainSettings:
     passage_reg_weight: float = option(0.04, "sparse: passage regulariser weight")
     reg_warmup_ratio: float = option(0.33, "sparse: the weights rise quadratically over this share of the steps")
     reg_warmup_steps: int | None = option(None, "sparse: the warm-up in steps (instead of reg_warmup_ratio)")
+    reg_warmup_unit: str = option("step", "sparse: what the warm-up counts: optimizer steps, or micro-batches as "
+                                          "Lion's code does (with grad_accum its weights reach full strength sooner; "
+                                          "its counter starts at 1)", choices=("step", "micro-batch"))
     calibrate_terms: int | None = option(None, "sparse: before training, set each term's zero point from a sample "
                                                "of the training passages so that a passage has about this many "
                                                "non-zero terms (a trained, saved per-term bias)")
@@ -164,10 +167,12 @@ class TrainSettings:
         """Settings from ``(layer name, values)`` layers, lowest first, over the recipe the highest layer
         naming one names. The result remembers where each value came from (``origins``: dotted key ->
         layer) and which recipe values a layer replaced (``overrides``); neither is a field."""
-        named = merge(layers).values.get("recipe")
+        given = merge(layers).values
+        named = given.get("recipe")
         if named is not None and named not in RECIPES:
             raise DataError(source, None, f"unknown recipe '{named}'; known: {', '.join(RECIPES)}")
-        layered = merge([(f"recipe {named}", RECIPES[named]), *layers] if named else list(layers))
+        recipe = recipe_values(named, given.get("objective", "cl")) if named else None
+        layered = merge([(f"recipe {named}", recipe), *layers] if named else list(layers))
         data = dict(layered.values)
         encoder = from_dict(EncoderSettings, data.pop("encoder", {}) or {}, source)
         settings = from_dict(cls, data, source)
@@ -278,7 +283,7 @@ def make_batch(encoder: TextEncoder, examples: list[TrainExample], indexes: list
 
 def batch_plan(sizes: list[int], batch_size: int, epoch: int, seed: int) -> list[tuple[int, int]]:
     """(task, batch number) for each batch of one epoch. A batch never mixes tasks, so its in-batch
-    negatives come from the same task (as in the first seed's multi-task runs); the tasks' batches are
+    negatives come from the same task (as in Luo et al.'s multi-task runs); the tasks' batches are
     interleaved in a seeded order, each task in proportion to its size. One task: its batches in order."""
     plan = [(task, number) for task, size in enumerate(sizes) for number in range(size // batch_size)]
     if len(sizes) > 1:
@@ -425,6 +430,10 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
         config = config.get_text_config() if hasattr(config, "get_text_config") else config
         settings.encoder.logit_scale = lion_logit_scale(int(config.hidden_size))  # saved with the model
     encoder = (SparseEncoder if sparse else DenseEncoder)(backbone, settings.encoder, accelerator.device)
+    adapted = stage is not None or (backbone.saved is not None and "mntp" in backbone.saved.adaptation)
+    if encoder.info.kind == "decoder" and encoder.info.bidirectional and not adapted:
+        log.warning("%s reads bidirectionally without an MNTP stage: a causal LM has never seen the future, "
+                    "and Lion adapts it first (llmret mntp, then --continue-adapter)", settings.encoder.model)
     instructions = task_instructions(settings) if settings.task_instructions else None
     if instructions:
         if settings.encoder.instruction:
@@ -475,11 +484,13 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
             encoder.settings.instruction = instructions[task]
         indexes = epoch_order(len(chosen), epoch, settings.seed)[begin:begin + settings.batch_size][rank::world]
         batch = make_batch(encoder, chosen, indexes, epoch, settings, objective.needs_teacher)
+        # the regulariser's warm-up position: optimizer steps, or micro-batches counted from 1 (Lion's)
+        at = step * settings.grad_accum + micro + 1 if settings.reg_warmup_unit == "micro-batch" else step
         if settings.grad_cache:
-            parts = cached_step(encoder, batch, criterion, step, settings.chunk_size, accelerator.backward,
+            parts = cached_step(encoder, batch, criterion, at, settings.chunk_size, accelerator.backward,
                                 lambda: accelerator.no_sync(prepared))
         else:
-            parts = plain_step(encoder, batch, criterion, step, settings.batch_size, accelerator.backward)
+            parts = plain_step(encoder, batch, criterion, at, settings.batch_size, accelerator.backward)
         return parts, batch.tokens
 
     def use_prepared(prepared: torch.nn.Module) -> None:
