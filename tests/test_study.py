@@ -150,7 +150,8 @@ def test_a_categorical_axis_is_drawn_as_bars_of_the_metrics_files(study_file: Pa
 
 @pytest.mark.parametrize("change,message", [
     (lambda s: s["systems"][1]["encoder"].update(poolng="mean"), "unknown setting"),
-    (lambda s: s["grid"].update({"max_steps": [1]}), "must be train.KEY or encoder.KEY"),
+    (lambda s: s["grid"].update({"max_steps": [1]}), "must be train.KEY, encoder.KEY or checkpoint"),
+    (lambda s: s["grid"].update({"checkpoint": [0]}), "takes training steps"),
     (lambda s: s.update(baseline="nope"), "baseline 'nope'"),
     (lambda s: s["systems"].append({"name": "bm25", "retriever": "bm25"}), "must be unique"),
     (lambda s: s["systems"][2]["train"].update(max_step=3), "unknown setting"),
