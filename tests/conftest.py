@@ -1,9 +1,19 @@
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # for tests/helpers.py
+# ranx compiles its numba kernels on first use; by default numba caches them inside the package, so a
+# fresh virtual environment compiles again (~40 s). A cache beside llmret's own survives a reinstall.
+os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "llmret" / "numba"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tier first (stable within each tier): its long tests start at once on both workers and the
+    short ones fill in around them, instead of one long test running alone at the end."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1)
 
 import yaml  # noqa: E402
 from helpers import make_tiny_model, random_texts, write_beir_folder, write_training_file  # noqa: E402

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -113,3 +114,39 @@ def write_training_file(path: Path, n: int, shifts: tuple[int, ...] = (5,), scor
                 for i in range(n)]
     write_training(path, examples)
     return path
+
+
+# Corpus embeddings of the real-model SciFact checks, kept between runs (outside the venv, so a fresh
+# install reuses them). Every use re-encodes a sample of passages and requires the stored vectors to
+# equal them, so a cache made by other code or weights is thrown away and rebuilt, never trusted.
+TEST_CACHE = Path(os.environ.get("LLMRET_TEST_CACHE") or Path.home() / ".cache" / "llmret" / "test-embeddings")
+
+
+def verified_embeddings(encoder, corpus, name: str, sample: int = 64) -> Path:  # noqa: ANN001 - TextEncoder, Corpus
+    """A retriever ``work_dir`` holding ``corpus`` encoded by ``encoder``: reused when a seeded sample of
+    ``sample`` passages, encoded afresh, equals the stored rows (to 1e-5), else encoded again."""
+    import hashlib
+    import shutil
+
+    import numpy as np
+    import scipy.sparse as sp
+
+    from llmret.index.shards import encode_corpus
+
+    key = hashlib.sha256(json.dumps(encoder.signature(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    work = TEST_CACHE / f"{name}-{key}"
+    for _ in range(2):
+        shards = encode_corpus(encoder, corpus, work / "embeddings", signature=encoder.signature(), progress=False,
+                               replace_stale=True)
+        parts = list(shards)
+        ids = [i for part_ids, _ in parts for i in part_ids]
+        vectors = sp.vstack([v for _, v in parts]).tocsr() if sp.issparse(parts[0][1]) else np.concatenate([v for _, v in parts])
+        pick = sorted(random.Random(0).sample(range(len(ids)), min(sample, len(ids))))
+        found = corpus.lookup({ids[i] for i in pick})
+        fresh = encoder.encode_passages([found[ids[i]].full_text() for i in pick], progress=False)
+        stored = vectors[pick]
+        fresh, stored = (fresh.toarray(), stored.toarray()) if sp.issparse(fresh) else (fresh, np.asarray(stored))
+        if fresh.shape == stored.shape and np.allclose(fresh, stored, rtol=1e-5, atol=1e-5):
+            return work
+        shutil.rmtree(work / "embeddings")  # stale: made by other code than this; encode again
+    raise AssertionError(f"{work}: freshly encoded passages differ from the ones just encoded")

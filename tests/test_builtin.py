@@ -10,9 +10,10 @@ from llmret.data.training import read_training
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    root = tmp_path_factory.mktemp("builtin")
-    return root, builtin.build(root)
+def built() -> tuple[Path, dict]:
+    """The dataset as every other test and user gets it: built once into llmret's cache (the determinism
+    test builds a second copy to compare)."""
+    return builtin.builtin_root(), builtin.manifest()
 
 
 def test_manifest_counts_match_files(built: tuple[Path, dict]) -> None:
@@ -27,6 +28,7 @@ def test_manifest_counts_match_files(built: tuple[Path, dict]) -> None:
     assert manifest["counts"]["code"]["test"]["queries"] >= 100
 
 
+@pytest.mark.slow  # builds the dataset a second time
 def test_build_is_deterministic(built: tuple[Path, dict], tmp_path: Path) -> None:
     _, manifest = built
     assert builtin.build(tmp_path)["sha256"] == manifest["sha256"]

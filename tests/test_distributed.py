@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # several processes: the CI tier
+
 SCRIPT = '''
 import json, sys
 from llmret.config import EncoderSettings

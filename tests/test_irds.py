@@ -26,6 +26,8 @@ from helpers import SCIFACT
 from llmret import study as study_module
 from llmret.study import StudySpec
 
+pytestmark = pytest.mark.slow  # several processes: the CI tier
+
 pytest.importorskip("ir_datasets")
 
 

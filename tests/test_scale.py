@@ -51,6 +51,7 @@ def _run_ranks(tmp_path: Path, world: int) -> list[dict]:
     return [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
 
 
+@pytest.mark.slow  # two processes
 def test_gathered_losses_on_two_processes_have_the_single_process_gradient(tmp_path: Path) -> None:
     (one,) = _run_ranks(tmp_path, 1)
     two = _run_ranks(tmp_path, 2)

@@ -119,7 +119,6 @@ def test_offset_power_law_recovers_a_known_law_and_its_floor() -> None:
 def test_fits_hold_the_other_factor_fixed_and_name_every_group_left_out(tmp_path: Path) -> None:
     """Two models at two budgets: against parameters one fit per budget, against compute one per model,
     never one fit pooling both factors; a group with a zero score is named, not dropped."""
-    from dataclasses import replace
 
     spec = study.StudySpec(name="grid", out=str(tmp_path), datasets=[study.DatasetSpec("builtin:code")],
                            systems=[study.SystemSpec(name=f"m{i}", encoder={"model": f"m{i}"}, train={"max_steps": 1})

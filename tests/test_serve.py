@@ -164,6 +164,7 @@ def test_micro_batching_changes_no_answer_and_batches_concurrent_queries(indexes
         assert httpx.post(f"{url}/search", json={"index": "dense", "query": "alpha"}).status_code == 200
 
 
+@pytest.mark.slow  # ranx compiles its kernels
 def test_hybrid_fuses_by_reciprocal_rank_as_ranx_does(indexes: dict[str, Path]) -> None:
     from llmret.fusion import fuse
 

@@ -16,7 +16,7 @@ from helpers import SCIFACT
 from llmret.cli import main
 from llmret.data.trec import read_run
 
-pytestmark = pytest.mark.skipif(not SCIFACT.is_dir(), reason="needs the shared SciFact copy")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not SCIFACT.is_dir(), reason="needs the shared SciFact copy")]
 
 
 @pytest.fixture(scope="module")

@@ -139,6 +139,7 @@ def _flops_on_a_share(rank: int, world: int, port: int, reps: torch.Tensor, out:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two processes
 def test_flops_does_not_depend_on_the_number_of_devices(tmp_path: Path) -> None:
     import socket
 

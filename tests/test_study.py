@@ -88,6 +88,7 @@ def test_report_tables_significance_and_plot_come_from_the_metrics_files(study_f
     assert "![nDCG@10 against train.max_steps]" in text
 
 
+@pytest.mark.slow  # a killed process
 def test_a_study_killed_mid_training_resumes_the_training_from_its_checkpoint(study_file: Path) -> None:
     """SIGKILL during a cell's training (no cleanup, as a lost node): the rerun keeps the finished cells,
     resumes the training from its last checkpoint, and takes each step once."""
@@ -167,6 +168,7 @@ def test_bad_study_files_are_errors_naming_the_file(study_file: Path, change: ob
     assert str(study_file) in str(error.value)
 
 
+@pytest.mark.slow  # a Ray cluster
 def test_ray_executor_on_a_local_two_worker_cluster_gives_the_local_metrics(study_file: Path) -> None:
     import os
 

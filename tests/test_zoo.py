@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from helpers import SCIFACT
+from helpers import SCIFACT, verified_embeddings
 
 from llmret import zoo
 from llmret.backbone import load_backbone
@@ -13,7 +13,7 @@ from llmret.pipeline import evaluate_retriever
 from llmret.registry import rules_for
 from llmret.retrievers import DenseRetriever
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow  # real models, installed and loaded: the CI tier
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +41,9 @@ def test_minilm_agrees_with_sentence_transformers(minilm: DenseEncoder) -> None:
 def test_minilm_reproduces_published_scifact(tmp_path) -> None:
     rules = rules_for(SCIFACT)  # BEIR's conventions, as llmret evaluate applies them
     minilm = DenseEncoder.load(EncoderSettings(model="minilm-l6", batch_size=64), "cpu", rules.encoder_layer())
-    result = evaluate_retriever(DenseRetriever(minilm, progress=False), load_dataset(SCIFACT, "test"), tmp_path,
-                                rules=rules)
+    data = load_dataset(SCIFACT, "test")
+    work = verified_embeddings(minilm, data.corpus, "scifact-minilm")  # the corpus encoded once across runs
+    result = evaluate_retriever(DenseRetriever(minilm, work_dir=work, progress=False), data, tmp_path, rules=rules)
     assert abs(100 * result.evaluation.aggregate["nDCG@10"] - 64.51) < 0.3  # MTEB's published figure
 
 
@@ -82,8 +83,9 @@ def test_splade_tiny_on_scifact_exact_and_seismic_agree(tmp_path) -> None:
     data, rules = load_dataset(SCIFACT, "test"), rules_for(SCIFACT)
     encoder = SparseEncoder.load(EncoderSettings(model="splade-tiny", passage_max_length=256, batch_size=64), "cpu",
                                  rules.encoder_layer())
-    exact = evaluate_retriever(SparseRetriever(encoder, tmp_path, progress=False), data, k=100, rules=rules)
-    seismic = evaluate_retriever(SparseRetriever(encoder, tmp_path, index="seismic", progress=False), data, k=100,
+    work = verified_embeddings(encoder, data.corpus, "scifact-splade-tiny")  # encoded once across runs
+    exact = evaluate_retriever(SparseRetriever(encoder, work, progress=False), data, k=100, rules=rules)
+    seismic = evaluate_retriever(SparseRetriever(encoder, work, index="seismic", progress=False), data, k=100,
                                  rules=rules)
     assert exact.evaluation.aggregate["nDCG@10"] > 0.60  # 64.66 at 512 tokens; BM25 is 67.62
     top = {q: set(list(docs)[:10]) for q, docs in exact.run.items()}

@@ -35,7 +35,7 @@ from transformers.models.auto.modeling_auto import (
 
 from llmret import st_folder, zoo
 from llmret.cache import cache_dir
-from llmret.fileio import atomic_dir
+from llmret.fileio import build_once
 from llmret.fingerprint import combine, folder_fingerprint
 from llmret.model_info import ModelInfo
 from llmret.saved import SavedModel
@@ -74,18 +74,20 @@ def convert_gguf(folder: Path, gguf_file: str, out: Path) -> Path:
     """
     if (out / "config.json").is_file():
         return out
-    log.info("converting %s to a transformers folder (once; later loads use %s)", gguf_file, out)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        delattr(config, "quantization_config")
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(loaded.state_dict())
-    with atomic_dir(out) as tmp:  # a folder appears whole or not at all
+
+    def convert(tmp: Path) -> None:
+        log.info("converting %s to a transformers folder (once; later loads use %s)", gguf_file, out)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            delattr(config, "quantization_config")
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(loaded.state_dict())
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    return out
+
+    return build_once(out, convert, done="config.json")  # whole or not at all, by one process at a time
 
 
 def resolve(spec: str, install: bool = True) -> tuple[Path | str, ModelInfo | None]:

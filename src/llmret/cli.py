@@ -539,7 +539,8 @@ def cmd_anserini(args: argparse.Namespace) -> int:
 
 
 def cmd_mntp(args: argparse.Namespace) -> int:
-    from llmret.mntp import MNTPSettings, run_mntp
+    from llmret.mntp import run_mntp
+    from llmret.training.settings import MNTPSettings
 
     settings = MNTPSettings(**{k: v for k, v in vars(args).items() if k in MNTPSettings.__dataclass_fields__ and v is not None})
     print(f"adapted model in {run_mntp(settings, resume=args.resume, force=args.force)}")
@@ -547,7 +548,8 @@ def cmd_mntp(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from llmret.train import TrainSettings, train
+    from llmret.train import train
+    from llmret.training.settings import TrainSettings
 
     data = load_config(args.config) if args.config else {}
     flags = {f.name: getattr(args, f.name, None) for f in fields(TrainSettings) if f.name != "encoder"}
@@ -777,7 +779,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--factor", type=float, default=100, help="integer weight = round(weight x factor)")
     p.set_defaults(func=cmd_anserini)
 
-    from llmret.mntp import MNTPSettings
+    from llmret.training.settings import MNTPSettings
 
     p = sub.add_parser("mntp", help="adapt a decoder to bidirectional attention (masked next-token prediction, LoRA)")
     _add_settings_args(p, MNTPSettings)
@@ -787,7 +789,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="fine-tune a dense or sparse retriever (LoRA + InfoNCE by default)")
     p.add_argument("--config", help="YAML/JSON training config (keys of TrainSettings; encoder: a mapping)")
-    from llmret.train import TrainSettings
+    from llmret.training.settings import TrainSettings
 
     _add_settings_args(p, TrainSettings)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -70,6 +70,47 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) for the block; other processes wait.
+
+    Why: cached builds (the built-in dataset, a converted GGUF, an unpacked zoo model, a zoo package's
+    install) are shared by every process on the machine, and two started at once must not both build
+    into one place. The operating system drops the lock if the holder dies, so it never goes stale.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        if os.name == "nt":  # pragma: no cover - Windows has no fcntl
+            import msvcrt
+
+            handle.seek(0)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
+
+
+def build_once(path: str | Path, build: Callable[[Path], None], done: str | None = None) -> Path:
+    """``path``, built by ``build(tmp)`` into a temporary folder swapped in whole, once: a process that
+    finds another building it waits for that build instead of starting its own. ``done`` names the file
+    whose presence marks a finished build (default: any content in the folder)."""
+    path = Path(path)
+
+    def finished() -> bool:
+        return (path / done).is_file() if done else path.is_dir() and any(path.iterdir())
+
+    if finished():
+        return path
+    with file_lock(path.with_name(f".{path.name}.lock")):
+        if not finished():  # built by another process while this one waited
+            with atomic_dir(path) as tmp:
+                build(tmp)
+    return path
 
 
 def write_ids(path: str | Path, ids: list[str]) -> None:

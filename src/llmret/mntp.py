@@ -22,55 +22,25 @@ import copy
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from llmret.config import EncoderSettings, option, to_dict
+from llmret.config import EncoderSettings, to_dict
 from llmret.data.sampling import epoch_order
 from llmret.encoders.base import DTYPES
 from llmret.encoders.sparse import SparseEncoder
 from llmret.encoders.vocab_head import head_detached
 from llmret.fileio import atomic_dir
 from llmret.saved import SavedModel
+from llmret.training.settings import MNTPSettings
 
 log = logging.getLogger(__name__)
 
 ADAPTER = "adapter"  # the MNTP LoRA adapter, unmerged, inside the merged model's folder
-
-
-@dataclass
-class MNTPSettings:
-    """MNTP settings; each field is an ``llmret mntp`` flag. Defaults are CPU-sized. Lion's run
-    (train_configs/mntp/meta_llama3_*_msmarco.json and run_mntp.py) is ``--batch-size 32 --max-length 512
-    --max-steps 10000 --schedule-epochs 1 --learning-rate 5e-5 --warmup-ratio 0 --mixed-precision bf16`` on
-    the MS MARCO passages, with LoRA r 16, alpha 32, dropout 0.05 and 20% of the tokens chosen, as here."""
-
-    model: str = option("smollm2-135m", "the decoder to adapt (zoo name, folder, .gguf or hub id)")
-    data: str = option("builtin:code", "corpus to adapt on: builtin:TASK, a BEIR folder or a corpus JSONL")
-    output_dir: str = option("runs/mntp", "where checkpoints, log.jsonl and final/ go")
-    max_steps: int = option(100, "optimizer steps")
-    batch_size: int = option(16, "blocks (or texts, without packing) per step")
-    max_length: int = option(128, "block length in tokens (each text's maximum without packing)")
-    pack: bool = option(True, "join texts end to end and cut blocks of max_length (no padding), as run_mlm does")
-    mask_ratio: float = option(0.2, "share of tokens chosen for prediction")
-    mask_token: str | None = option(None, "the mask token's text (default: the tokenizer's, else '_')")
-    learning_rate: float = option(1e-4, "peak learning rate (warm-up, then linear decay)")
-    warmup_ratio: float = option(0.1, "share of the schedule spent warming up (Lion: 0)")
-    schedule_epochs: float | None = option(None, "the linear decay spans this many epochs of blocks even where "
-                                                 "max_steps stops earlier (Lion: 1, stopped at 10,000 steps); "
-                                                 "default: it ends at max_steps")
-    mixed_precision: str = option("auto", "auto: bf16 where the GPU supports it (Lion trains MNTP in bf16), else none",
-                                  choices=("auto", "no", "bf16", "fp16"))
-    lora_r: int = option(16, "LoRA rank")
-    lora_alpha: int = option(32, "LoRA alpha")
-    lora_dropout: float = option(0.05, "LoRA dropout")
-    seed: int = option(42, "seed of the order and of the masks")
-    save_steps: int = option(0, "full state every N steps, for --resume")
-    logging_steps: int = option(1, "log every N steps")
 
 
 def corpus_texts(spec: str) -> list[str]:

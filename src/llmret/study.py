@@ -264,7 +264,7 @@ class Cell:
         a later llmret keeps old keys), and the encoder settings training reads; nothing else."""
         from dataclasses import fields
 
-        from llmret.train import TrainSettings, resolve_temperatures
+        from llmret.training.settings import TrainSettings, resolve_temperatures
 
         settings, defaults = self.train_settings(Path(".")), TrainSettings()
         data = {f.name: getattr(settings, f.name) for f in fields(settings)
@@ -340,7 +340,7 @@ def plan(spec: StudySpec) -> list[dict[str, Any]]:
     with the datasets and measures."""
     from dataclasses import fields as dataclass_fields
 
-    from llmret.train import resolve_temperatures
+    from llmret.training.settings import resolve_temperatures
 
     out = []
     for cell in cells(spec):

@@ -55,7 +55,7 @@ class SystemSpec:
 
     def mntp_settings(self, output_dir: Path, source: str | Path | None = None) -> Any:
         """The MNTP stage's settings: the system's backbone, adapted into ``output_dir``."""
-        from llmret.mntp import MNTPSettings
+        from llmret.training.settings import MNTPSettings
 
         given = dict(self.mntp or {})
         for key in ("model", "output_dir"):
@@ -90,7 +90,7 @@ class SystemSpec:
         training settings (its encoder's under ``train.encoder``'s) as layer ``layer``, then ``grid``
         (``train.*`` axis values, the keys without ``train.``), then ``stage``: the model folder a first
         stage (MNTP) made, which the training starts from."""
-        from llmret.train import TrainSettings
+        from llmret.training.settings import TrainSettings
 
         data = copy.deepcopy(self.train or {})
         data["encoder"] = {**self.encoder, **(data.get("encoder") or {})}

@@ -15,11 +15,12 @@ Scores of different teachers live on different scales; the distillation temperat
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
-
-import torch
+from typing import TYPE_CHECKING, Protocol
 
 from llmret.data.training import Passage
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_PROMPT = ("Query: {query}\nPassage: {passage}\n"
                   "Is the passage relevant to the query? Answer yes or no.\nAnswer:")
@@ -34,6 +35,8 @@ class Teacher(Protocol):
 
 
 def _device(device: str | None) -> torch.device:
+    import torch  # here, not at the top: reading DEFAULT_PROMPT (the CLI's help) must not load torch
+
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
@@ -52,11 +55,13 @@ class CrossEncoderTeacher:
         if self.model.config.num_labels not in (1, 2):
             raise ValueError(f"{model}: a cross-encoder has 1 or 2 labels, not {self.model.config.num_labels}")
 
-    @torch.inference_mode()
     def score(self, queries: Sequence[str], passages: Sequence[str]) -> list[float]:
+        import torch
+
         inputs = self.tokenizer(list(queries), list(passages), padding=True, truncation="only_second",
                                 max_length=self.max_length, return_tensors="pt").to(self.device)
-        logits = self.model(**inputs).logits.float()
+        with torch.inference_mode():
+            logits = self.model(**inputs).logits.float()
         scores = logits[:, 0] if logits.shape[1] == 1 else torch.log_softmax(logits, -1)[:, 1]
         return scores.tolist()
 
@@ -83,8 +88,9 @@ class JudgeTeacher:
             raise ValueError(f"{model}: the answer {answer!r} is no token")
         self.answer_id = ids[0]  # the first token of the answer is what the judge must produce next
 
-    @torch.inference_mode()
     def score(self, queries: Sequence[str], passages: Sequence[str]) -> list[float]:
+        import torch
+
         # The passage is cut (not the prompt's end, which holds the question): tokenize the passage
         # alone to its share of the length, then fill the prompt.
         budget = max(16, self.max_length - len(self.tokenizer.encode(self.prompt.format(query="", passage=""))))
@@ -96,7 +102,8 @@ class JudgeTeacher:
                                             passage=self.tokenizer.decode(passage_ids)))
         self.tokenizer.padding_side = "left"  # the next token's logits sit at the last position of every row
         inputs = self.tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
-        logits = self.model(**inputs).logits[:, -1].float()
+        with torch.inference_mode():
+            logits = self.model(**inputs).logits[:, -1].float()
         return torch.log_softmax(logits, -1)[:, self.answer_id].tolist()
 
 

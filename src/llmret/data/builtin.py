@@ -32,7 +32,7 @@ from llmret.data.corpus import Corpus, Document
 from llmret.data.dataset import RetrievalData, write_queries
 from llmret.data.qrels import write_qrels
 from llmret.data.training import write_training
-from llmret.fileio import atomic_dir, read_json, write_json
+from llmret.fileio import build_once, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -193,9 +193,7 @@ def builtin_root(build_if_missing: bool = True) -> Path:
     if (root / "manifest.json").is_file() or not build_if_missing:
         return root
     log.info("building the built-in dataset from this Python's standard library (once) into %s", root)
-    with atomic_dir(root) as tmp:
-        build(tmp)
-    return root
+    return build_once(root, build, done="manifest.json")
 
 
 def manifest() -> dict[str, object]:

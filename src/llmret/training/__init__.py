@@ -1,0 +1,2 @@
+"""Training: the settings of retrieval training and MNTP (the trainers themselves are llmret.train
+and llmret.mntp)."""
