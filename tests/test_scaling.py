@@ -60,7 +60,7 @@ def test_study_report_fits_quality_and_heldout_loss_against_compute_from_the_cel
     # one backbone: no fit against parameters, each group named with its reason; against compute, one system
     assert [(f["group"], f["against"]) for f in fits] == [("nDCG@10: dense, cl, llama", "compute"),
                                                            ("held-out loss: dense, cl, llama", "compute")]
-    assert "Not fitted: nDCG@10: dense, cl, max_steps=1 against parameters (one point)" in report
+    assert "Not fitted, one point: nDCG@10: dense, cl, max_steps=1 against parameters;" in report
     # by hand from the files: FLOPs from each training's compute.json, quality from each cell's metrics.json,
     # the loss from each training's held-out file
     xs, ys, losses = [], [], []
@@ -86,8 +86,8 @@ def test_study_report_fits_quality_and_heldout_loss_against_compute_from_the_cel
     report = study.report(spec).read_text()
     assert json.loads((spec.folder / "scaling.json").read_text()) == [] and "| y: group |" not in report
     assert not list(spec.folder.glob("scaling-*.png"))  # the earlier report's fit figures are gone with the fits
-    assert "nDCG@10: dense, cl, llama against compute (x spans 1.20x, less than 1.5x)" in report
-    assert "held-out loss: dense, cl, llama against compute (x spans 1.20x, less than 1.5x)" in report
+    assert "Not fitted, x spanning less than 1.5x: nDCG@10: dense, cl, llama against compute (1.20x); " \
+           "held-out loss: dense, cl, llama against compute (1.20x)." in report
     spec.fits = False  # fits are a scaling study's: other studies' reports have none
     assert "## Scaling" not in study.report(spec).read_text()
     spec.fits = True
@@ -140,8 +140,8 @@ def test_fits_hold_the_other_factor_fixed_and_name_every_group_left_out(tmp_path
     assert groups == [("nDCG@10: dense, cl, budget_flops=4000000000000.0", "parameters", 2),
                       ("nDCG@10: dense, cl, m2", "compute", 2)]
     text = "\n".join(lines)
-    assert "nDCG@10: dense, cl, budget_flops=1000000000000.0 against parameters (a value at or below 0 (no logarithm))" in text
-    assert "nDCG@10: dense, cl, m1 against compute (a value at or below 0 (no logarithm))" in text
+    assert "Not fitted, a value at or below 0, which has no logarithm: nDCG@10: dense, cl, " \
+           "budget_flops=1000000000000.0 against parameters; nDCG@10: dense, cl, m1 against compute." in text
     for fit in fits:  # each group's exponent is its own factor's: the by-hand slope on its two points
         (x1, y1, _), (x2, y2, _) = sorted(fit["data"])
         assert fit["exponent"] == pytest.approx(math.log(y2 / y1) / math.log(x2 / x1))

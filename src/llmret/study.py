@@ -665,16 +665,17 @@ def scaling_points(spec: StudySpec, rows: list[dict[str, Any]], measure: str,
 MIN_SPAN = 1.5  # the least ratio of largest to smallest x a power law is fitted over
 
 
-def _not_fitted(xs: list[float], ys: list[float]) -> str | None:
-    """Why a group gets no power law, or None: one point, values without a logarithm, or x values so
-    close that they are one point on a log scale (two decoders of nearly one size, several models'
-    steps rounded from one budget: the exponent would be rounding noise)."""
+def _not_fitted(xs: list[float], ys: list[float]) -> tuple[str, str] | None:
+    """Why a group gets no power law (the reason, and a detail for the group), or None: one point,
+    values without a logarithm, or x values so close that they are one point on a log scale (two
+    decoders of nearly one size, several models' steps rounded from one budget: the exponent would be
+    rounding noise)."""
     if len(set(xs)) < 2:
-        return "one point" if len(xs) == 1 else "one distinct x"
+        return ("one point", "") if len(xs) == 1 else ("one distinct x", "")
     if any(y <= 0 for y in ys):
-        return "a value at or below 0 (no logarithm)"
+        return "a value at or below 0, which has no logarithm", ""
     if max(xs) / min(xs) < MIN_SPAN:
-        return f"x spans {max(xs) / min(xs):.2f}x, less than {MIN_SPAN}x"
+        return f"x spanning less than {MIN_SPAN}x", f" ({max(xs) / min(xs):.2f}x)"
     return None
 
 
@@ -686,13 +687,14 @@ def _scaling_section(spec: StudySpec, rows: list[dict[str, Any]], measure: str, 
     PNGs per scale and quantity."""
     from llmret.scaling import OFFSET_MIN_POINTS, fit_offset_power_law, fit_power_law
 
-    fits, offsets, skipped = [], [], []
+    fits, offsets = [], []
+    skipped: dict[str, list[str]] = {}  # reason -> the groups it left unfitted
     for group, scales in scaling_points(spec, rows, measure, datasets).items():
         for scale, pts in scales.items():
             xs, ys = [x for x, _, _ in pts], [y for _, y, _ in pts]
-            reason = _not_fitted(xs, ys)
-            if reason is not None:
-                skipped.append(f"{group} against {scale} ({reason})")
+            why = _not_fitted(xs, ys)
+            if why is not None:
+                skipped.setdefault(why[0], []).append(f"{group} against {scale}{why[1]}")
                 continue
             fits.append({"group": group, "against": scale, "form": "power", **fit_power_law(xs, ys).to_json(),
                          "data": pts})
@@ -708,8 +710,8 @@ def _scaling_section(spec: StudySpec, rows: list[dict[str, Any]], measure: str, 
              + (f" or the {HELDOUT} on {spec.heldout.data} ({spec.heldout.split})" if spec.heldout else ""), "",
              "Each fit holds the other factor fixed: against parameters, the cells of one retriever and "
              "objective at one setting of the other grid axes (one budget); against compute, one system's cells.", ""]
-    if skipped:
-        lines += [f"Not fitted: {'; '.join(skipped)}.", ""]
+    for reason, groups in skipped.items():
+        lines += [f"Not fitted, {reason}: {'; '.join(groups)}.", ""]
     if fits:
         lines += ["y = a x^b, least squares on log-log values; the standard error of b from the residuals, the "
                   "interval from Student's t with points - 2 degrees of freedom (none with two points).", "",
