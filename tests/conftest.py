@@ -7,7 +7,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # for tests/helpers.py
 # ranx compiles its numba kernels on first use; by default numba caches them inside the package, so a
 # fresh virtual environment compiles again (~40 s). A cache beside llmret's own survives a reinstall.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test reaches a model hub: an unknown name fails at once
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "llmret" / "numba"))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One thread per worker (before torch is imported): two workers each spinning two OpenMP threads on
+    # two cores wait on each other; one apiece keeps both cores busy with real work.
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
