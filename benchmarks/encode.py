@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from llmret.config import EncoderSettings
+from llmret.encoders.settings import EncoderSettings
 from llmret.data import builtin
 from llmret.data.corpus import Corpus
 from llmret.encoders.dense import DenseEncoder
-from llmret.report import format_table
+from llmret.util.tables import format_table
 
 
 def gemm_flops(dtype: torch.dtype, n: int = 1024, budget_s: float = 1.0) -> float:

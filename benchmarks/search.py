@@ -132,7 +132,7 @@ def main() -> None:
 
     from sparse import real_vectors, search_rows, synthetic_corpus
 
-    from llmret.report import format_table
+    from llmret.util.tables import format_table
 
     print(f"dense: {args.docs} vectors of dimension {args.dim} from {args.clusters} topics, {args.queries} queries, "
           f"{args.threads} threads")

@@ -47,7 +47,7 @@ def build_index(folder: Path, smoke: bool) -> tuple[Path, list[str]]:
         data, model = str(folder), tiny_model("bert")
     else:
         from llmret.data import builtin
-        from llmret.registry import load
+        from llmret.evaluation.conventions import load
 
         builtin.builtin_root()
         data, model = "builtin:code", "minilm-l6"

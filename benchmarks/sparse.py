@@ -36,7 +36,7 @@ import scipy.sparse as sp
 def real_vectors(passages: int, smoke: bool = False, model: str = "splade-tiny",
                  length: int = 256) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     """``model``'s encodings of built-in passages and queries (the statistics to match)."""
-    from llmret.config import EncoderSettings
+    from llmret.encoders.settings import EncoderSettings
     from llmret.encoders.sparse import SparseEncoder
 
     if smoke:
@@ -45,7 +45,7 @@ def real_vectors(passages: int, smoke: bool = False, model: str = "splade-tiny",
         encoder = SparseEncoder.load(EncoderSettings(model=tiny_model("bert"), passage_max_length=32), "cpu")
         return encoder.encode_passages(smoke_texts(passages)), encoder.encode_queries(smoke_texts(20, seed=1, words=6))
     from llmret.data import builtin
-    from llmret.registry import load
+    from llmret.evaluation.conventions import load
 
     builtin.builtin_root()
     data, _ = load("builtin:code", "test")
@@ -129,7 +129,7 @@ def measure_memory(mode: str, vocab: int, batch_size: int, length: int) -> dict[
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    from llmret.config import EncoderSettings
+    from llmret.encoders.settings import EncoderSettings
     from llmret.encoders.dense import DenseEncoder
     from llmret.encoders.sparse import SparseEncoder
 
@@ -199,7 +199,7 @@ def main() -> None:
         print(json.dumps(measure_memory(args.memory_mode, args.vocab, args.batch_size, args.length)))
         return
 
-    from llmret.report import format_table
+    from llmret.util.tables import format_table
 
     real_docs, queries = real_vectors(args.passages, args.smoke, args.model, args.encode_length)
     docs = synthetic_corpus(real_docs, args.docs)

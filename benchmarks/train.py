@@ -30,12 +30,12 @@ import time
 import torch
 from encode import gemm_flops, non_embedding_parameters, sentence_transformer
 
-from llmret.config import EncoderSettings
+from llmret.encoders.settings import EncoderSettings
 from llmret.data.sampling import sample_group
 from llmret.data.training import Passage, TrainExample
-from llmret.report import format_table
-from llmret.steps import Criterion, cached_step, plain_step
-from llmret.train import TrainSettings, _wrap_lora, make_batch
+from llmret.util.tables import format_table
+from llmret.training.steps import Criterion, cached_step, plain_step
+from llmret.training.train import TrainSettings, _wrap_lora, make_batch
 
 TRAINERS = ("llmret", "llmret GradCache", "sentence-transformers", "sentence-transformers GradCache")
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 from helpers import random_texts, tiny_tokenizer, write_beir_folder, write_training_file
 
-from llmret.annotate import annotate
+from llmret.training.annotate import annotate
 from llmret.cli import main
 from llmret.data.training import read_training
-from llmret.errors import DataError
-from llmret.teachers import CrossEncoderTeacher, JudgeTeacher, RetrieverTeacher, load_teacher
+from llmret.util.errors import DataError
+from llmret.training.teachers import CrossEncoderTeacher, JudgeTeacher, RetrieverTeacher, load_teacher
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_mine_skips_positives_and_drops_likely_false_negatives(tmp_path: Path, t
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     from llmret.data.dataset import load_dataset
     from llmret.data.trec import write_run
-    from llmret.mining import MiningSettings, mine
+    from llmret.training.mining import MiningSettings, mine
 
     texts = random_texts(12, seed=8, min_words=5)
     docs = {f"d{i}": t for i, t in enumerate(texts)}

@@ -9,8 +9,8 @@ import matplotlib.image
 import pytest
 
 from llmret.cli import main
-from llmret.curves import plot_curves
-from llmret.errors import DataError
+from llmret.training.curves import plot_curves
+from llmret.util.errors import DataError
 
 
 def _log(folder: Path, records: list[dict[str, object]]) -> Path:

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from llmret import presets, study
-from llmret.demo import METRICS, demo_study, run_demo
+from llmret.studies import presets
+
+from llmret.studies import study
+from llmret.studies.demo import METRICS, demo_study, run_demo
 
 
 def test_demo_runs_every_system_and_its_table_matches_the_metrics(tiny_bert: Path, tiny_llama: Path,

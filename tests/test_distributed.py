@@ -16,8 +16,8 @@ pytestmark = pytest.mark.slow  # several processes: the CI tier
 
 SCRIPT = '''
 import json, sys
-from llmret.config import EncoderSettings
-from llmret.train import TrainSettings, train
+from llmret.encoders.settings import EncoderSettings
+from llmret.training.train import TrainSettings, train
 
 spec = json.loads(sys.argv[1])
 encoder = EncoderSettings(**spec.pop("encoder"))
@@ -129,7 +129,7 @@ def test_the_packaged_configs_load_and_the_launch_line_runs_llmret(
     from safetensors.torch import load_file
 
     from llmret.cli import main
-    from llmret.distributed import launch_config
+    from llmret.training.launch import launch_config
 
     spec = spec_for(tiny_llama, train_data, tmp_path / "one", lora_dropout=0.0, max_steps=3, save_steps=0)
     assert launch(tmp_path, 1, spec).returncode == 0

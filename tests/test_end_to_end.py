@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 from helpers import SCIFACT, random_texts, write_beir_folder
 
-from llmret.backbone import load_backbone
+from llmret.models.backbone import load_backbone
 from llmret.cli import main
-from llmret.config import EncoderSettings
+from llmret.encoders.settings import EncoderSettings
 from llmret.data import Corpus, Document, load_dataset, read_run
 from llmret.encoders.dense import DenseEncoder
 from llmret.index.dense import DenseIndex
 from llmret.index.shards import EmbeddingShards, encode_corpus
-from llmret.pipeline import evaluate_retriever
+from llmret.evaluation.pipeline import evaluate_retriever
 from llmret.retrievers import BM25Retriever, DenseRetriever
 
 

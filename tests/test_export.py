@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from helpers import random_texts, write_training_file
 
-from llmret.config import EncoderSettings
+from llmret.encoders.settings import EncoderSettings
 from llmret.encoders.dense import DenseEncoder
 from llmret.encoders.sparse import SparseEncoder
-from llmret.export import export_model
-from llmret.train import TrainSettings, train
+from llmret.encoders.export import export_model
+from llmret.training.train import TrainSettings, train
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ import pytest
 import torch
 from helpers import WORDS, random_texts
 
-from llmret.backbone import load_backbone
-from llmret.config import EncoderSettings
+from llmret.models.backbone import load_backbone
+from llmret.encoders.settings import EncoderSettings
 from llmret.encoders.dense import DenseEncoder
 
 SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)

@@ -10,8 +10,8 @@ from helpers import MSMARCO_EVAL, SCIFACT, write_beir_folder
 
 from llmret.data import Corpus, Document, load_dataset, load_queries, read_qrels, read_run, write_qrels, write_run
 from llmret.data.training import Passage, TrainExample, read_training, write_training
-from llmret.errors import DataError
-from llmret.fileio import atomic_write
+from llmret.util.errors import DataError
+from llmret.util.fileio import atomic_write
 
 
 def lines(path: Path, *rows: str) -> Path:
@@ -190,7 +190,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
 
 
 def test_atomic_dir_keeps_the_old_folder_until_the_new_one_is_whole(tmp_path: Path) -> None:
-    from llmret.fileio import atomic_dir
+    from llmret.util.fileio import atomic_dir
 
     target = tmp_path / "model"
     with atomic_dir(target) as tmp:

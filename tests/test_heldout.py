@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from helpers import random_texts, write_beir_folder, write_training_file
 
-from llmret.config import EncoderSettings
+from llmret.encoders.settings import EncoderSettings
 from llmret.data.dataset import load_dataset
 from llmret.data.sampling import sample_group
 from llmret.data.training import resolve_passages
 from llmret.encoders.dense import DenseEncoder
-from llmret.heldout import heldout_loss
-from llmret.mining import mine_bm25_negatives
-from llmret.train import TrainSettings, train
+from llmret.studies.heldout import heldout_loss
+from llmret.training.mining import mine_bm25_negatives
+from llmret.training.train import TrainSettings, train
 
 
 def test_heldout_loss_is_infonce_over_batches_of_unseen_queries(tiny_llama: Path, tmp_path: Path) -> None:

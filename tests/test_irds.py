@@ -23,8 +23,8 @@ import pytest
 import yaml
 from helpers import SCIFACT
 
-from llmret import study as study_module
-from llmret.study import StudySpec
+from llmret.studies import study as study_module
+from llmret.studies.study import StudySpec
 
 pytestmark = pytest.mark.slow  # several processes: the CI tier
 
@@ -84,7 +84,7 @@ def test_an_ir_datasets_id_is_the_source_files_data_and_evaluates_the_same(irds_
     assert settings["rules"]["convention"] == "beir" and settings["rules"]["exclude_self"]
     # a training id is training data as its local folder is (judged pairs, BM25-mined negatives), and the
     # corpus is written once per collection: the train split's folder links the same file
-    script = ("import json, sys; from llmret.train import TrainSettings, load_examples\n"
+    script = ("import json, sys; from llmret.training.train import TrainSettings, load_examples\n"
               "examples = load_examples(TrainSettings(train_data=sys.argv[1]))\n"
               "print(json.dumps([[e.query_id, [p.docid for p in e.positives], [p.docid for p in e.negatives]]"
               " for e in examples]))")

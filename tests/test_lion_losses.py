@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from llmret.train import TrainSettings, objective_for
+from llmret.training.train import TrainSettings, objective_for
 
 Q, G, D = 3, 4, 6  # queries, group size (positive first), dimensions
 
@@ -104,8 +104,8 @@ def test_the_flops_warm_up_counts_micro_batches_as_lions_scheduler(tiny_llama, t
     micro-batches per step, the weights training applies are that sequence, written out here."""
     from helpers import write_training_file
 
-    from llmret import train as train_module
-    from llmret.config import EncoderSettings
+    from llmret.training import train as train_module
+    from llmret.encoders.settings import EncoderSettings
     from llmret.losses.regularizers import warmup_weight
 
     seen: list[int] = []

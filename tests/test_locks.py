@@ -10,7 +10,7 @@ from pathlib import Path
 SCRIPT = r"""
 import sys, time
 from pathlib import Path
-from llmret.fileio import build_once
+from llmret.util.fileio import build_once
 
 def build(tmp):
     with open(sys.argv[2], "a") as log:

@@ -12,7 +12,7 @@ from helpers import MSMARCO_EVAL, synthetic_run
 
 from llmret.data.qrels import read_qrels
 from llmret.data.trec import read_run, write_run
-from llmret.evaluate import DEFAULT_MEASURES, evaluate, parse_measures
+from llmret.evaluation.measures import DEFAULT_MEASURES, evaluate, parse_measures
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "trec_eval_golden.json").read_text())
 

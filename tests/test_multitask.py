@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from helpers import write_training_file
 
-import llmret.train as train_module
-from llmret.config import EncoderSettings
-from llmret.train import TrainSettings, batch_plan, train
+import llmret.training.train as train_module
+from llmret.encoders.settings import EncoderSettings
+from llmret.training.train import TrainSettings, batch_plan, train
 
 
 def test_batch_plan_covers_every_batch_of_every_task_once() -> None:
@@ -50,7 +50,7 @@ def test_task_instructions_put_each_task_s_own_instruction_before_its_queries(
     from transformers import AutoTokenizer
 
     from llmret.encoders.dense import DenseEncoder
-    from llmret.errors import DataError
+    from llmret.util.errors import DataError
 
     sources = {}
     # instructions in the tiny tokenizer's vocabulary, so that they decode back to words

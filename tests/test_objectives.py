@@ -10,11 +10,11 @@ import pytest
 import torch
 from helpers import random_texts
 
-from llmret.config import EncoderSettings
+from llmret.encoders.settings import EncoderSettings
 from llmret.data.training import Passage, TrainExample, write_training
-from llmret.errors import DataError
+from llmret.util.errors import DataError
 from llmret.losses import InfoNCELoss, ListwiseKDLoss, MarginMSELoss, Objective
-from llmret.train import TrainSettings, train
+from llmret.training.train import TrainSettings, train
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -106,7 +106,7 @@ def test_sentence_transformers_score_files_are_read_as_they_are(tiny_llama: Path
         pickle.dump(scores, handle)
     (tmp_path / "ce-scores.json").write_text(json.dumps({str(q): {str(p): s for p, s in row.items()}
                                                          for q, row in scores.items()}))
-    from llmret.train import load_tasks
+    from llmret.training.train import load_tasks
 
     for name in ("ce-scores.pkl.gz", "ce-scores.json"):
         settings = TrainSettings(train_data=str(data), objective="kd", teacher_scores=str(tmp_path / name))

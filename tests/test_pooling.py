@@ -7,8 +7,8 @@ import pytest
 import torch
 from helpers import random_texts
 
-from llmret.backbone import load_backbone
-from llmret.config import EncoderSettings
+from llmret.models.backbone import load_backbone
+from llmret.encoders.settings import EncoderSettings
 from llmret.encoders.dense import DenseEncoder
 from llmret.encoders.pooling import pool
 

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmret import presets, study
+from llmret.studies import presets
+
+from llmret.studies import study
 from llmret.cli import main
-from llmret.errors import DataError
+from llmret.util.errors import DataError
 
 
 def test_every_preset_reads_and_is_listed(capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from llmret import presets, study
+from llmret.studies import presets
+
+from llmret.studies import study
 
 CARDS = Path(__file__).resolve().parents[1] / "docs" / "recipes"
 BOOKKEEPING = {"save_steps", "logging_steps", "chunk_size", "eval_steps"}  # how a run is logged, not what it trains

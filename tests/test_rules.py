@@ -10,7 +10,7 @@ from helpers import MSMARCO_EVAL, random_texts, write_beir_folder
 
 from llmret.cli import main
 from llmret.data import read_run
-from llmret.registry import rules_for, rules_for_qrels
+from llmret.evaluation.conventions import rules_for, rules_for_qrels
 
 
 @pytest.fixture()

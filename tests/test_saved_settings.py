@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from helpers import make_tiny_model, random_texts, write_beir_folder, write_training_file
 
-from llmret.backbone import load_backbone
-from llmret.config import EncoderSettings
+from llmret.models.backbone import load_backbone
+from llmret.encoders.settings import EncoderSettings
 from llmret.data import load_dataset
 from llmret.encoders.dense import DenseEncoder
 from llmret.encoders.sparse import SparseEncoder
-from llmret.pipeline import evaluate_retriever
+from llmret.evaluation.pipeline import evaluate_retriever
 from llmret.retrievers import DenseRetriever
-from llmret.saved import SavedModel
-from llmret.train import TrainSettings, train
+from llmret.models.saved import SavedModel
+from llmret.training.train import TrainSettings, train
 
 
 @pytest.fixture(scope="module")

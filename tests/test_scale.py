@@ -16,7 +16,7 @@ import torch
 GATHER = '''
 import json, sys, torch, torch.distributed as dist
 from llmret.losses import InfoNCELoss, ListwiseKDLoss, Objective
-from llmret.steps import Criterion, Regularizer
+from llmret.training.steps import Criterion, Regularizer
 
 rank, world = int(sys.argv[1]), int(sys.argv[2])
 dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[3], rank=rank, world_size=world)
@@ -67,10 +67,10 @@ def test_gathered_losses_on_two_processes_have_the_single_process_gradient(tmp_p
 
 
 def _lora_encoder(model: Path, sparse: bool, dropout: float):
-    from llmret.config import EncoderSettings
+    from llmret.encoders.settings import EncoderSettings
     from llmret.encoders.dense import DenseEncoder
     from llmret.encoders.sparse import SparseEncoder
-    from llmret.train import TrainSettings, _wrap_lora
+    from llmret.training.train import TrainSettings, _wrap_lora
 
     cls = SparseEncoder if sparse else DenseEncoder
     encoder = cls.load(EncoderSettings(model=str(model), query_max_length=12, passage_max_length=20), "cpu")
@@ -88,7 +88,7 @@ def test_grad_cache_gives_the_plain_gradient_with_dropout(tiny_llama: Path, spar
     from helpers import random_texts
 
     from llmret.losses import InfoNCELoss, ListwiseKDLoss, Objective
-    from llmret.steps import Batch, Criterion, Regularizer, cached_step, plain_step
+    from llmret.training.steps import Batch, Criterion, Regularizer, cached_step, plain_step
 
     encoder = _lora_encoder(tiny_llama, sparse, dropout=0.3)
     texts = random_texts(24, seed=4)
@@ -121,7 +121,7 @@ def test_grad_cache_without_replay_would_differ(tiny_llama: Path, monkeypatch: p
 
     from helpers import random_texts
 
-    from llmret import steps
+    from llmret.training import steps
     from llmret.losses import InfoNCELoss, ListwiseKDLoss, Objective
 
     encoder = _lora_encoder(tiny_llama, False, dropout=0.3)
@@ -141,7 +141,7 @@ def test_grad_cache_without_replay_would_differ(tiny_llama: Path, monkeypatch: p
 
 def test_query_subsets_are_seeded_and_nested() -> None:
     from llmret.data.training import Passage, TrainExample
-    from llmret.train import subset
+    from llmret.training.train import subset
 
     examples = [TrainExample(f"q{i}", "x", [Passage(f"d{i}")]) for i in range(50)]
     small, large = subset(examples, 10, 3), subset(examples, 25, 3)
@@ -159,12 +159,12 @@ def test_budget_buys_steps_and_logs_flops_and_checkpoints_are_evaluated(tiny_lla
     from safetensors.torch import load_file
     from transformers import AutoModel
 
-    from llmret.config import EncoderSettings
+    from llmret.encoders.settings import EncoderSettings
     from llmret.encoders.dense import DenseEncoder
-    from llmret.pipeline import evaluate_retriever
-    from llmret.registry import load
+    from llmret.evaluation.pipeline import evaluate_retriever
+    from llmret.evaluation.conventions import load
     from llmret.retrievers.dense import DenseRetriever
-    from llmret.train import TrainSettings, train
+    from llmret.training.train import TrainSettings, train
 
     data = write_training_file(tmp_path / "train.jsonl", 16, (1, 5))
     texts = random_texts(10, seed=9, min_words=5)
@@ -219,7 +219,7 @@ def test_grad_cache_backpropagates_the_cached_loss_before_any_chunk(tiny_llama: 
     from helpers import random_texts
 
     from llmret.losses import InfoNCELoss, ListwiseKDLoss, Objective
-    from llmret.steps import Batch, Criterion, cached_step
+    from llmret.training.steps import Batch, Criterion, cached_step
 
     encoder = _lora_encoder(tiny_llama, False, dropout=0.0)
     texts = random_texts(12, seed=4)
@@ -248,7 +248,7 @@ def test_grad_cache_under_deepspeed_is_refused_before_any_work(tmp_path: Path,
     import accelerate
     from accelerate.utils import DistributedType
 
-    from llmret.train import TrainSettings, train
+    from llmret.training.train import TrainSettings, train
 
     class DeepSpeedStandIn(accelerate.Accelerator):
         @property

@@ -11,9 +11,9 @@ import pytest
 import yaml
 from scipy.stats import linregress, t
 
-from llmret import study
-from llmret.errors import DataError
-from llmret.scaling import fit_power_law
+from llmret.studies import study
+from llmret.util.errors import DataError
+from llmret.studies.scaling import fit_power_law
 
 
 def test_fit_matches_scipy_linregress_on_logs() -> None:
@@ -100,7 +100,7 @@ def test_study_report_fits_quality_and_heldout_loss_against_compute_from_the_cel
 
 def test_offset_power_law_recovers_a_known_law_and_its_floor() -> None:
     """y = E + a (x / s)^-alpha from exact and from noisy points of a known law; too few points refused."""
-    from llmret.scaling import fit_offset_power_law
+    from llmret.studies.scaling import fit_offset_power_law
 
     x = np.geomspace(1e17, 1e19, 6)
     scale = float(np.exp(np.log(x).mean()))

@@ -19,11 +19,11 @@ import uvicorn
 from helpers import random_texts, write_beir_folder, write_training_file
 
 from llmret.cli import main
-from llmret.config import EncoderSettings
+from llmret.encoders.settings import EncoderSettings
 from llmret.data.trec import read_run
 from llmret.encoders.base import TextEncoder
 from llmret.serve.app import Limits, LoadedIndex, create_app
-from llmret.train import TrainSettings, train
+from llmret.training.train import TrainSettings, train
 
 
 @contextmanager
@@ -68,7 +68,7 @@ def indexes(tiny_llama: Path, tiny_bert: Path, tmp_path_factory: pytest.TempPath
 
 
 def _load(indexes: dict[str, Path], batching: bool = True, corpus: bool = False) -> list[LoadedIndex]:
-    from llmret.registry import load_corpus
+    from llmret.evaluation.conventions import load_corpus
 
     texts = {d.id: d.full_text() for d in load_corpus(str(indexes["data"]))} if corpus else None
     return [LoadedIndex(name, indexes[name], texts, batching, 32, 0.02) for name in ("dense", "sparse")]
@@ -78,7 +78,7 @@ def test_search_over_http_gives_the_top_k_of_llmret_search(indexes: dict[str, Pa
     assert main(["search", "--index-dir", str(indexes["dense"]), "--data", str(indexes["data"]), "--k", "5",
                  "--out", str(tmp_path / "run.trec")]) == 0
     expected = read_run(tmp_path / "run.trec")
-    from llmret.registry import load
+    from llmret.evaluation.conventions import load
 
     data, _ = load(str(indexes["data"]))
     qids = sorted(data.queries)
@@ -166,7 +166,7 @@ def test_micro_batching_changes_no_answer_and_batches_concurrent_queries(indexes
 
 @pytest.mark.slow  # ranx compiles its kernels
 def test_hybrid_fuses_by_reciprocal_rank_as_ranx_does(indexes: dict[str, Path]) -> None:
-    from llmret.fusion import fuse
+    from llmret.evaluation.fusion import fuse
 
     query = {"query": "alpha beta gamma delta"}
     with serving(create_app(_load(indexes), hybrids={"both": ["dense", "sparse"]})) as url:

@@ -14,7 +14,7 @@ from helpers import random_texts, write_beir_folder
 from scipy import stats
 
 from llmret.cli import main
-from llmret.significance import compare, correct, paired_tests
+from llmret.evaluation.significance import compare, correct, paired_tests
 
 
 def test_paired_tests_by_hand() -> None:

@@ -10,17 +10,17 @@ import scipy.sparse as sp
 import torch
 from helpers import WORDS, random_texts, write_beir_folder
 
-from llmret.backbone import load_backbone
+from llmret.models.backbone import load_backbone
 from llmret.cli import main
-from llmret.config import EncoderSettings
+from llmret.encoders.settings import EncoderSettings
 from llmret.data import read_run
 from llmret.encoders.dense import DenseEncoder
 from llmret.encoders.sparse import SparseEncoder, sparsify
-from llmret.fusion import fuse
+from llmret.evaluation.fusion import fuse
 from llmret.index.anserini import term_names
 from llmret.index.sparse import SeismicSettings, SeismicSparseIndex, SparseIndex
 from llmret.losses.regularizers import regularization, warmup_weight
-from llmret.train import TrainSettings, train
+from llmret.training.train import TrainSettings, train
 
 
 def naive_weights(encoder: SparseEncoder, batch: dict[str, torch.Tensor], pooling: str) -> torch.Tensor:
@@ -277,7 +277,7 @@ def test_sparse_training_logs_nonzero_terms_and_loads_back(tiny_llama: Path, tmp
 def test_mntp_masks_predicts_from_the_previous_position_and_loads_bidirectional(tiny_llama: Path, tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
-    from llmret.mntp import MNTPSettings, mask_tokens, masked_lm_collator, mntp_loss, pack_blocks, run_mntp
+    from llmret.training.mntp import MNTPSettings, mask_tokens, masked_lm_collator, mntp_loss, pack_blocks, run_mntp
 
     assert pack_blocks([[1, 5, 6], [1, 7], [1, 8, 9, 10]], 3) == [[1, 5, 6], [1, 7, 1], [8, 9, 10]]
     tok = AutoTokenizer.from_pretrained(tiny_llama)

@@ -10,11 +10,11 @@ import pytest
 import torch
 from helpers import random_texts, write_training_file
 
-from llmret.backbone import load_backbone
-from llmret.config import EncoderSettings
+from llmret.models.backbone import load_backbone
+from llmret.encoders.settings import EncoderSettings
 from llmret.encoders.sparse import SparseEncoder, keep_top_k
-from llmret.saved import SavedModel
-from llmret.train import TrainSettings, train
+from llmret.models.saved import SavedModel
+from llmret.training.train import TrainSettings, train
 
 
 def test_special_terms_and_input_terms_by_hand(tiny_llama: Path) -> None:
@@ -99,7 +99,7 @@ def test_lion_dense_recipe_pools_normalised_states_and_reloads(tiny_llama: Path,
     from transformers import AutoModel, AutoTokenizer
 
     from llmret.encoders.dense import DenseEncoder
-    from llmret.export import export_model
+    from llmret.encoders.export import export_model
 
     data = write_training_file(tmp_path / "train.jsonl", 16, (1, 5, 9))
     settings = TrainSettings.from_dict({"recipe": "lion-dense", "train_data": str(data), "output_dir": str(tmp_path / "ld"),

@@ -16,9 +16,9 @@ import pytest
 import torch
 from helpers import random_texts
 
-from llmret.config import EncoderSettings
+from llmret.encoders.settings import EncoderSettings
 from llmret.encoders.dense import DenseEncoder
-from llmret.errors import DataError
+from llmret.util.errors import DataError
 
 
 def build(folder: Path, bert: Path, pooling: str | tuple[str, ...], *, dense: list[int] | None = None,

@@ -12,11 +12,11 @@ import torch
 import yaml
 from helpers import WORDS, random_texts
 
-from llmret import study
+from llmret.studies import study
 from llmret.cli import main
-from llmret.config import EncoderSettings
-from llmret.mntp import MNTPSettings, run_mntp
-from llmret.train import TrainSettings, train
+from llmret.encoders.settings import EncoderSettings
+from llmret.training.mntp import MNTPSettings, run_mntp
+from llmret.training.train import TrainSettings, train
 
 
 def _corpus(path: Path) -> Path:
@@ -59,7 +59,7 @@ def test_continuing_the_mntp_adapter_starts_from_its_weights(mntp_final: Path, t
     assert saved["base_model"] == str(tiny_llama) and saved["model_info"]["bidirectional"]
 
     from llmret.encoders.base import bidirectional_mask
-    from llmret.systems import load_encoder
+    from llmret.retrievers.factory import load_encoder
 
     encoder = load_encoder(retriever, EncoderSettings(model=str(final)))
     ids = encoder.collate(encoder.tokenize(["alpha beta gamma delta red river"], 16))  # unpadded: positions 0..
@@ -101,7 +101,7 @@ def _steps_per_epoch(run: Path, corpus: Path) -> int:
     """Steps in one epoch of the run's packed blocks, as MNTP counts them."""
     from transformers import AutoTokenizer
 
-    from llmret.mntp import corpus_texts, pack_blocks
+    from llmret.training.mntp import corpus_texts, pack_blocks
 
     config = yaml.safe_load((run / "mntp_config.yaml").read_text())
     tok = AutoTokenizer.from_pretrained(config["model"])

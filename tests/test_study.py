@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmret import study
+from llmret.studies import study
 from llmret.cli import main
-from llmret.errors import DataError
-from llmret.significance import compare
+from llmret.util.errors import DataError
+from llmret.evaluation.significance import compare
 
 
 def _done(spec: study.StudySpec) -> dict[str, int]:

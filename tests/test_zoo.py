@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 from helpers import SCIFACT, verified_embeddings
 
-from llmret import zoo
-from llmret.backbone import load_backbone
-from llmret.config import EncoderSettings
+from llmret.models import zoo
+from llmret.models.backbone import load_backbone
+from llmret.encoders.settings import EncoderSettings
 from llmret.data import Corpus, load_dataset
 from llmret.encoders.dense import DenseEncoder
-from llmret.pipeline import evaluate_retriever
-from llmret.registry import rules_for
+from llmret.evaluation.pipeline import evaluate_retriever
+from llmret.evaluation.conventions import rules_for
 from llmret.retrievers import DenseRetriever
 
 pytestmark = pytest.mark.slow  # real models, installed and loaded: the CI tier

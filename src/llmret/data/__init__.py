@@ -1,7 +1,7 @@
 """Readers and writers for the formats the IR community passes around.
 
 Every reader streams where the data can be large (corpora), validates as it goes, and raises
-:class:`llmret.errors.DataError` naming the file and line of the first fault.
+:class:`llmret.util.errors.DataError` naming the file and line of the first fault.
 """
 
 from llmret.data.corpus import Corpus, Document

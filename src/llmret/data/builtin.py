@@ -27,12 +27,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmret.cache import cache_dir
+from llmret.util.cache import cache_dir
 from llmret.data.corpus import Corpus, Document
 from llmret.data.dataset import RetrievalData, write_queries
 from llmret.data.qrels import write_qrels
 from llmret.data.training import write_training
-from llmret.fileio import build_once, read_json, write_json
+from llmret.util.fileio import build_once, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def build(root: Path) -> dict[str, object]:
     """Build every task and split under ``root`` and return the manifest."""
     # The training split ships BM25-mined negatives; mining runs a retriever, which data/ must not
     # import at module level (retrievers depend on data), hence here.
-    from llmret.mining import mine_bm25_negatives
+    from llmret.training.mining import mine_bm25_negatives
 
     items = _deduplicate(_extract())
     counts: dict[str, dict[str, dict[str, int]]] = {}

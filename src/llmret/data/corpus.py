@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmret.errors import DataError
-from llmret.fileio import atomic_write, iter_jsonl, iter_lines, require_str
+from llmret.util.errors import DataError
+from llmret.util.fileio import atomic_write, iter_jsonl, iter_lines, require_str
 
 
 @dataclass(frozen=True, slots=True)

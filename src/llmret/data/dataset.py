@@ -9,8 +9,8 @@ from pathlib import Path
 
 from llmret.data.corpus import Corpus
 from llmret.data.qrels import Qrels, read_qrels, write_qrels
-from llmret.errors import DataError
-from llmret.fileio import atomic_write, iter_jsonl, iter_lines, require_str
+from llmret.util.errors import DataError
+from llmret.util.fileio import atomic_write, iter_jsonl, iter_lines, require_str
 
 
 @dataclass

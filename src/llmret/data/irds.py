@@ -18,13 +18,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from llmret.cache import cache_dir
-from llmret.errors import DataError
-from llmret.fileio import atomic_dir, atomic_write
+from llmret.util.cache import cache_dir
+from llmret.util.errors import DataError
+from llmret.util.fileio import atomic_dir, atomic_write
 
 PREFIX = "irds:"
 
-# Evaluation conventions (llmret.registry.CONVENTIONS) by id prefix, first match wins.
+# Evaluation conventions (llmret.evaluation.conventions.CONVENTIONS) by id prefix, first match wins.
 CONVENTIONS = (("beir/msmarco", "msmarco-dev"), ("beir/", "beir"), ("msmarco-passage/trec-dl", "trec-dl"),
                ("msmarco-passage/dev", "msmarco-dev"))
 

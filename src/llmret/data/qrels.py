@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmret.errors import DataError
-from llmret.fileio import atomic_write, iter_lines
+from llmret.util.errors import DataError
+from llmret.util.fileio import atomic_write, iter_lines
 
 Qrels = dict[str, dict[str, int]]
 """query id -> document id -> graded relevance."""

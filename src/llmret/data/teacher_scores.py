@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from llmret.data.training import TrainExample
-from llmret.errors import DataError
+from llmret.util.errors import DataError
 
 Scores = dict[str, dict[str, float]]
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from llmret.data.corpus import Corpus
-from llmret.errors import DataError
-from llmret.fileio import atomic_write, iter_jsonl, require_str
+from llmret.util.errors import DataError
+from llmret.util.fileio import atomic_write, iter_jsonl, require_str
 
 
 @dataclass

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from llmret.errors import DataError
-from llmret.fileio import atomic_write, iter_lines
+from llmret.util.errors import DataError
+from llmret.util.fileio import atomic_write, iter_lines
 
 Run = dict[str, dict[str, float]]
 """query id -> document id -> score (higher is better)."""

@@ -1,7 +1,6 @@
 """Text to vectors: dense (pooled token states) and learned-sparse (vocabulary term weights)."""
 
-from llmret.encoders.dense import DenseEncoder
-from llmret.encoders.pooling import pool
-from llmret.encoders.sparse import SparseEncoder
+from llmret.util.lazy import lazy_exports
 
 __all__ = ["DenseEncoder", "SparseEncoder", "pool"]
+__getattr__, __dir__ = lazy_exports(__name__, {"DenseEncoder": "dense", "SparseEncoder": "sparse", "pool": "pooling"})

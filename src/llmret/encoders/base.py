@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from llmret.backbone import Backbone, ModelInfo, load_backbone
-from llmret.config import DEFAULTS, EncoderSettings
-from llmret.saved import SavedModel
+from llmret.models.backbone import Backbone, ModelInfo, load_backbone
+from llmret.encoders.settings import DEFAULTS, EncoderSettings
+from llmret.models.saved import SavedModel
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ import scipy.sparse as sp
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from llmret.backbone import Backbone, ModelInfo
+from llmret.models.backbone import Backbone, ModelInfo
 from llmret.encoders import term_bias
 from llmret.encoders.base import TextEncoder
 from llmret.encoders.vocab_head import VocabHead, head_detached
-from llmret.errors import DataError
+from llmret.util.errors import DataError
 
 SPARSE_POOLINGS = ("max", "sum", "last")
 

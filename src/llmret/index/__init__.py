@@ -1,6 +1,7 @@
-"""Indexes: dense (FAISS); the sparse inverted index mirrors this interface."""
+"""Indexes: dense (FAISS) and sparse (an exact inverted index, Seismic), over encoded shards."""
 
-from llmret.index.dense import DenseIndex
-from llmret.index.shards import EmbeddingShards, encode_corpus
+from llmret.util.lazy import lazy_exports
 
 __all__ = ["DenseIndex", "EmbeddingShards", "encode_corpus"]
+__getattr__, __dir__ = lazy_exports(__name__, {"DenseIndex": "dense", "EmbeddingShards": "shards",
+                                               "encode_corpus": "shards"})

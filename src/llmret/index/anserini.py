@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from llmret.fileio import atomic_write
+from llmret.util.fileio import atomic_write
 
 _UNSAFE = re.compile(r"\s")
 

@@ -16,8 +16,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from llmret.errors import DataError
-from llmret.fileio import atomic_write, read_ids, write_ids
+from llmret.util.errors import DataError
+from llmret.util.fileio import atomic_write, read_ids, write_ids
 from llmret.index.shards import Shards
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from llmret.data.trec import Run
-from llmret.errors import DataError
-from llmret.fileio import atomic_dir, read_json, write_json
+from llmret.util.errors import DataError
+from llmret.util.fileio import atomic_dir, read_json, write_json
 from llmret.index.dense import DenseIndex
 from llmret.index.shards import Shards
 from llmret.index.sparse import SeismicSettings, SeismicSparseIndex, SparseIndex
@@ -128,8 +128,8 @@ class Searcher:
 
     @classmethod
     def open(cls, folders: str | Path | list[str | Path], device: str | None = None) -> Searcher:
-        from llmret.config import SPARSE_ONLY, EncoderSettings
-        from llmret.systems import load_encoder
+        from llmret.encoders.settings import SPARSE_ONLY, EncoderSettings
+        from llmret.retrievers.factory import load_encoder
 
         paths = [Path(f) for f in (folders if isinstance(folders, list) else [folders])]
         opened = [open_index(path) for path in paths]

@@ -17,8 +17,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from llmret.data.corpus import Corpus
-from llmret.errors import DataError
-from llmret.fileio import atomic_write, read_ids, read_json, write_ids, write_json
+from llmret.util.errors import DataError
+from llmret.util.fileio import atomic_write, read_ids, read_json, write_ids, write_json
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from llmret.errors import DataError
-from llmret.fileio import atomic_write, read_ids, write_ids
+from llmret.util.errors import DataError
+from llmret.util.fileio import atomic_write, read_ids, write_ids
 from llmret.index.shards import Shards
 
 Hits = tuple[list[np.ndarray], list[list[str]]]  # per query: scores, and document ids in the same order

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from llmret.errors import DataError
-from llmret.fileio import atomic_write
+from llmret.util.errors import DataError
+from llmret.util.fileio import atomic_write
 
 
 @dataclass

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from llmret.distributed import global_sum, scale_for_ddp
+from llmret.losses.distributed import global_sum, scale_for_ddp
 
 REGULARIZERS = ("flops", "l1")
 

@@ -1,8 +1,7 @@
 """Retrievers index a corpus and return a run for a set of queries: BM25, dense and sparse (mirrors)."""
 
-from llmret.retrievers.base import Retriever
-from llmret.retrievers.bm25 import BM25Retriever
-from llmret.retrievers.dense import DenseRetriever
-from llmret.retrievers.sparse import SparseRetriever
+from llmret.util.lazy import lazy_exports
 
 __all__ = ["BM25Retriever", "DenseRetriever", "Retriever", "SparseRetriever"]
+__getattr__, __dir__ = lazy_exports(__name__, {"BM25Retriever": "bm25", "DenseRetriever": "dense", "Retriever": "base",
+                                               "SparseRetriever": "sparse"})

@@ -133,7 +133,7 @@ class LoadedIndex:
 class HybridIndex:
     """Several served indexes searched at once and fused by reciprocal rank (Cormack et al., 2009).
 
-    RRF is computed here rather than through :func:`llmret.fusion.fuse` (ranx): ranx compiles its numba
+    RRF is computed here rather than through :func:`llmret.evaluation.fusion.fuse` (ranx): ranx compiles its numba
     code on first use, 30-60 s that must not land on a request. Each part is asked for ``depth`` hits
     (at least 100) so that fusion sees more than the final k; ties are broken by document id.
     """

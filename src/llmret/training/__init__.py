@@ -1,2 +1,2 @@
-"""Training: the settings of retrieval training and MNTP (the trainers themselves are llmret.train
-and llmret.mntp)."""
+"""Training: the settings of retrieval training and MNTP (the trainers themselves are llmret.training.train
+and llmret.training.mntp)."""

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmret.config import EncoderSettings, from_dict, option
-from llmret.errors import DataError
-from llmret.layers import merge
-from llmret.recipes import RECIPES, recipe_values
+from llmret.encoders.settings import EncoderSettings, from_dict, option
+from llmret.util.errors import DataError
+from llmret.util.layers import merge
+from llmret.encoders.recipes import RECIPES, recipe_values
 
 
 @dataclass
@@ -26,7 +26,7 @@ class TrainSettings:
     """
 
     recipe: str | None = option(None, "a published system's settings under yours: lion-sparse, lion-dense, "
-                              "promptreps (see llmret.recipes)",
+                              "promptreps (see llmret.encoders.recipes)",
                               choices=tuple(RECIPES))
     retriever: str = option("dense", "what to train", choices=("dense", "sparse"))
     train_data: list[str] | str = option("builtin:code", "Tevatron JSONL, a BEIR folder (qrels/train.tsv) or "

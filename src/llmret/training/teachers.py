@@ -46,7 +46,7 @@ class CrossEncoderTeacher:
     def __init__(self, model: str, max_length: int = 512, device: str | None = None) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from llmret.backbone import resolve
+        from llmret.models.backbone import resolve
 
         source, _ = resolve(model)
         self.name, self.max_length, self.device = f"cross-encoder:{model}", max_length, _device(device)
@@ -73,7 +73,7 @@ class JudgeTeacher:
                  device: str | None = None) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from llmret.backbone import resolve
+        from llmret.models.backbone import resolve
 
         if "{query}" not in prompt or "{passage}" not in prompt:
             raise ValueError("a judge prompt must contain {query} and {passage}")
@@ -111,7 +111,7 @@ class RetrieverTeacher:
     """An llmret dense or sparse encoder: the score is the similarity its index would compute."""
 
     def __init__(self, kind: str, model: str, max_length: int | None = None, device: str | None = None) -> None:
-        from llmret.config import EncoderSettings
+        from llmret.encoders.settings import EncoderSettings
         from llmret.encoders.dense import DenseEncoder
         from llmret.encoders.sparse import SparseEncoder
 

@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 
 from llmret.data.corpus import Corpus
 from llmret.data.training import TrainExample, example_json, read_training
-from llmret.errors import DataError
-from llmret.teachers import Teacher, score_pairs
+from llmret.util.errors import DataError
+from llmret.training.teachers import Teacher, score_pairs
 
 log = logging.getLogger(__name__)
 
@@ -86,15 +86,15 @@ def annotate(source: str | Path, out: str | Path, teacher: Teacher, *, corpus: C
 
 def scored_by(examples: list[TrainExample], teacher: str, max_length: int | None = None) -> list[TrainExample]:
     """``examples`` with ``teacher``'s score on every passage (``train --teacher``; ``max_length`` as
-    :func:`llmret.teachers.load_teacher` takes it), annotated once: the scored file is kept in llmret's
+    :func:`llmret.training.teachers.load_teacher` takes it), annotated once: the scored file is kept in llmret's
     cache under a digest of the teacher, its length and the examples' content,
     so runs that share the data (a study's objectives and backbones) share the scoring, and a killed
     scoring resumes."""
     import hashlib
 
-    from llmret.cache import cache_dir
-    from llmret.fileio import atomic_write
-    from llmret.teachers import load_teacher
+    from llmret.util.cache import cache_dir
+    from llmret.util.fileio import atomic_write
+    from llmret.training.teachers import load_teacher
 
     rows = "".join(json.dumps(example_json(ex), ensure_ascii=False, sort_keys=True) + "\n" for ex in examples)
     digest = hashlib.sha256(f"{teacher}\n{max_length}\n{rows}".encode()).hexdigest()[:16]

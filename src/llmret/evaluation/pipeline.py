@@ -14,9 +14,9 @@ from pathlib import Path
 
 from llmret.data.dataset import RetrievalData
 from llmret.data.trec import Run, write_run
-from llmret.evaluate import Evaluation
-from llmret.fileio import write_json
-from llmret.registry import CONVENTIONS, DatasetRules
+from llmret.evaluation.measures import Evaluation
+from llmret.util.fileio import write_json
+from llmret.evaluation.conventions import CONVENTIONS, DatasetRules
 from llmret.retrievers.base import Retriever
 
 log = logging.getLogger(__name__)

@@ -11,10 +11,10 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmret.config import EncoderSettings, from_dict, load_config
-from llmret.curves import DEFAULT_KEYS  # light: matplotlib is imported only when drawing
-from llmret.errors import DataError
-from llmret.fileio import read_json
+from llmret.encoders.settings import EncoderSettings, from_dict, load_config
+from llmret.training.curves import DEFAULT_KEYS  # light: matplotlib is imported only when drawing
+from llmret.util.errors import DataError
+from llmret.util.fileio import read_json
 
 if TYPE_CHECKING:
     from llmret.index.sparsity import Sparsity
@@ -28,7 +28,7 @@ def _add_encoder_args(p: argparse.ArgumentParser, training: bool = False) -> Non
     g = p.add_argument_group("encoder (defaults come from the model; --config FILE may set them too)")
     g.add_argument("--model", help="zoo name, model folder, .gguf file or hub id")
     if not training:
-        from llmret.recipes import ENCODER_RECIPES
+        from llmret.encoders.recipes import ENCODER_RECIPES
 
         g.add_argument("--config", help="YAML/JSON file with encoder settings (keys as the flags, with _)")
         g.add_argument("--recipe", choices=ENCODER_RECIPES, help="a published encoder's settings under yours "
@@ -89,7 +89,7 @@ def _add_settings_args(p: argparse.ArgumentParser, cls: type, skip: tuple[str, .
 
 def encoder_settings(args: argparse.Namespace) -> EncoderSettings:
     """A recipe's settings first, the config file over them, flags on top."""
-    from llmret.recipes import encoder_recipe
+    from llmret.encoders.recipes import encoder_recipe
 
     data = load_config(args.config) if getattr(args, "config", None) else {}
     if getattr(args, "recipe", None):
@@ -121,7 +121,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_rules_arg(p: argparse.ArgumentParser) -> None:
-    from llmret.registry import CONVENTIONS
+    from llmret.evaluation.conventions import CONVENTIONS
 
     p.add_argument("--rules", choices=list(CONVENTIONS),
                    help="evaluation convention (default: from the data folder's name; see the README)")
@@ -136,15 +136,15 @@ def _positive_k(value: str) -> int:
 
 # ---- subcommands -----------------------------------------------------------------------------------
 def cmd_zoo(args: argparse.Namespace) -> int:
-    from llmret import zoo
-    from llmret.report import format_table
+    from llmret.models import zoo
+    from llmret.util.tables import format_table
 
     if args.action == "list":
         rows = [{"name": e.name, "kind": e.kind, "params": e.parameters,
                  "installed": "yes" if e.installed() else "no", "description": e.description} for e in zoo.ZOO.values()]
         print(format_table(rows, ["name", "kind", "params", "installed", "description"]))
         return 0
-    from llmret.backbone import resolve
+    from llmret.models.backbone import resolve
 
     for name in args.names:
         folder, _ = resolve(zoo.get(name).name)
@@ -179,7 +179,7 @@ def _shard_of(args: argparse.Namespace) -> tuple[int, int]:
 
 def cmd_encode(args: argparse.Namespace) -> int:
     from llmret.index.shards import encode_corpus, save_vectors
-    from llmret.registry import load
+    from llmret.evaluation.conventions import load
 
     part, parts = _shard_of(args)
     data, rules = load(args.data, args.split, args.rules)
@@ -219,7 +219,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from llmret.index.shards import EmbeddingShards, open_shards
 
     if args.index_dir and args.data:  # queries as text: encoded by the index's own encoder
-        from llmret.registry import load
+        from llmret.evaluation.conventions import load
 
         data, rules = load(args.data, args.split, args.rules)
         searcher = saved.Searcher.open(args.index_dir)
@@ -249,7 +249,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _print_result(name: str, aggregate: dict[str, float]) -> None:
-    from llmret.report import format_table
+    from llmret.util.tables import format_table
 
     print(format_table([{"system": name, **aggregate}], ["system", *aggregate], percent=list(aggregate)))
 
@@ -260,8 +260,8 @@ def _score_run_file(args: argparse.Namespace) -> int:
 
     from llmret.data.qrels import read_qrels
     from llmret.data.trec import read_run
-    from llmret.fileio import write_json
-    from llmret.registry import resolve_folder, rules_for, rules_for_qrels
+    from llmret.util.fileio import write_json
+    from llmret.evaluation.conventions import resolve_folder, rules_for, rules_for_qrels
 
     if args.data:
         folder = resolve_folder(args.data, args.split)
@@ -290,9 +290,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return _score_run_file(args)
     if not args.data:
         raise SystemExit("evaluate needs --data (or --run with --qrels)")
-    from llmret.evaluate import parse_measures
-    from llmret.pipeline import evaluate_retriever
-    from llmret.registry import load
+    from llmret.evaluation.measures import parse_measures
+    from llmret.evaluation.pipeline import evaluate_retriever
+    from llmret.evaluation.conventions import load
 
     data, rules = load(args.data, args.split, args.rules)
     if args.exclude_self:
@@ -311,7 +311,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def build_retriever(args: argparse.Namespace, rules=None):  # noqa: ANN001, ANN201 - DatasetRules, Retriever
     """A retriever from parsed flags, under a dataset's ``rules`` (through the one factory studies use)."""
-    from llmret.systems import make_retriever
+    from llmret.retrievers.factory import make_retriever
 
     if args.retriever == "bm25":
         return make_retriever("bm25", bm25={"k1": args.k1, "b": args.b})
@@ -378,7 +378,8 @@ def _inspect_index(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from llmret import presets, study
+    from llmret.studies import presets
+    from llmret.studies import study
 
     if args.action == "list":
         for name, description in presets.available().items():
@@ -413,7 +414,7 @@ def _print_plan(suite: Any, as_json: bool) -> None:
     """``study plan``: every cell's resolved settings and where each came from, as JSON or as text."""
     import json
 
-    from llmret import study
+    from llmret.studies import study
 
     plans = {spec.name: study.plan(spec) for spec in suite.studies}
     if as_json:
@@ -436,7 +437,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from llmret.registry import load_corpus
+    from llmret.evaluation.conventions import load_corpus
     from llmret.serve.app import Limits, LoadedIndex, create_app
 
     corpora = {}
@@ -467,14 +468,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_fuse(args: argparse.Namespace) -> int:
     from llmret.data.trec import read_run, write_run
-    from llmret.fusion import fuse
+    from llmret.evaluation.fusion import fuse
 
     run = fuse([read_run(r) for r in args.runs], args.method, weights=args.weights, k=args.rrf_k, depth=args.depth)
     write_run(args.out, run, tag=f"fused-{args.method}", depth=args.depth)
     print(f"fused run written to {args.out}")
     if args.qrels:
         from llmret.data.qrels import read_qrels
-        from llmret.registry import rules_for_qrels
+        from llmret.evaluation.conventions import rules_for_qrels
 
         evaluation = rules_for_qrels(args.qrels, args.rules).evaluate(read_qrels(args.qrels), run, args.measures)
         _print_result(f"fused ({args.method})", evaluation.aggregate)
@@ -482,9 +483,9 @@ def cmd_fuse(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from llmret.fileio import read_json
-    from llmret.report import format_table
-    from llmret.significance import compare
+    from llmret.util.fileio import read_json
+    from llmret.util.tables import format_table
+    from llmret.evaluation.significance import compare
 
     per_query: dict[str, dict[str, float]] = {}
     for path in args.metrics:
@@ -513,7 +514,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_anserini(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
-    from llmret.backbone import resolve
+    from llmret.models.backbone import resolve
     from llmret.index import anserini
     from llmret.index.shards import EmbeddingShards
 
@@ -539,7 +540,7 @@ def cmd_anserini(args: argparse.Namespace) -> int:
 
 
 def cmd_mntp(args: argparse.Namespace) -> int:
-    from llmret.mntp import run_mntp
+    from llmret.training.mntp import run_mntp
     from llmret.training.settings import MNTPSettings
 
     settings = MNTPSettings(**{k: v for k, v in vars(args).items() if k in MNTPSettings.__dataclass_fields__ and v is not None})
@@ -548,7 +549,7 @@ def cmd_mntp(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from llmret.train import train
+    from llmret.training.train import train
     from llmret.training.settings import TrainSettings
 
     data = load_config(args.config) if args.config else {}
@@ -561,9 +562,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_annotate(args: argparse.Namespace) -> int:
-    from llmret.annotate import annotate
+    from llmret.training.annotate import annotate
     from llmret.data.corpus import Corpus
-    from llmret.teachers import load_teacher
+    from llmret.training.teachers import load_teacher
 
     if not Path(args.input).is_file():  # before the teacher loads (minutes for an LLM judge)
         raise DataError(args.input, None, "file not found")
@@ -578,9 +579,9 @@ def cmd_mine(args: argparse.Namespace) -> int:
     from llmret.data.dataset import load_dataset
     from llmret.data.training import write_training
     from llmret.data.trec import read_run
-    from llmret.mining import MiningSettings, mine
-    from llmret.registry import resolve_folder
-    from llmret.teachers import load_teacher
+    from llmret.training.mining import MiningSettings, mine
+    from llmret.evaluation.conventions import resolve_folder
+    from llmret.training.teachers import load_teacher
 
     data = load_dataset(resolve_folder(args.data, args.split), args.split)
     run = read_run(args.run)  # bad input fails before a teacher loads
@@ -597,7 +598,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
 
 
 def _add_teacher_args(p: argparse.ArgumentParser) -> None:
-    from llmret.teachers import DEFAULT_PROMPT
+    from llmret.training.teachers import DEFAULT_PROMPT
 
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="judge teachers: prompt with {query} and {passage}")
     p.add_argument("--max-length", type=int, help="tokens of a (query, passage) pair (default 512); "
@@ -607,14 +608,14 @@ def _add_teacher_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from llmret.export import export_model
+    from llmret.encoders.export import export_model
 
     print(f"exported to {export_model(args.model, args.out)}")
     return 0
 
 
 def cmd_curves(args: argparse.Namespace) -> int:
-    from llmret.curves import plot_curves
+    from llmret.training.curves import plot_curves
 
     drawn = plot_curves([Path(r) for r in args.runs], Path(args.out), args.keys, args.labels, not args.linear)
     for label, curves in drawn.items():
@@ -625,14 +626,14 @@ def cmd_curves(args: argparse.Namespace) -> int:
 
 
 def cmd_launch_config(args: argparse.Namespace) -> int:
-    from llmret.distributed import launch_config
+    from llmret.training.launch import launch_config
 
     print(launch_config(args.name))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from llmret.demo import run_demo
+    from llmret.studies.demo import run_demo
 
     run_demo(Path(args.out), models=args.models, tasks=args.tasks, finetune=args.finetune,
              train_steps=args.train_steps, finetune_as=args.finetune_as)
@@ -640,7 +641,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from llmret.evaluate import DEFAULT_MEASURES
+    from llmret.evaluation.measures import DEFAULT_MEASURES
 
     parser = argparse.ArgumentParser(prog="llmret", description="LLMs as retrievers: train, encode, index, search, evaluate.")
     parser.add_argument("-v", "--verbose", action="store_true")

@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmret.config import EncoderSettings, from_dict
-from llmret.errors import DataError
-from llmret.layers import Layered, merge
+from llmret.encoders.settings import EncoderSettings, from_dict
+from llmret.util.errors import DataError
+from llmret.util.layers import Layered, merge
 from llmret.retrievers.base import Retriever
 
 RETRIEVERS = ("bm25", "dense", "sparse")
@@ -72,7 +72,7 @@ class SystemSpec:
         """The evaluation encoder's settings as layers: the encoder recipe's, the system's (``layer``),
         ``grid`` (``encoder.*`` axis values, keys without ``encoder.``). Unset ones come from the model
         when it loads (its saved settings, then its defaults)."""
-        from llmret.recipes import encoder_recipe
+        from llmret.encoders.recipes import encoder_recipe
 
         recipe = [(f"recipe {self.recipe}", {"encoder": encoder_recipe(self.recipe, self.retriever)})] if self.recipe else []
         return merge([*recipe, (layer, {"encoder": self.encoder}), ("grid", {"encoder": grid or {}})])

@@ -12,8 +12,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from llmret.cache import cache_dir
-from llmret.fileio import atomic_write
+from llmret.util.cache import cache_dir
+from llmret.util.fileio import atomic_write
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5")
 _CHUNK = 1 << 24

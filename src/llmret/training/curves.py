@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from llmret.errors import DataError
-from llmret.fileio import atomic_write, iter_jsonl
+from llmret.util.errors import DataError
+from llmret.util.fileio import atomic_write, iter_jsonl
 
 DEFAULT_KEYS = ("loss", "q_nonzero", "p_nonzero")
 

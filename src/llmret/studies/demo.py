@@ -18,11 +18,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from llmret.fileio import atomic_write, write_json
-from llmret.presets import PRESETS
-from llmret.report import format_table
-from llmret.study import StudySpec, report, run
-from llmret.systems import SystemSpec
+from llmret.util.fileio import atomic_write, write_json
+from llmret.studies.presets import PRESETS
+from llmret.util.tables import format_table
+from llmret.studies.study import StudySpec, report, run
+from llmret.retrievers.factory import SystemSpec
 
 COLUMNS = ["task", "system", "nDCG@10", "RR@10", "R@100", "terms/q", "terms/p", "seconds"]
 METRICS = ["nDCG@10", "RR@10", "R@100"]

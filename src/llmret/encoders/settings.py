@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from llmret.errors import DataError
+from llmret.util.errors import DataError
 
 T = TypeVar("T")
 

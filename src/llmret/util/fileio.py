@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from llmret.errors import DataError
+from llmret.util.errors import DataError
 
 
 @contextmanager

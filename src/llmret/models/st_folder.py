@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from llmret.errors import DataError
-from llmret.fileio import read_json, write_json
+from llmret.util.errors import DataError
+from llmret.util.fileio import read_json, write_json
 
 # sentence-transformers' pooling mode names -> llmret's
 POOLING_MODES = {"cls": "cls", "mean": "mean", "max": "max", "mean_sqrt_len_tokens": "mean_sqrt_len",

@@ -15,13 +15,13 @@ from pathlib import Path
 from tokenizers import processors
 from transformers import PreTrainedTokenizerBase
 
-from llmret import st_folder
-from llmret.config import EncoderSettings
+from llmret.models import st_folder
+from llmret.encoders.settings import EncoderSettings
 from llmret.encoders.base import TextEncoder
 from llmret.encoders.dense import DenseEncoder
 from llmret.encoders.sparse import SparseEncoder
-from llmret.fileio import atomic_dir, atomic_write
-from llmret.saved import SavedModel
+from llmret.util.fileio import atomic_dir, atomic_write
+from llmret.models.saved import SavedModel
 
 
 def export_model(model: str, out: str | Path) -> Path:

@@ -24,8 +24,8 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from llmret.callbacks import Callback, CheckpointCallback, LogCallback, LoopState
-from llmret.fileio import atomic_write, write_json
+from llmret.training.callbacks import Callback, CheckpointCallback, LogCallback, LoopState
+from llmret.util.fileio import atomic_write, write_json
 
 log = logging.getLogger(__name__)
 

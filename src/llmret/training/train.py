@@ -26,12 +26,12 @@ from typing import Any
 
 import torch
 
-from llmret import budget
-from llmret.callbacks import (
+from llmret.training import budget
+from llmret.training.callbacks import (
     Callback,
     EvalCallback,
 )
-from llmret.config import EncoderSettings, to_dict
+from llmret.encoders.settings import EncoderSettings, to_dict
 from llmret.data.sampling import epoch_order, sample_group
 from llmret.data.training import TrainExample, require_teacher_scores
 from llmret.encoders import term_bias
@@ -39,17 +39,17 @@ from llmret.encoders.base import DTYPES, TextEncoder
 from llmret.encoders.dense import DenseEncoder
 from llmret.encoders.sparse import SparseEncoder
 from llmret.encoders.term_bias import CALIBRATION_TEXTS, TermBias, zero_points
-from llmret.errors import DataError
-from llmret.fileio import atomic_dir, read_json
-from llmret.loop import LoopSettings, mixed_precision, run_loop
+from llmret.util.errors import DataError
+from llmret.util.fileio import atomic_dir, read_json
+from llmret.training.loop import LoopSettings, mixed_precision, run_loop
 from llmret.losses.infonce import InfoNCELoss
 from llmret.losses.kd import ListwiseKDLoss
 from llmret.losses.margin_mse import MarginMSELoss
 from llmret.losses.objective import Objective
-from llmret.mntp import ADAPTER
-from llmret.recipes import lion_logit_scale
-from llmret.saved import SavedModel
-from llmret.steps import Batch, Criterion, Regularizer, cached_step, plain_step
+from llmret.training.mntp import ADAPTER
+from llmret.encoders.recipes import lion_logit_scale
+from llmret.models.saved import SavedModel
+from llmret.training.steps import Batch, Criterion, Regularizer, cached_step, plain_step
 from llmret.training.settings import TrainSettings, resolve_temperatures
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def load_tasks(settings: TrainSettings) -> list[list[TrainExample]]:
         scores = read_teacher_scores(settings.teacher_scores)
         tasks = [attach_teacher_scores(task, scores, settings.teacher_scores) for task in tasks]
     if settings.teacher and settings.objective != "cl":
-        from llmret.annotate import scored_by
+        from llmret.training.annotate import scored_by
 
         tasks = [scored_by(task, settings.teacher, settings.teacher_max_length) for task in tasks]
     return tasks
@@ -84,7 +84,7 @@ def load_tasks(settings: TrainSettings) -> list[list[TrainExample]]:
 
 def task_instructions(settings: TrainSettings) -> list[str]:
     """Each source's instruction from the ``task.json`` beside its data (``task_instructions``)."""
-    from llmret.registry import resolve_folder
+    from llmret.evaluation.conventions import resolve_folder
 
     out = []
     for spec in settings.sources:
@@ -103,8 +103,8 @@ def load_examples(settings: TrainSettings, spec: str | None = None) -> list[Trai
     from llmret.data.corpus import Corpus
     from llmret.data.dataset import load_dataset
     from llmret.data.training import read_training, resolve_passages
-    from llmret.mining import mine_bm25_negatives
-    from llmret.registry import resolve_folder
+    from llmret.training.mining import mine_bm25_negatives
+    from llmret.evaluation.conventions import resolve_folder
 
     spec = spec or settings.sources[0]
     path = resolve_folder(spec, "train")
@@ -247,7 +247,7 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from llmret.backbone import load_backbone
+    from llmret.models.backbone import load_backbone
 
     accelerator = Accelerator(mixed_precision=mixed_precision(settings.mixed_precision),
                               gradient_accumulation_steps=settings.grad_accum)
@@ -391,9 +391,9 @@ def check_backend(settings: TrainSettings, accelerator: Any) -> None:
 
 def _checkpoint_evaluator(settings: TrainSettings) -> Callable[[Path], dict[str, float]]:
     """Scores of a saved checkpoint model on ``eval_data`` under that data's rules."""
-    from llmret.pipeline import evaluate_retriever
-    from llmret.registry import load
-    from llmret.systems import make_retriever
+    from llmret.evaluation.pipeline import evaluate_retriever
+    from llmret.evaluation.conventions import load
+    from llmret.retrievers.factory import make_retriever
 
     data, rules = load(settings.eval_data or "", settings.eval_split)
 
@@ -414,7 +414,7 @@ def save_final(folder: Path, model: torch.nn.Module, encoder: TextEncoder, setti
     them, and no instruction of its own: each dataset's own is used when it is evaluated.
     ``state_dict``: the full weights gathered from FSDP / ZeRO-3 shards (the model itself holds shards).
     """
-    from llmret import st_folder
+    from llmret.models import st_folder
 
     with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))

@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmret.config import load_config
-from llmret.errors import DataError
-from llmret.fileio import atomic_write
-from llmret.study import PRESETS, StudySpec
+from llmret.encoders.settings import load_config
+from llmret.util.errors import DataError
+from llmret.util.fileio import atomic_write
+from llmret.studies.study import PRESETS, StudySpec
 
 
 @dataclass
@@ -80,7 +80,7 @@ def load(target: str, out: str | None = None) -> Suite:
 def report(suite: Suite) -> Path:
     """Each study's report; for a suite also ``report.md`` with each study's main table (its first
     measure) under its description, linking the full report."""
-    from llmret import study
+    from llmret.studies import study
 
     if suite.single:
         return study.report(suite.studies[0])

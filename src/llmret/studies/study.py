@@ -1,6 +1,6 @@
 """Studies: a grid of systems x datasets declared in one YAML file, run cell by cell, resumable, reported.
 
-A study file names its systems (:class:`llmret.systems.SystemSpec`), datasets (a spec and a split), the
+A study file names its systems (:class:`llmret.retrievers.factory.SystemSpec`), datasets (a spec and a split), the
 measures, and grid axes: dotted paths into a system (``train.max_steps``, ``train.max_train_queries``,
 ``encoder.passage_max_length``, ``encoder.instruction`` ...) with the values to try. Every system is
 crossed with every combination of the axes that apply to it (``train.*`` axes only to trained systems,
@@ -31,11 +31,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from llmret.config import from_dict, load_config
+from llmret.encoders.settings import from_dict, load_config
 from llmret.data import irds
-from llmret.errors import DataError
-from llmret.fileio import atomic_write, read_json, write_json
-from llmret.systems import SystemSpec
+from llmret.util.errors import DataError
+from llmret.util.fileio import atomic_write, read_json, write_json
+from llmret.retrievers.factory import SystemSpec
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class DatasetSpec:
 
 @dataclass
 class HeldoutSpec:
-    """Where the held-out contrastive loss of every trained cell is measured (see :mod:`llmret.heldout`)."""
+    """Where the held-out contrastive loss of every trained cell is measured (see :mod:`llmret.studies.heldout`)."""
 
     data: str
     split: str = "dev"
@@ -173,7 +173,7 @@ class StudySpec:
         """Refuse to run with data missing, before any work: one message naming every missing path (and
         the ir_datasets ids that would stand in for datasets), then every ir_datasets id that cannot be
         fetched (each is converted here, only once nothing local is missing: MS MARCO is large)."""
-        from llmret.registry import resolve_folder
+        from llmret.evaluation.conventions import resolve_folder
 
         help_text = f". {self.data_help}" if self.data_help else ""
         sources = self.datasets + ([self.heldout] if self.heldout else [])
@@ -409,7 +409,7 @@ def run_stage(spec: StudySpec, cell: Cell) -> str | None:
         return None
     final = folder / "final"
     if not (final / "llmret.json").is_file():
-        from llmret.mntp import run_mntp
+        from llmret.training.mntp import run_mntp
 
         log.info("MNTP stage of %s into %s", cell.label, folder)
         run_mntp(cell.system.mntp_settings(folder), resume=(folder / "mntp_config.yaml").is_file())
@@ -421,7 +421,7 @@ def _trained_model(spec: StudySpec, cell: Cell) -> str | None:
     after its MNTP stage if it has one; then measure its held-out loss, once, if the study asks."""
     if cell.system.train is None:
         return None
-    from llmret.train import train
+    from llmret.training.train import train
 
     folder = _train_folder(spec, cell)
     final = folder / "final"
@@ -430,7 +430,7 @@ def _trained_model(spec: StudySpec, cell: Cell) -> str | None:
         log.info("training %s into %s", cell.label, folder)
         train(cell.train_settings(folder, stage), resume=(folder / "train_config.yaml").is_file())
     if spec.heldout is not None and not _heldout_file(spec, cell).is_file():
-        from llmret.heldout import heldout_loss
+        from llmret.studies.heldout import heldout_loss
 
         used = load_config(folder / "train_config.yaml")
         h = spec.heldout
@@ -464,10 +464,10 @@ def run_cells(spec: StudySpec, group: list[Cell],
               on_cell: Callable[[Cell, DatasetSpec], None] | None = None) -> list[dict[str, Any]]:
     """Run every unfinished (cell, dataset) of ``group`` and return one record per pair; ``on_cell`` is
     called after each one finishes (progress, or a test's kill)."""
-    from llmret.pipeline import evaluate_retriever
-    from llmret.registry import load
+    from llmret.evaluation.pipeline import evaluate_retriever
+    from llmret.evaluation.conventions import load
     from llmret.retrievers.sparse import SparseRetriever
-    from llmret.systems import build
+    from llmret.retrievers.factory import build
 
     root = spec.folder
     records = []
@@ -685,7 +685,7 @@ def _scaling_section(spec: StudySpec, rows: list[dict[str, Any]], measure: str, 
     both, and for the held-out loss also y = E + a x^-alpha (a floor it never crosses) where a group has
     enough points. Every group not fitted is named with its reason. Fits go to ``scaling.json``, log-log
     PNGs per scale and quantity."""
-    from llmret.scaling import OFFSET_MIN_POINTS, fit_offset_power_law, fit_power_law
+    from llmret.studies.scaling import OFFSET_MIN_POINTS, fit_offset_power_law, fit_power_law
 
     fits, offsets = [], []
     skipped: dict[str, list[str]] = {}  # reason -> the groups it left unfitted
@@ -748,7 +748,7 @@ def _plot_fits(root: Path, scale: str, fits: list[dict[str, Any]], quantity: str
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from llmret.scaling import PowerLaw
+    from llmret.studies.scaling import PowerLaw
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for colour, f in enumerate(fits):
@@ -779,7 +779,7 @@ def _save_figure(fig: Any, path: Path) -> Path:
 
 def _significance(spec: StudySpec, rows: list[dict[str, Any]], measures: list[str]) -> dict[tuple[str, str, str], str]:
     """(cell, dataset, measure) -> '*' where the cell differs significantly from the baseline's cell."""
-    from llmret.significance import compare
+    from llmret.evaluation.significance import compare
 
     if spec.baseline is None:
         return {}

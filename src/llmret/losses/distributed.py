@@ -11,23 +11,8 @@ The result is the gradient of the single-process loss on the whole batch.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.distributed as dist
-
-# accelerate launch configs shipped with llmret (ddp, fsdp, deepspeed-zero3); `llmret launch-config NAME`
-LAUNCH_CONFIGS = Path(__file__).parent / "launch"
-
-
-def launch_config(name: str) -> Path:
-    """The packaged accelerate config called ``name``, or a ValueError listing them."""
-    path = LAUNCH_CONFIGS / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in LAUNCH_CONFIGS.glob("*.yaml")))
-        raise ValueError(f"no launch config '{name}'; known: {known}")
-    return path
-
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from llmret.errors import DataError
-from llmret.fileio import read_json, write_json
-from llmret.model_info import ModelInfo
+from llmret.util.errors import DataError
+from llmret.util.fileio import read_json, write_json
+from llmret.models.model_info import ModelInfo
 
 FILE = "llmret.json"
 PARADIGMS = ("dense", "sparse")

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from llmret.fileio import atomic_write
+from llmret.util.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -29,13 +29,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from llmret.config import EncoderSettings, to_dict
+from llmret.encoders.settings import EncoderSettings, to_dict
 from llmret.data.sampling import epoch_order
 from llmret.encoders.base import DTYPES
 from llmret.encoders.sparse import SparseEncoder
 from llmret.encoders.vocab_head import head_detached
-from llmret.fileio import atomic_dir
-from llmret.saved import SavedModel
+from llmret.util.fileio import atomic_dir
+from llmret.models.saved import SavedModel
 from llmret.training.settings import MNTPSettings
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ ADAPTER = "adapter"  # the MNTP LoRA adapter, unmerged, inside the merged model'
 
 
 def corpus_texts(spec: str) -> list[str]:
-    from llmret.registry import load_corpus
+    from llmret.evaluation.conventions import load_corpus
 
     return [doc.full_text() for doc in load_corpus(spec, "train")]
 
@@ -102,7 +102,7 @@ def run_mntp(settings: MNTPSettings, *, resume: bool = False, force: bool = Fals
              on_step: Callable[[int, float], None] | None = None) -> Path:
     """Adapt ``settings.model`` and return the merged model folder (``OUTPUT/final``).
 
-    It runs on :func:`llmret.loop.run_loop`, as retrieval training does: several processes share each
+    It runs on :func:`llmret.training.loop.run_loop`, as retrieval training does: several processes share each
     batch, checkpoints every ``save_steps`` resume exactly (masks are drawn from the step's own seed),
     and ``log.jsonl`` has the loss and tokens/s.
     """
@@ -110,8 +110,8 @@ def run_mntp(settings: MNTPSettings, *, resume: bool = False, force: bool = Fals
     from accelerate.utils import set_seed
     from peft import LoraConfig, get_peft_model
 
-    from llmret.backbone import load_backbone
-    from llmret.loop import LoopSettings, mixed_precision, run_loop
+    from llmret.models.backbone import load_backbone
+    from llmret.training.loop import LoopSettings, mixed_precision, run_loop
 
     accelerator = Accelerator(mixed_precision=mixed_precision(settings.mixed_precision))
     set_seed(settings.seed)

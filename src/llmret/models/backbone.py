@@ -2,7 +2,7 @@
 
 Besides the model and tokenizer, a :class:`Backbone` carries :class:`ModelInfo` (encoder or decoder,
 default pooling, EOS/BOS handling, normalisation, maximum length), the description llmret saved with
-a model it trained (:class:`~llmret.saved.SavedModel`), a sentence-transformers folder's prompts and
+a model it trained (:class:`~llmret.models.saved.SavedModel`), a sentence-transformers folder's prompts and
 Dense head, and a fingerprint of the weights. Defaults come, in order of precedence, from the saved
 description, the sentence-transformers configuration, and finally the architecture (decoders pool the
 last token with an EOS appended; encoders pool CLS, except T5 which pools the mean).
@@ -33,12 +33,14 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
 )
 
-from llmret import st_folder, zoo
-from llmret.cache import cache_dir
-from llmret.fileio import build_once
-from llmret.fingerprint import combine, folder_fingerprint
-from llmret.model_info import ModelInfo
-from llmret.saved import SavedModel
+from llmret.models import st_folder
+
+from llmret.models import zoo
+from llmret.util.cache import cache_dir
+from llmret.util.fileio import build_once
+from llmret.models.fingerprint import combine, folder_fingerprint
+from llmret.models.model_info import ModelInfo
+from llmret.models.saved import SavedModel
 
 log = logging.getLogger(__name__)
 

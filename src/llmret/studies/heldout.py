@@ -16,7 +16,7 @@ import torch
 
 from llmret.data.sampling import sample_group
 from llmret.losses.infonce import InfoNCELoss
-from llmret.steps import forward_sorted
+from llmret.training.steps import forward_sorted
 
 
 def heldout_loss(model: str | Path, data: str, split: str, *, retriever: str, batch_size: int, group_size: int,
@@ -24,12 +24,12 @@ def heldout_loss(model: str | Path, data: str, split: str, *, retriever: str, ba
                  query_max_length: int | None = None, passage_max_length: int | None = None) -> dict[str, Any]:
     """Mean InfoNCE over the full batches of ``data``'s ``split`` (its first ``max_queries`` judged
     queries), under the trained ``model``'s own encoder settings; the lengths default to them too."""
-    from llmret.config import EncoderSettings
+    from llmret.encoders.settings import EncoderSettings
     from llmret.data.dataset import load_dataset
     from llmret.data.training import resolve_passages
-    from llmret.mining import mine_bm25_negatives
-    from llmret.registry import resolve_folder
-    from llmret.systems import load_encoder
+    from llmret.training.mining import mine_bm25_negatives
+    from llmret.evaluation.conventions import resolve_folder
+    from llmret.retrievers.factory import load_encoder
 
     folder = resolve_folder(data, split)
     dataset = load_dataset(folder, split)

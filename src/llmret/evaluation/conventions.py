@@ -31,8 +31,8 @@ from llmret.data.corpus import Corpus
 from llmret.data.dataset import RetrievalData, load_dataset
 from llmret.data.qrels import Qrels
 from llmret.data.trec import Run
-from llmret.evaluate import DEFAULT_MEASURES, Evaluation, evaluate
-from llmret.fileio import read_json
+from llmret.evaluation.measures import DEFAULT_MEASURES, Evaluation, evaluate
+from llmret.util.fileio import read_json
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Measures, evaluation conventions, significance, fusion and the evaluation pipeline."""

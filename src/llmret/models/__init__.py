@@ -1,0 +1,1 @@
+"""Backbones and what llmret knows of them: loading, model info, saved descriptions, the zoo."""

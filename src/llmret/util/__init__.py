@@ -1,0 +1,1 @@
+"""Shared helpers: errors, atomic files, caches, settings layers, tables."""
