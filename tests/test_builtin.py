@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from llmret.data import builtin, load_dataset
-from llmret.data.training import read_training
+from llmret.data.training import example_json, resolve_passages
+from llmret.training.mining import mine_bm25_negatives, mined_examples
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +53,14 @@ def test_long_documents_are_long(built: tuple[Path, dict]) -> None:
 
 
 def test_hard_negatives(built: tuple[Path, dict]) -> None:
+    """Training on a built-in split mines BM25 negatives (as for any BEIR folder) once: the cached file
+    gives the examples mining gives."""
     root, _ = built
     data = load_dataset(root / "code" / "train", "train")
-    examples = read_training(root / "code" / "train" / "train.jsonl", data.corpus)
+    examples = mined_examples(root / "code" / "train")
+    assert [example_json(e) for e in examples] == [example_json(e) for e in mined_examples(root / "code" / "train")]
+    fresh = resolve_passages(mine_bm25_negatives(data), data.corpus)
+    assert [example_json(e) for e in examples] == [example_json(e) for e in fresh]
     assert len(examples) == len(data.queries)
     with_negatives = [ex for ex in examples if ex.negatives]
     assert len(with_negatives) > 0.9 * len(examples)

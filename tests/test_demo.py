@@ -10,7 +10,7 @@ import pytest
 
 from llmret.studies import presets
 
-from llmret.studies import study
+from llmret import studies
 from llmret.studies.demo import METRICS, demo_study, run_demo
 
 
@@ -22,22 +22,22 @@ def test_demo_runs_every_system_and_its_table_matches_the_metrics(tiny_bert: Pat
     assert names == ["bm25", f"{tiny_bert} (zero-shot)", f"{tiny_llama} (LoRA+InfoNCE)",
                      f"{tiny_llama} (sparse LoRA+InfoNCE+FLOPS)"]
     spec = demo_study(tmp_path / "demo", **options)
-    by_name = {c.label: c for c in study.cells(spec)}
+    by_name = {c.label: c for c in studies.cells(spec)}
     for row in rows:
-        folder = study._eval_folder(spec.folder, by_name[str(row["system"])], spec.datasets[0], spec.measures)
+        folder = studies.eval_folder(spec.folder, by_name[str(row["system"])], spec.datasets[0], spec.measures)
         metrics = json.loads((folder / "metrics.json").read_text())
         assert {m: row[m] for m in METRICS} == {m: metrics["aggregate"][m] for m in METRICS}
         assert ("terms/p" in row) == (row["system"] == names[3])
     # The sparse row's term counts are those of its own vectors, counted here from the saved run's settings
     # and checked against the restriction it trained with: no passage has more terms than its own tokens.
     sparse = rows[3]
-    folder = study._eval_folder(spec.folder, by_name[names[3]], spec.datasets[0], spec.measures)
+    folder = studies.eval_folder(spec.folder, by_name[names[3]], spec.datasets[0], spec.measures)
     saved = json.loads((folder / "settings.json").read_text())
     assert sparse["terms/p"] == saved["sparsity"]["passage_nonzero"] and sparse["terms/q"] == saved["sparsity"]["query_nonzero"]
     assert float(sparse["terms/q"]) <= 32 and float(sparse["terms/p"]) <= 64
-    trained = json.loads((study._train_folder(spec, by_name[names[3]]) / "final" / "llmret.json").read_text())
+    trained = json.loads((studies.train_folder(spec, by_name[names[3]]) / "final" / "llmret.json").read_text())
     assert trained["encoder"]["input_terms_only"] is True and trained["paradigm"] == "sparse"
-    config = (study._train_folder(spec, by_name[names[2]]) / "train_config.yaml").read_text()
+    config = (studies.train_folder(spec, by_name[names[2]]) / "train_config.yaml").read_text()
     assert "max_steps: 2" in config and str(tiny_llama) in config
     assert json.loads((tmp_path / "demo" / "results.json").read_text()) == json.loads(json.dumps(rows))
     assert not (tiny_bert / "cells").exists()  # results stay under the output folder
@@ -51,8 +51,8 @@ def test_demo_runs_every_system_and_its_table_matches_the_metrics(tiny_bert: Pat
 def test_the_demo_is_the_demo_preset_and_its_options_replace_parts_of_it(tmp_path: Path) -> None:
     preset = presets.load("demo", str(tmp_path)).studies[0]
     plain = demo_study(tmp_path)
-    assert [(c.label, c.eval_key(d, plain.measures)) for c in study.cells(plain) for d in plain.datasets] == \
-        [(c.label, c.eval_key(d, preset.measures)) for c in study.cells(preset) for d in preset.datasets]
+    assert [(c.label, c.eval_key(d, plain.measures)) for c in studies.cells(plain) for d in plain.datasets] == \
+        [(c.label, c.eval_key(d, preset.measures)) for c in studies.cells(preset) for d in preset.datasets]
     only_dense = demo_study(tmp_path, finetune_as=["dense"], models=[], tasks=["docs"])
     assert [s.name for s in only_dense.systems] == ["bm25", "smollm2-135m (LoRA+InfoNCE)"]
     assert [d.data for d in only_dense.datasets] == ["builtin:docs"]

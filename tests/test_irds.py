@@ -23,8 +23,8 @@ import pytest
 import yaml
 from helpers import SCIFACT
 
-from llmret.studies import study as study_module
-from llmret.studies.study import StudySpec
+from llmret import studies as study_module
+from llmret.studies.spec import StudySpec
 
 pytestmark = pytest.mark.slow  # several processes: the CI tier
 
@@ -138,6 +138,6 @@ def test_naming_an_ir_datasets_alternative_keeps_a_local_datasets_cells(tmp_path
     study["datasets"][0]["irds"] = study["heldout"]["irds"] = "beir/scifact/test"
     with_irds.write_text(yaml.safe_dump(study))
     specs = [StudySpec.read(path) for path in (plain, with_irds)]
-    folders = [[(study_module._eval_folder(s.folder, c, s.datasets[0], s.measures), study_module._heldout_file(s, c))
+    folders = [[(study_module.eval_folder(s.folder, c, s.datasets[0], s.measures), study_module.heldout_file(s, c))
                 for c in study_module.cells(s)] for s in specs]
     assert folders[0] == folders[1]

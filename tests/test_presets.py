@@ -11,7 +11,7 @@ import yaml
 
 from llmret.studies import presets
 
-from llmret.studies import study
+from llmret import studies
 from llmret.cli import main
 from llmret.util.errors import DataError
 
@@ -21,7 +21,7 @@ def test_every_preset_reads_and_is_listed(capsys: pytest.CaptureFixture[str]) ->
     assert set(presets.available()) == names
     for name in names:
         suite = presets.load(name)
-        assert suite.studies and all(study.cells(s) for s in suite.studies)
+        assert suite.studies and all(studies.cells(s) for s in suite.studies)
     assert [s.name for s in presets.load("mini-dense").studies] == [
         "in-domain", "data-efficiency", "zero-shot", "long-passages", "instructions", "multi-task"]
     assert main(["study", "list"]) == 0
@@ -33,9 +33,9 @@ def test_a_suite_trains_a_system_once_for_all_its_studies() -> None:
     suite = presets.load("mini-dense")
     folders: dict[str, set[Path]] = {}
     for spec in suite.studies:
-        for cell in study.cells(spec):
+        for cell in studies.cells(spec):
             if cell.system.train is not None:
-                folders.setdefault(spec.name, set()).add(study._train_folder(spec, cell))
+                folders.setdefault(spec.name, set()).add(studies.train_folder(spec, cell))
     base = folders["long-passages"]
     assert len(base) == 1  # four evaluation lengths, one training: encoder axes evaluate, never train
     assert base <= folders["in-domain"] and base <= folders["zero-shot"] and base <= folders["data-efficiency"]
@@ -81,7 +81,7 @@ def test_a_suite_runs_its_studies_and_reports_their_main_tables(study_file: Path
     for name in ("first", "lengths"):
         part = (out / f"{'1-first' if name == 'first' else '2-lengths'}" / "report.md").read_text().split("\n")
         rows = [line for line in part if line.startswith("| ") and "---" not in line]
-        main_rows = rows[:len(study.cells(presets.load(str(suite), str(out)).studies[0 if name == "first" else 1])) + 1]
+        main_rows = rows[:len(studies.cells(presets.load(str(suite), str(out)).studies[0 if name == "first" else 1])) + 1]
         assert all(row in report for row in main_rows) and f"## {name}" in report
     assert "The first." in report and "[2-lengths/report.md](2-lengths/report.md)" in report
     results = json.loads((out / "2-lengths" / "results.json").read_text())

@@ -13,7 +13,7 @@ import yaml
 
 from llmret.studies import presets
 
-from llmret.studies import study
+from llmret import studies
 
 CARDS = Path(__file__).resolve().parents[1] / "docs" / "recipes"
 BOOKKEEPING = {"save_steps", "logging_steps", "chunk_size", "eval_steps"}  # how a run is logged, not what it trains
@@ -55,7 +55,7 @@ def _value(key: str, cell: dict[str, Any]) -> Any:
 def test_the_preset_runs_its_recipe_card(preset: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LLMRET_DATA", raising=False)  # paths as the card writes them
     rows = _rows(preset)
-    plans = [(spec.name, cell) for spec in presets.load(preset).studies for cell in study.plan(spec)]
+    plans = [(spec.name, cell) for spec in presets.load(preset).studies for cell in studies.plan(spec)]
     for key, words, expected in rows:
         section = {"train": "train", "mntp": "stage"}.get(key.split(".", 1)[0])
         matched = [(name, cell) for name, cell in plans if _matches(words, name, cell)

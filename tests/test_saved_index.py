@@ -53,7 +53,7 @@ def test_saved_index_opened_elsewhere_searches_as_in_memory(tiny_bert: Path, dat
 
 
 def test_searcher_encodes_text_queries_as_the_index_was_built(tiny_bert: Path, dataset: Path, tmp_path: Path) -> None:
-    from llmret.index.saved import Searcher
+    from llmret.retrievers.searcher import Searcher
 
     assert main(["evaluate", "--retriever", "dense", "--data", str(dataset), "--model", str(tiny_bert), "--k", "10",
                  "--out", str(tmp_path / "eval")]) == 0

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from scipy.stats import linregress, t
 
-from llmret.studies import study
+from llmret import studies
 from llmret.util.errors import DataError
 from llmret.studies.scaling import fit_power_law
 
@@ -53,9 +53,9 @@ def test_study_report_fits_quality_and_heldout_loss_against_compute_from_the_cel
     spec_data["fits"] = True
     spec_data.pop("baseline")
     study_file.write_text(yaml.safe_dump(spec_data))
-    spec = study.StudySpec.read(study_file)
-    study.run(spec)
-    report = study.report(spec).read_text()
+    spec = studies.StudySpec.read(study_file)
+    studies.run(spec)
+    report = studies.report(spec).read_text()
     fits = json.loads((spec.folder / "scaling.json").read_text())
     # one backbone: no fit against parameters, each group named with its reason; against compute, one system
     assert [(f["group"], f["against"]) for f in fits] == [("nDCG@10: dense, cl, llama", "compute"),
@@ -64,11 +64,11 @@ def test_study_report_fits_quality_and_heldout_loss_against_compute_from_the_cel
     # by hand from the files: FLOPs from each training's compute.json, quality from each cell's metrics.json,
     # the loss from each training's held-out file
     xs, ys, losses = [], [], []
-    for cell in study.cells(spec):
-        train = study._train_folder(spec, cell)
+    for cell in studies.cells(spec):
+        train = studies.train_folder(spec, cell)
         compute = json.loads((train / "compute.json").read_text())
         xs.append(compute["flops_per_step"] * compute["steps"])
-        folder = study._eval_folder(spec.folder, cell, spec.datasets[0], spec.measures)
+        folder = studies.eval_folder(spec.folder, cell, spec.datasets[0], spec.measures)
         ys.append(json.loads((folder / "metrics.json").read_text())["aggregate"]["nDCG@10"])
         (heldout,) = train.glob("heldout-*.json")
         losses.append(json.loads(heldout.read_text())["loss"])
@@ -79,23 +79,23 @@ def test_study_report_fits_quality_and_heldout_loss_against_compute_from_the_cel
     for figure in ("scaling-nDCG-10-vs-compute.png", "scaling-held-out-loss-vs-compute.png"):
         assert (spec.folder / figure).is_file() and figure in report
     # budgets within 1.5x of each other are one point on a log scale: named as not fitted, not fitted
-    for cell, flops in zip(study.cells(spec), (1.0e12, 1.1e12, 1.2e12)):
-        compute_file = study._train_folder(spec, cell) / "compute.json"
+    for cell, flops in zip(studies.cells(spec), (1.0e12, 1.1e12, 1.2e12)):
+        compute_file = studies.train_folder(spec, cell) / "compute.json"
         compute = json.loads(compute_file.read_text())
         compute_file.write_text(json.dumps({**compute, "flops_per_step": flops / compute["steps"]}))
-    report = study.report(spec).read_text()
+    report = studies.report(spec).read_text()
     assert json.loads((spec.folder / "scaling.json").read_text()) == [] and "| y: group |" not in report
     assert not list(spec.folder.glob("scaling-*.png"))  # the earlier report's fit figures are gone with the fits
     assert "Not fitted, x spanning less than 1.5x: nDCG@10: dense, cl, llama against compute (1.20x); " \
            "held-out loss: dense, cl, llama against compute (1.20x)." in report
     spec.fits = False  # fits are a scaling study's: other studies' reports have none
-    assert "## Scaling" not in study.report(spec).read_text()
+    assert "## Scaling" not in studies.report(spec).read_text()
     spec.fits = True
     # a malformed compute.json is an error naming it, not a bare KeyError
-    compute_file = study._train_folder(spec, study.cells(spec)[0]) / "compute.json"
+    compute_file = studies.train_folder(spec, studies.cells(spec)[0]) / "compute.json"
     compute_file.write_text(json.dumps({"parameters": 5}))
     with pytest.raises(DataError, match="compute.json: needs numeric parameters"):
-        study.report(spec)
+        studies.report(spec)
 
 
 def test_offset_power_law_recovers_a_known_law_and_its_floor() -> None:
@@ -120,21 +120,21 @@ def test_fits_hold_the_other_factor_fixed_and_name_every_group_left_out(tmp_path
     """Two models at two budgets: against parameters one fit per budget, against compute one per model,
     never one fit pooling both factors; a group with a zero score is named, not dropped."""
 
-    spec = study.StudySpec(name="grid", out=str(tmp_path), datasets=[study.DatasetSpec("builtin:code")],
-                           systems=[study.SystemSpec(name=f"m{i}", encoder={"model": f"m{i}"}, train={"max_steps": 1})
+    spec = studies.StudySpec(name="grid", out=str(tmp_path), datasets=[studies.DatasetSpec("builtin:code")],
+                           systems=[studies.SystemSpec(name=f"m{i}", encoder={"model": f"m{i}"}, train={"max_steps": 1})
                                     for i in (1, 2)], grid={"train.budget_flops": [1e12, 4e12]}, fits=True)
     flops = {"m1": 1e8, "m2": 4e8}
-    rows, cells = [], study.cells(spec)
+    rows, cells = [], studies.cells(spec)
     for cell in cells:
         budget = cell.axes["train.budget_flops"]
-        folder = study._train_folder(spec, cell)
+        folder = studies.train_folder(spec, cell)
         folder.mkdir(parents=True)
         params = flops[cell.base]
         (folder / "compute.json").write_text(json.dumps({"parameters": params, "flops_per_step": budget / 10,
                                                           "steps": 10}))
         score = 0.0 if (cell.base, budget) == ("m1", 1e12) else 0.1 * math.log10(params) * math.log10(budget) / 12
         rows.append({"cell": cell.label, "aggregate": {"nDCG@10": score}})
-    lines = study._scaling_section(spec, rows, "nDCG@10", ["code/test"])
+    lines = studies.scaling_section(spec, rows, "nDCG@10", ["code/test"])
     fits = json.loads((tmp_path / "scaling.json").read_text())
     groups = sorted((f["group"], f["against"], len(f["data"])) for f in fits)
     assert groups == [("nDCG@10: dense, cl, budget_flops=4000000000000.0", "parameters", 2),

@@ -68,7 +68,7 @@ def indexes(tiny_llama: Path, tiny_bert: Path, tmp_path_factory: pytest.TempPath
 
 
 def _load(indexes: dict[str, Path], batching: bool = True, corpus: bool = False) -> list[LoadedIndex]:
-    from llmret.evaluation.conventions import load_corpus
+    from llmret.data.spec import load_corpus
 
     texts = {d.id: d.full_text() for d in load_corpus(str(indexes["data"]))} if corpus else None
     return [LoadedIndex(name, indexes[name], texts, batching, 32, 0.02) for name in ("dense", "sparse")]

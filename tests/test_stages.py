@@ -12,7 +12,7 @@ import torch
 import yaml
 from helpers import WORDS, random_texts
 
-from llmret.studies import study
+from llmret import studies
 from llmret.cli import main
 from llmret.encoders.settings import EncoderSettings
 from llmret.training.mntp import MNTPSettings, run_mntp
@@ -132,8 +132,8 @@ def _stage_study(tmp_path: Path, tiny_llama: Path) -> Path:
 
 def test_a_study_runs_its_mntp_stage_once_for_the_cells_that_share_it(tiny_llama: Path, tmp_path: Path,
                                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    spec = study.StudySpec.read(_stage_study(tmp_path, tiny_llama))
-    records = study.run(spec)
+    spec = studies.StudySpec.read(_stage_study(tmp_path, tiny_llama))
+    records = studies.run(spec)
     stages = sorted((spec.folder / "train").glob("mntp-*"))
     assert len(records) == 2 and len(stages) == 1 and (stages[0] / "final" / "adapter").is_dir()
     trainings = sorted((spec.folder / "train").glob("dense-*"))

@@ -11,31 +11,31 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmret.studies import study
+from llmret import studies
 from llmret.cli import main
 from llmret.util.errors import DataError
 from llmret.evaluation.significance import compare
 
 
-def _done(spec: study.StudySpec) -> dict[str, int]:
+def _done(spec: studies.StudySpec) -> dict[str, int]:
     return {p.parent.name: p.stat().st_mtime_ns for p in (spec.folder / "cells").glob("*/done.json")}
 
 
 def test_study_runs_each_cell_once_resumes_and_matches_its_metrics(study_file: Path) -> None:
-    spec = study.StudySpec.read(study_file)
-    labels = [c.label for c in study.cells(spec)]
+    spec = studies.StudySpec.read(study_file)
+    labels = [c.label for c in studies.cells(spec)]
     assert labels == ["bm25", "bert", "llama [max_steps=1]", "llama [max_steps=2]"]  # train axes only on trained
 
-    def kill_after_two(cell: study.Cell, dataset: study.DatasetSpec) -> None:
+    def kill_after_two(cell: studies.Cell, dataset: studies.DatasetSpec) -> None:
         if len(_done(spec)) == 2:
             raise KeyboardInterrupt("killed")
 
     with pytest.raises(KeyboardInterrupt):
-        study.run(spec, on_cell=kill_after_two)
+        studies.run(spec, on_cell=kill_after_two)
     first = _done(spec)
     assert len(first) == 2 and not (spec.folder / "train").exists()
     ran = []
-    records = study.run(spec, on_cell=lambda cell, dataset: ran.append(cell.label))
+    records = studies.run(spec, on_cell=lambda cell, dataset: ran.append(cell.label))
     assert ran == labels[2:]  # finished cells are skipped, not redone
     after = _done(spec)
     assert {k: after[k] for k in first} == first and len(after) == 4
@@ -55,24 +55,24 @@ def test_study_runs_each_cell_once_resumes_and_matches_its_metrics(study_file: P
     text = study_file.read_text().replace("- 2\n", "- 3\n")
     study_file.write_text(text)
     ran.clear()
-    study.run(study.StudySpec.read(study_file), on_cell=lambda cell, dataset: ran.append(cell.label))
+    studies.run(studies.StudySpec.read(study_file), on_cell=lambda cell, dataset: ran.append(cell.label))
     assert ran == ["llama [max_steps=3]"]
 
 
 def test_report_tables_significance_and_plot_come_from_the_metrics_files(study_file: Path,
                                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    spec = study.StudySpec.read(study_file)
+    spec = studies.StudySpec.read(study_file)
     with pytest.raises(ValueError, match="no finished cells"):
-        study.report(spec)
+        studies.report(spec)
     assert main(["study", "run", str(study_file)]) == 0
     capsys.readouterr()
     assert main(["study", "status", str(study_file)]) == 0
     assert "4 of 4 finished" in capsys.readouterr().out
     text = (spec.folder / "report.md").read_text()
-    cells = {c.label: c for c in study.cells(spec)}
+    cells = {c.label: c for c in studies.cells(spec)}
     per_query = {}
     for label, cell in cells.items():
-        folder = study._eval_folder(spec.folder, cell, spec.datasets[0], spec.measures)
+        folder = studies.eval_folder(spec.folder, cell, spec.datasets[0], spec.measures)
         metrics = json.loads((folder / "metrics.json").read_text())
         per_query[label] = metrics["per_query"]["nDCG@10"]
         row = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
@@ -102,8 +102,8 @@ def test_a_study_killed_mid_training_resumes_the_training_from_its_checkpoint(st
     data["grid"] = {}
     data["systems"][2]["train"].update(max_steps=80, save_steps=10, logging_steps=1)
     study_file.write_text(yaml.safe_dump(data))
-    spec = study.StudySpec.read(study_file)
-    train = study._train_folder(spec, study.cells(spec)[2])
+    spec = studies.StudySpec.read(study_file)
+    train = studies.train_folder(spec, studies.cells(spec)[2])
     process = subprocess.Popen([sys.executable, "-m", "llmret.cli", "study", "run", str(study_file)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 240
@@ -116,7 +116,7 @@ def test_a_study_killed_mid_training_resumes_the_training_from_its_checkpoint(st
     assert len(finished) == 2  # BM25 and the zero-shot model ran before the training
     early = (train / "checkpoint-10" / "state.pt").stat().st_mtime_ns
     ran = []
-    study.run(spec, on_cell=lambda cell, dataset: ran.append(cell.label))
+    studies.run(spec, on_cell=lambda cell, dataset: ran.append(cell.label))
     assert ran == ["llama"] and {k: v for k, v in _done(spec).items() if k in finished} == finished
     assert (train / "checkpoint-10" / "state.pt").stat().st_mtime_ns == early  # resumed past it, not restarted
     steps = [json.loads(line)["step"] for line in (train / "log.jsonl").read_text().splitlines()]
@@ -130,20 +130,20 @@ def test_a_categorical_axis_is_drawn_as_bars_of_the_metrics_files(study_file: Pa
     data["grid"] = {"encoder.instruction": [None, "tower bridge", ""]}
     data.pop("baseline")
     study_file.write_text(yaml.safe_dump(data))
-    spec = study.StudySpec.read(study_file)
-    study.run(spec)
-    text = study.report(spec).read_text()
+    spec = studies.StudySpec.read(study_file)
+    studies.run(spec)
+    text = studies.report(spec).read_text()
     assert "![nDCG@10 against encoder.instruction](nDCG-10-vs-encoder.instruction.png)" in text
     assert (spec.folder / "nDCG-10-vs-encoder.instruction.png").read_bytes()[:4] == b"\x89PNG"
     rows, expected = [], []  # by hand: each cell's metrics file, labelled as the figure labels its value
-    for cell, label in zip(study.cells(spec), ("default", "tower bridge", "none")):
-        folder = study._eval_folder(spec.folder, cell, spec.datasets[0], spec.measures)
+    for cell, label in zip(studies.cells(spec), ("default", "tower bridge", "none")):
+        folder = studies.eval_folder(spec.folder, cell, spec.datasets[0], spec.measures)
         metrics = json.loads((folder / "metrics.json").read_text())
         settings = json.loads((folder / "settings.json").read_text())
         assert settings["instruction"] == {"default": "", "none": ""}.get(label, label)
         rows.append({"system": "bert", "axes": cell.axes, "aggregate": metrics["aggregate"]})
         expected.append((label, metrics["aggregate"]["nDCG@10"]))
-    numeric, keys, series = study.axis_series("encoder.instruction", [None, "tower bridge", ""], rows, "nDCG@10",
+    numeric, keys, series = studies.axis_series("encoder.instruction", [None, "tower bridge", ""], rows, "nDCG@10",
                                               [spec.datasets[0].label])
     assert not numeric and keys == ["default", "tower bridge", "none"] and series == {"bert": expected}
     assert expected[1][1] != expected[0][1]  # the instruction reached the encoder
@@ -164,7 +164,7 @@ def test_bad_study_files_are_errors_naming_the_file(study_file: Path, change: ob
     change(spec)
     study_file.write_text(yaml.safe_dump(spec))
     with pytest.raises(DataError, match=message) as error:
-        study.StudySpec.read(study_file)
+        studies.StudySpec.read(study_file)
     assert str(study_file) in str(error.value)
 
 
@@ -175,24 +175,24 @@ def test_ray_executor_on_a_local_two_worker_cluster_gives_the_local_metrics(stud
     import ray
     import torch
 
-    spec = study.StudySpec.read(study_file)
+    spec = studies.StudySpec.read(study_file)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a one-CPU Ray task runs one thread: the same arithmetic here
     try:
-        local = study.run(spec)
+        local = studies.run(spec)
     finally:
         torch.set_num_threads(threads)
     ray_file = study_file.with_name("study-ray.yaml")
     ray_file.write_text(study_file.read_text().replace(str(spec.folder), str(spec.folder) + "-ray"))
-    ray_spec = study.StudySpec.read(ray_file)
-    assert len(study.work_units(ray_spec)) == 4
+    ray_spec = studies.StudySpec.read(ray_file)
+    assert len(studies.work_units(ray_spec)) == 4
     ray.init(num_cpus=2, include_dashboard=False)  # two workers: two cells at a time
     try:
-        records = study.run(ray_spec, executor="ray", cpus_per_cell=1)
-        assert study.run(ray_spec, executor="ray") == records  # all finished: read back, nothing sent again
+        records = studies.run(ray_spec, executor="ray", cpus_per_cell=1)
+        assert studies.run(ray_spec, executor="ray") == records  # all finished: read back, nothing sent again
     finally:
         ray.shutdown()
-    assert [r["cell"] for r in records] == [r["cell"] for r in local] == [c.label for c in study.cells(spec)]
+    assert [r["cell"] for r in records] == [r["cell"] for r in local] == [c.label for c in studies.cells(spec)]
     workers = {r["ran_on"] for r in records}
     assert f":{os.getpid()}" not in " ".join(workers)  # every cell ran in a Ray worker, not here
     for mine, theirs in zip(local, records):
@@ -202,7 +202,7 @@ def test_ray_executor_on_a_local_two_worker_cluster_gives_the_local_metrics(stud
             a.pop(timing), b.pop(timing)
         assert a == b
     with pytest.raises(ValueError, match="executor must be one of local, ray"):
-        study.run(spec, executor="slurm")
+        studies.run(spec, executor="slurm")
 
 
 def test_checkpoints_of_one_run_and_per_dataset_encoder_settings(study_file: Path) -> None:
@@ -215,9 +215,9 @@ def test_checkpoints_of_one_run_and_per_dataset_encoder_settings(study_file: Pat
     raw["systems"][0]["train"]["max_steps"] = 2
     raw["datasets"][0]["encoder"] = {"passage_max_length": 7}
     study_file.write_text(yaml.safe_dump(raw))
-    spec = study.StudySpec.read(study_file)
-    assert [c.label for c in study.cells(spec)] == ["llama [checkpoint=1]", "llama [checkpoint=None]"]
-    records = study.run(spec)
+    spec = studies.StudySpec.read(study_file)
+    assert [c.label for c in studies.cells(spec)] == ["llama [checkpoint=1]", "llama [checkpoint=None]"]
+    records = studies.run(spec)
     trainings = list((spec.folder / "train").glob("dense-*"))
     assert len(trainings) == 1 and (trainings[0] / "checkpoint-1" / "model" / "llmret.json").is_file()
     used = [json.loads((spec.folder / "cells" / r["folder"] / "settings.json").read_text()) for r in records]

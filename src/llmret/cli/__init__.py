@@ -11,7 +11,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmret.encoders.settings import EncoderSettings, from_dict, load_config
+from llmret.encoders.settings import EncoderSettings
+
+from llmret.util.settings import from_dict, load_config
 from llmret.training.curves import DEFAULT_KEYS  # light: matplotlib is imported only when drawing
 from llmret.util.errors import DataError
 from llmret.util.fileio import read_json
@@ -222,7 +224,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         from llmret.evaluation.conventions import load
 
         data, rules = load(args.data, args.split, args.rules)
-        searcher = saved.Searcher.open(args.index_dir)
+        from llmret.retrievers.searcher import Searcher
+
+        searcher = Searcher.open(args.index_dir)
         run = rules.apply(searcher.search(data.queries, args.k + 1 if rules.exclude_self else args.k))
     else:
         if not args.queries or not (args.corpus or args.index_dir):
@@ -261,7 +265,8 @@ def _score_run_file(args: argparse.Namespace) -> int:
     from llmret.data.qrels import read_qrels
     from llmret.data.trec import read_run
     from llmret.util.fileio import write_json
-    from llmret.evaluation.conventions import resolve_folder, rules_for, rules_for_qrels
+    from llmret.data.spec import resolve_folder
+    from llmret.evaluation.conventions import rules_for, rules_for_qrels
 
     if args.data:
         folder = resolve_folder(args.data, args.split)
@@ -378,8 +383,8 @@ def _inspect_index(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
+    from llmret import studies
     from llmret.studies import presets
-    from llmret.studies import study
 
     if args.action == "list":
         for name, description in presets.available().items():
@@ -395,12 +400,12 @@ def cmd_study(args: argparse.Namespace) -> int:
         for spec in suite.studies:
             spec.check_data()  # every study's data, before the first cell runs
         for spec in suite.studies:
-            study.run(spec, executor=args.executor, ray_address=args.ray_address, cpus_per_cell=args.cpus_per_cell,
+            studies.run(spec, executor=args.executor, ray_address=args.ray_address, cpus_per_cell=args.cpus_per_cell,
                       gpus_per_cell=args.gpus_per_cell)
     elif args.action == "status":
         total = finished = 0
         for spec in suite.studies:
-            for cell, dataset, done in study.status(spec):
+            for cell, dataset, done in studies.status(spec):
                 prefix = "" if suite.single else f"{spec.name}: "
                 print(f"{'done   ' if done else 'pending'}  {prefix}{cell.label}  on {dataset.label}")
                 total, finished = total + 1, finished + done
@@ -414,9 +419,9 @@ def _print_plan(suite: Any, as_json: bool) -> None:
     """``study plan``: every cell's resolved settings and where each came from, as JSON or as text."""
     import json
 
-    from llmret.studies import study
+    from llmret.studies.planning import plan
 
-    plans = {spec.name: study.plan(spec) for spec in suite.studies}
+    plans = {spec.name: plan(spec) for spec in suite.studies}
     if as_json:
         print(json.dumps(plans if not suite.single else next(iter(plans.values())), indent=1, default=str))
         return
@@ -437,7 +442,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from llmret.evaluation.conventions import load_corpus
+    from llmret.data.spec import load_corpus
     from llmret.serve.app import Limits, LoadedIndex, create_app
 
     corpora = {}
@@ -580,7 +585,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
     from llmret.data.training import write_training
     from llmret.data.trec import read_run
     from llmret.training.mining import MiningSettings, mine
-    from llmret.evaluation.conventions import resolve_folder
+    from llmret.data.spec import resolve_folder
     from llmret.training.teachers import load_teacher
 
     data = load_dataset(resolve_folder(args.data, args.split), args.split)

@@ -9,10 +9,10 @@ Three tasks, each a BEIR folder per split (train, dev, test):
   tokens), with undocumented modules as distractors.
 
 Splits go by top-level package (``email.mime.text`` goes with ``email``) so that no module, nor its
-siblings, is on both sides. Each split's corpus holds only that split's documents. The train split
-also gets ``train.jsonl`` with BM25-mined hard negatives. The build is deterministic for a Python
-version (files and nodes are visited in sorted order, nothing is sampled at random) and writes a
-manifest with counts and a checksum.
+siblings, is on both sides. Each split's corpus holds only that split's documents; training on a split
+mines its BM25 hard negatives (:func:`llmret.training.mining.mined_examples`, cached), as for any BEIR
+folder. The build is deterministic for a Python version (files and nodes are visited in sorted order,
+nothing is sampled at random) and writes a manifest with counts and a checksum.
 """
 
 from __future__ import annotations
@@ -31,12 +31,11 @@ from llmret.util.cache import cache_dir
 from llmret.data.corpus import Corpus, Document
 from llmret.data.dataset import RetrievalData, write_queries
 from llmret.data.qrels import write_qrels
-from llmret.data.training import write_training
 from llmret.util.fileio import build_once, read_json, write_json
 
 log = logging.getLogger(__name__)
 
-BUILD_VERSION = 1  # bump when the extraction rules change, so caches rebuild
+BUILD_VERSION = 2  # bump when what a build writes changes, so caches rebuild (2: no train.jsonl)
 SPLITS = ("train", "dev", "test")
 INSTRUCTIONS = {
     "code": "Given a one-sentence description of a Python function, retrieve the function's source code.",
@@ -46,7 +45,6 @@ INSTRUCTIONS = {
 TASKS = tuple(INSTRUCTIONS)
 _SKIP_PARTS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "_bundled",
                "__phello__", "turtledemo"}
-_NEGATIVES = 20
 _LONG_MIN_CHARS = 6000
 
 
@@ -158,10 +156,6 @@ def _checksum(root: Path) -> str:
 
 def build(root: Path) -> dict[str, object]:
     """Build every task and split under ``root`` and return the manifest."""
-    # The training split ships BM25-mined negatives; mining runs a retriever, which data/ must not
-    # import at module level (retrievers depend on data), hence here.
-    from llmret.training.mining import mine_bm25_negatives
-
     items = _deduplicate(_extract())
     counts: dict[str, dict[str, dict[str, int]]] = {}
     for task in TASKS:
@@ -177,8 +171,6 @@ def build(root: Path) -> dict[str, object]:
             write_queries(folder / "queries.jsonl", queries)
             write_qrels(folder / "qrels" / f"{split}.tsv", qrels)
             write_json(folder / "task.json", {"task": task, "split": split, "instruction": INSTRUCTIONS[task]})
-            if split == "train":
-                write_training(folder / "train.jsonl", mine_bm25_negatives(data, _NEGATIVES), by_id=True)
             counts[task][split] = {"documents": len(docs), "queries": len(queries)}
     manifest = {"python": sys.version.split()[0], "build_version": BUILD_VERSION, "counts": counts,
                 "instructions": INSTRUCTIONS, "sha256": _checksum(root)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from llmret.encoders.settings import SPARSE_ONLY, EncoderSettings
+from llmret.encoders.settings import EncoderSettings, SPARSE_ONLY
 from llmret.encoders.base import DTYPES, TextEncoder, bidirectional_mask
 from llmret.encoders.pooling import check_pooling, pool
 

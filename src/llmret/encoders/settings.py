@@ -1,21 +1,14 @@
-"""Settings as dataclasses; YAML or JSON files map onto them, and unknown keys are errors.
+"""The encoder's settings: how queries and passages become vectors, the one declaration of each setting.
 
-Why strict: a misspelt key in a config (``pooling_mode`` for ``pooling``) would otherwise be ignored
-and the run would silently use a default, which is exactly the silent wrong result we refuse.
+Every field is a flag of the commands that encode (``query_max_length`` -> ``--query-max-length``), a key
+of config, study and service files, and a key of the ``llmret.json`` a trained model is saved with.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, fields
-from pathlib import Path
-from typing import Any, TypeVar
-
-import yaml
-
-from llmret.util.errors import DataError
-
-T = TypeVar("T")
+from typing import Any
 
 
 @dataclass
@@ -85,40 +78,3 @@ DEFAULTS: dict[str, Any] = {
 }
 SPARSE_ONLY = ("logit_scale", "query_top_k", "passage_top_k", "quantize", "vocab_chunk", "zero_special_terms",
                "input_terms_only", "expansion_terms")
-
-
-def option(default: Any, help: str, **extra: Any) -> Any:  # noqa: A002 - argparse's word
-    """A settings field with the help text (and ``choices``) its command-line flag shows: flags are
-    made from the fields (``cli._add_settings_args``), so a setting is declared once."""
-    if isinstance(default, list):
-        return dataclasses.field(default_factory=lambda: list(default), metadata={"help": help, **extra})
-    return dataclasses.field(default=default, metadata={"help": help, **extra})
-
-
-def from_dict(cls: type[T], data: dict[str, Any], source: str | Path | None = None) -> T:
-    """Build dataclass ``cls`` from ``data``, rejecting keys it does not have."""
-    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise DataError(source, None, f"unknown setting(s) {', '.join(unknown)} for {cls.__name__}; known: {', '.join(sorted(known))}")
-    return cls(**data)
-
-
-def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a YAML or JSON config file (JSON is YAML) into a dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, None, "config file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise DataError(path, mark.line + 1 if mark else None, f"invalid YAML/JSON: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(data, dict):
-        raise DataError(path, 1, "a config file must hold a mapping of settings")
-    return data
-
-
-def to_dict(obj: Any) -> dict[str, Any]:
-    """A dataclass as a plain dict (for saving the settings a run actually used)."""
-    return dataclasses.asdict(obj)

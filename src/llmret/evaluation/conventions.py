@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from llmret.data import builtin, irds
-from llmret.data.corpus import Corpus
+from llmret.data import irds
+from llmret.data.spec import resolve_folder
 from llmret.data.dataset import RetrievalData, load_dataset
 from llmret.data.qrels import Qrels
 from llmret.data.trec import Run
@@ -82,21 +82,6 @@ DATASETS: dict[str, str] = {
     **dict.fromkeys(("dev-small", "msmarco-dev", "msmarco-dev-small", "msmarco", "msmarco-passage",
                      "msmarco-passage-dev-small"), "msmarco-dev"),
 }
-
-
-def resolve_folder(spec: str, split: str) -> Path:
-    """A data spec to a BEIR folder: ``builtin:TASK``, ``irds:ID`` or a path."""
-    if spec.startswith("builtin:"):
-        return builtin.task_folder(spec.split(":", 1)[1], split)
-    if spec.startswith(irds.PREFIX):
-        return irds.folder(spec.removeprefix(irds.PREFIX), split)
-    return Path(spec).expanduser()
-
-
-def load_corpus(spec: str, split: str = "test") -> Corpus:
-    """The corpus of a data spec: ``builtin:TASK``, a BEIR folder, or a corpus JSONL file."""
-    path = resolve_folder(spec, split)
-    return Corpus.from_file(path / "corpus.jsonl" if path.is_dir() else path)
 
 
 def convention_of(folder: Path) -> str:

@@ -1,105 +1,16 @@
-"""One factory from a system's description to a retriever: the CLI, the demo and studies all build here.
-
-A system is BM25, or a dense or sparse encoder over a backbone, optionally trained first. Its
-description (:class:`SystemSpec`) is plain data, read strictly from YAML like every llmret config, so
-a study can vary any part of it (``train.max_steps``, ``encoder.passage_max_length`` ...) and record
-exactly what each cell ran.
-"""
+"""One factory from a retriever kind (bm25, dense, sparse) and encoder settings to a retriever: the CLI,
+studies, the service's searcher and training's checkpoint evaluation all build through it, so every
+path encodes the same way."""
 
 from __future__ import annotations
 
-import copy
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmret.encoders.settings import EncoderSettings, from_dict
-from llmret.util.errors import DataError
-from llmret.util.layers import Layered, merge
+from llmret.encoders.settings import EncoderSettings
 from llmret.retrievers.base import Retriever
 
 RETRIEVERS = ("bm25", "dense", "sparse")
-
-
-@dataclass
-class SystemSpec:
-    """What to build: ``retriever`` over ``encoder`` (EncoderSettings fields, ``model`` among them),
-    ``recipe`` (an encoder recipe such as ``promptreps``) under them, ``index`` (a FAISS factory string;
-    ``exact`` or ``seismic`` for sparse), ``bm25`` (``k1``, ``b``) for BM25, and ``train`` (TrainSettings
-    fields): when given, the backbone is trained first and the trained model is what is evaluated, with
-    the ``encoder`` settings (lengths may differ from training's, which ``train.encoder`` sets)."""
-
-    name: str
-    retriever: str = "dense"
-    encoder: dict[str, Any] = field(default_factory=dict)
-    recipe: str | None = None
-    index: str | None = None
-    bm25: dict[str, float] = field(default_factory=dict)
-    train: dict[str, Any] | None = None
-    mntp: dict[str, Any] | None = None  # a first stage: MNTP settings (not model, output_dir) the training starts after
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str | Path | None = None) -> SystemSpec:
-        spec = from_dict(cls, data, source)
-        if spec.retriever not in RETRIEVERS:
-            raise DataError(source, None, f"system '{spec.name}': retriever must be one of {', '.join(RETRIEVERS)}, "
-                                          f"not '{spec.retriever}'")
-        if spec.retriever != "bm25" and "model" not in spec.encoder:
-            raise DataError(source, None, f"system '{spec.name}': a {spec.retriever} system needs encoder.model")
-        from_dict(EncoderSettings, spec.encoder, source)  # unknown encoder keys fail here, before any work
-        if spec.mntp is not None:
-            if spec.train is None:
-                raise DataError(source, None, f"system '{spec.name}': an mntp stage comes before a training; add train")
-            spec.mntp_settings(Path("unused"), source)
-        return spec
-
-    def mntp_settings(self, output_dir: Path, source: str | Path | None = None) -> Any:
-        """The MNTP stage's settings: the system's backbone, adapted into ``output_dir``."""
-        from llmret.training.settings import MNTPSettings
-
-        given = dict(self.mntp or {})
-        for key in ("model", "output_dir"):
-            if key in given:
-                raise DataError(source, None, f"system '{self.name}': mntp.{key} is set by the study "
-                                              "(the system's encoder.model, and a folder keyed by the stage)")
-        return from_dict(MNTPSettings, {**given, "model": self.encoder.get("model"), "output_dir": str(output_dir)},
-                         source)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def encoder_layers(self, grid: dict[str, Any] | None = None, layer: str = "study") -> Layered:
-        """The evaluation encoder's settings as layers: the encoder recipe's, the system's (``layer``),
-        ``grid`` (``encoder.*`` axis values, keys without ``encoder.``). Unset ones come from the model
-        when it loads (its saved settings, then its defaults)."""
-        from llmret.encoders.recipes import encoder_recipe
-
-        recipe = [(f"recipe {self.recipe}", {"encoder": encoder_recipe(self.recipe, self.retriever)})] if self.recipe else []
-        return merge([*recipe, (layer, {"encoder": self.encoder}), ("grid", {"encoder": grid or {}})])
-
-    def encoder_settings(self, model: str | None = None) -> EncoderSettings:
-        """The encoder settings: the recipe's, the spec's over them, and ``model`` (a trained folder) last."""
-        data = dict(self.encoder_layers().values.get("encoder", {}))
-        if model is not None:
-            data["model"] = model
-        return from_dict(EncoderSettings, data)
-
-    def train_settings(self, output_dir: Path, grid: dict[str, Any] | None = None, layer: str = "study",
-                       stage: str | None = None) -> Any:
-        """TrainSettings for this system, written to ``output_dir``: its recipe, then the system's own
-        training settings (its encoder's under ``train.encoder``'s) as layer ``layer``, then ``grid``
-        (``train.*`` axis values, the keys without ``train.``), then ``stage``: the model folder a first
-        stage (MNTP) made, which the training starts from."""
-        from llmret.training.settings import TrainSettings
-
-        data = copy.deepcopy(self.train or {})
-        data["encoder"] = {**self.encoder, **(data.get("encoder") or {})}
-        data.setdefault("retriever", self.retriever)
-        grid = grid or {}
-        if grid.get("retriever", data["retriever"]) != self.retriever or data["retriever"] != self.retriever:
-            raise ValueError(f"system '{self.name}' is {self.retriever} but trains {grid.get('retriever', data['retriever'])}")
-        return TrainSettings.from_layers([(layer, data), ("grid", grid), ("stage mntp", {"encoder": {"model": stage}}),
-                                          ("study", {"output_dir": str(output_dir)})])
 
 
 def load_encoder(kind: str, settings: EncoderSettings, *, dataset: dict[str, Any] | None = None,
@@ -138,12 +49,4 @@ def make_retriever(kind: str, settings: EncoderSettings | None = None, *, rules:
     from llmret.retrievers.dense import DenseRetriever
 
     return DenseRetriever(load_encoder(kind, settings, dataset=dataset), work_dir=work_dir, factory=index or "Flat",
-                          progress=progress)
-
-
-def build(spec: SystemSpec, *, rules: Any = None, work_dir: str | Path | None = None, model: str | None = None,
-          progress: bool = True) -> Retriever:
-    """The retriever ``spec`` describes; ``model`` replaces the backbone (a trained system's final/)."""
-    settings = None if spec.retriever == "bm25" else spec.encoder_settings(model)
-    return make_retriever(spec.retriever, settings, rules=rules, work_dir=work_dir, index=spec.index, bm25=spec.bm25,
                           progress=progress)

@@ -27,7 +27,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
-from llmret.index.saved import Searcher, search_all
+from llmret.retrievers.searcher import Searcher
+
+from llmret.index.saved import search_all
 from llmret.index.sparse import SparseIndex
 from llmret.serve.batching import MicroBatcher
 

@@ -21,8 +21,10 @@ from typing import Any
 from llmret.util.fileio import atomic_write, write_json
 from llmret.studies.presets import PRESETS
 from llmret.util.tables import format_table
-from llmret.studies.study import StudySpec, report, run
-from llmret.retrievers.factory import SystemSpec
+from llmret.studies.reporting import report
+from llmret.studies.runner import run
+from llmret.studies.spec import StudySpec
+from llmret.studies.systems import SystemSpec
 
 COLUMNS = ["task", "system", "nDCG@10", "RR@10", "R@100", "terms/q", "terms/p", "seconds"]
 METRICS = ["nDCG@10", "RR@10", "R@100"]

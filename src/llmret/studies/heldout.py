@@ -28,7 +28,7 @@ def heldout_loss(model: str | Path, data: str, split: str, *, retriever: str, ba
     from llmret.data.dataset import load_dataset
     from llmret.data.training import resolve_passages
     from llmret.training.mining import mine_bm25_negatives
-    from llmret.evaluation.conventions import resolve_folder
+    from llmret.data.spec import resolve_folder
     from llmret.retrievers.factory import load_encoder
 
     folder = resolve_folder(data, split)

@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmret.encoders.settings import load_config
+from llmret.util.settings import load_config
 from llmret.util.errors import DataError
 from llmret.util.fileio import atomic_write
-from llmret.studies.study import PRESETS, StudySpec
+from llmret.studies.reporting import report as study_report
+from llmret.studies.spec import PRESETS, StudySpec, status
 
 
 @dataclass
@@ -80,16 +81,14 @@ def load(target: str, out: str | None = None) -> Suite:
 def report(suite: Suite) -> Path:
     """Each study's report; for a suite also ``report.md`` with each study's main table (its first
     measure) under its description, linking the full report."""
-    from llmret.studies import study
-
     if suite.single:
-        return study.report(suite.studies[0])
+        return study_report(suite.studies[0])
     lines = [f"# Suite: {suite.name}", ""]
     for spec in suite.studies:
-        if not any(done for _, _, done in study.status(spec)):
+        if not any(done for _, _, done in status(spec)):
             lines += [f"## {spec.name}", "", spec.description.strip(), "", "No finished cells yet.", ""]
             continue
-        path = study.report(spec)
+        path = study_report(spec)
         text = path.read_text(encoding="utf-8").split("\n")
         table = text[text.index(next(t for t in text if t.startswith("## "))):]
         main = table[:table.index("", 2) + 1] if "" in table[2:] else table

@@ -15,6 +15,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+SCALES = {"parameters": "parameters (compute.json)", "compute": "training FLOPs (compute.json: per step x steps)"}
+HELDOUT = "held-out loss"  # the quantity fitted beside the first measure when a study measures it
+
 
 @dataclass
 class PowerLaw:

@@ -15,14 +15,18 @@ distillation. Mining lives outside ``llmret.data`` because it runs retrievers.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
-from llmret.data.dataset import RetrievalData
-from llmret.data.training import Passage, TrainExample, resolve_passages
+from llmret.data.dataset import RetrievalData, load_dataset
+from llmret.data.training import Passage, TrainExample, read_training, resolve_passages, write_training
 from llmret.data.trec import Run
 from llmret.training.teachers import Teacher, score_pairs
+from llmret.util.cache import cache_dir
+from llmret.util.fileio import build_once
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +99,24 @@ def _filter(example: TrainExample, scores: dict[str, float], settings: MiningSet
     if len(kept) < settings.count:
         stats["queries with fewer negatives than asked"] += 1
     return kept[: settings.count]
+
+
+MINED_VERSION = 1  # bump when mine_bm25_negatives would mine otherwise, so cached files are made again
+
+
+def mined_examples(folder: Path, split: str = "train", count: int = 20) -> list[TrainExample]:
+    """The judged queries of a BEIR folder's ``split`` with the top BM25 hits that are not judged relevant
+    as negatives, mined once per folder content and cached (a built-in task is mined once, not at every
+    training)."""
+    data = load_dataset(folder, split)
+    digest = hashlib.sha256(f"{MINED_VERSION}:{split}:{count}".encode())
+    for name in ("corpus.jsonl", "corpus.jsonl.gz", "queries.jsonl", f"qrels/{split}.tsv"):
+        if (folder / name).is_file():
+            digest.update(name.encode() + (folder / name).read_bytes())
+    cached = build_once(cache_dir("mined") / digest.hexdigest()[:20],
+                        lambda tmp: write_training(tmp / "train.jsonl", mine_bm25_negatives(data, count), by_id=True),
+                        done="train.jsonl")
+    return read_training(cached / "train.jsonl", data.corpus)
 
 
 def mine_bm25_negatives(data: RetrievalData, count: int = 20) -> list[TrainExample]:

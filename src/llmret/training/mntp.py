@@ -29,7 +29,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from llmret.encoders.settings import EncoderSettings, to_dict
+from llmret.encoders.settings import EncoderSettings
+
+from llmret.util.settings import to_dict
 from llmret.data.sampling import epoch_order
 from llmret.encoders.base import DTYPES
 from llmret.encoders.sparse import SparseEncoder
@@ -44,7 +46,7 @@ ADAPTER = "adapter"  # the MNTP LoRA adapter, unmerged, inside the merged model'
 
 
 def corpus_texts(spec: str) -> list[str]:
-    from llmret.evaluation.conventions import load_corpus
+    from llmret.data.spec import load_corpus
 
     return [doc.full_text() for doc in load_corpus(spec, "train")]
 

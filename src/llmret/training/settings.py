@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmret.encoders.settings import EncoderSettings, from_dict, option
+from llmret.encoders.settings import EncoderSettings
+
+from llmret.util.settings import from_dict, option
 from llmret.util.errors import DataError
 from llmret.util.layers import merge
 from llmret.encoders.recipes import RECIPES, recipe_values

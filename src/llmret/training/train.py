@@ -31,7 +31,8 @@ from llmret.training.callbacks import (
     Callback,
     EvalCallback,
 )
-from llmret.encoders.settings import EncoderSettings, to_dict
+from llmret.encoders.settings import EncoderSettings
+from llmret.util.settings import to_dict
 from llmret.data.sampling import epoch_order, sample_group
 from llmret.data.training import TrainExample, require_teacher_scores
 from llmret.encoders import term_bias
@@ -84,7 +85,7 @@ def load_tasks(settings: TrainSettings) -> list[list[TrainExample]]:
 
 def task_instructions(settings: TrainSettings) -> list[str]:
     """Each source's instruction from the ``task.json`` beside its data (``task_instructions``)."""
-    from llmret.evaluation.conventions import resolve_folder
+    from llmret.data.spec import resolve_folder
 
     out = []
     for spec in settings.sources:
@@ -101,18 +102,16 @@ def task_instructions(settings: TrainSettings) -> list[str]:
 def load_examples(settings: TrainSettings, spec: str | None = None) -> list[TrainExample]:
     """Training examples from a JSONL file, a BEIR folder (BM25-mined negatives) or a built-in task."""
     from llmret.data.corpus import Corpus
-    from llmret.data.dataset import load_dataset
-    from llmret.data.training import read_training, resolve_passages
-    from llmret.training.mining import mine_bm25_negatives
-    from llmret.evaluation.conventions import resolve_folder
+    from llmret.data.spec import resolve_folder
+    from llmret.data.training import read_training
+    from llmret.training.mining import mined_examples
 
     spec = spec or settings.sources[0]
     path = resolve_folder(spec, "train")
     if path.is_dir() and (path / "train.jsonl").is_file():
         examples = read_training(path / "train.jsonl", Corpus.from_file(path / "corpus.jsonl"))
     elif path.is_dir():
-        data = load_dataset(path, "train")
-        examples = resolve_passages(mine_bm25_negatives(data), data.corpus)
+        examples = mined_examples(path)
     else:
         examples = read_training(path, Corpus.from_file(settings.corpus) if settings.corpus else None)
     if settings.max_train_queries and settings.max_train_queries > len(examples):

@@ -1,0 +1,81 @@
+"""A study's report: tables per measure with significance marks, the axis figures and the scaling fits, all
+read back from the cells' metrics files; ``results.csv`` and ``results.json`` beside them."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from llmret.evaluation.significance import compare
+from llmret.studies.fits import scaling_section
+from llmret.studies.plots import plot_axis
+from llmret.studies.spec import StudySpec, eval_folder, status
+from llmret.util.fileio import atomic_write, read_json
+
+def report(spec: StudySpec) -> Path:
+    """Write report.md, results.csv, results.json and a PNG per numeric grid axis from the finished cells'
+    metrics files; significance against ``baseline`` is tested on their per-query values."""
+    root = spec.folder
+    rows = []
+    for cell, dataset, finished in status(spec):
+        if not finished:
+            continue
+        folder = eval_folder(root, cell, dataset, spec.measures)
+        metrics = read_json(folder / "metrics.json")
+        rows.append({"cell": cell.label, "system": cell.base, "axes": cell.axes, "dataset": dataset.label,
+                     "aggregate": metrics["aggregate"], "per_query": metrics["per_query"]})
+    if not rows:
+        raise ValueError(f"no finished cells in {root}: run the study first (llmret study run)")
+    measures = list(rows[0]["aggregate"])
+    marks = significance_marks(spec, rows, measures)
+    with atomic_write(root / "results.json") as handle:
+        json.dump([{k: r[k] for k in ("cell", "system", "axes", "dataset", "aggregate")} for r in rows], handle, indent=1)
+    with atomic_write(root / "results.csv") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["cell", "system", "dataset", *spec.grid, *measures])
+        for r in rows:
+            writer.writerow([r["cell"], r["system"], r["dataset"], *(r["axes"].get(a, "") for a in spec.grid),
+                             *(r["aggregate"][m] for m in measures)])
+    lines = [f"# Study: {spec.name}", ""]
+    datasets = [d.label for d in spec.datasets]
+    for measure in measures:
+        lines += [f"## {measure} (x100)", "", "| system | " + " | ".join(datasets) + " | mean |",
+                  "| --- |" + " --- |" * (len(datasets) + 1)]
+        for label in dict.fromkeys(r["cell"] for r in rows):
+            values = {r["dataset"]: r["aggregate"][measure] for r in rows if r["cell"] == label}
+            shown = [f"{100 * values[d]:.2f}{marks.get((label, d, measure), '')}" if d in values else "-"
+                     for d in datasets]
+            mean = f"{100 * sum(values.values()) / len(values):.2f}" if len(values) == len(datasets) else "-"
+            lines.append(f"| {label} | " + " | ".join(shown) + f" | {mean} |")
+        lines.append("")
+    if spec.baseline:
+        lines.append(f"\\* differs from `{spec.baseline}` on that dataset: paired t-test and randomisation test "
+                     f"both below {spec.alpha} after {spec.correction} correction over the systems compared.")
+    for axis in spec.grid:
+        figure = plot_axis(root, axis, spec.grid[axis], rows, measures[0], datasets)
+        if figure is not None:
+            lines += ["", f"![{measures[0]} against {axis}]({figure.name})"]
+    if spec.fits:
+        lines += scaling_section(spec, rows, measures[0], datasets)
+    with atomic_write(root / "report.md") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return root / "report.md"
+
+def significance_marks(spec: StudySpec, rows: list[dict[str, Any]], measures: list[str]) -> dict[tuple[str, str, str], str]:
+    """(cell, dataset, measure) -> '*' where the cell differs significantly from the baseline's cell."""
+    if spec.baseline is None:
+        return {}
+    marks = {}
+    for dataset in {r["dataset"] for r in rows}:
+        here = [r for r in rows if r["dataset"] == dataset]
+        base = [r for r in here if r["system"] == spec.baseline]
+        if len(base) != 1:
+            continue  # the baseline must be one cell (no grid over it) to be compared against
+        for measure in measures:
+            per_query = {r["cell"]: r["per_query"][measure] for r in here}
+            for c in compare(per_query, base[0]["cell"], measure, alpha=spec.alpha, correction=spec.correction):
+                if c.significant:
+                    marks[(c.system, dataset, measure)] = "*"
+    return marks
