@@ -128,7 +128,8 @@ def test_mine_skips_positives_and_drops_likely_false_negatives(tmp_path: Path, t
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     from llmret.data.dataset import load_dataset
     from llmret.data.trec import write_run
-    from llmret.training.mining import MiningSettings, mine
+    from llmret.training.mining import mine
+    from llmret.training.settings import MiningSettings
 
     texts = random_texts(12, seed=8, min_words=5)
     docs = {f"d{i}": t for i, t in enumerate(texts)}

@@ -36,7 +36,7 @@ def test_demo_runs_every_system_and_its_table_matches_the_metrics(tiny_bert: Pat
     assert sparse["terms/p"] == saved["sparsity"]["passage_nonzero"] and sparse["terms/q"] == saved["sparsity"]["query_nonzero"]
     assert float(sparse["terms/q"]) <= 32 and float(sparse["terms/p"]) <= 64
     trained = json.loads((studies.train_folder(spec, by_name[names[3]]) / "final" / "llmret.json").read_text())
-    assert trained["encoder"]["input_terms_only"] is True and trained["paradigm"] == "sparse"
+    assert trained["encoder"]["input_terms_only"] is True and trained["retriever"] == "sparse"
     config = (studies.train_folder(spec, by_name[names[2]]) / "train_config.yaml").read_text()
     assert "max_steps: 2" in config and str(tiny_llama) in config
     assert json.loads((tmp_path / "demo" / "results.json").read_text()) == json.loads(json.dumps(rows))

@@ -85,7 +85,7 @@ def test_search_over_http_gives_the_top_k_of_llmret_search(indexes: dict[str, Pa
     with serving(create_app(_load(indexes, corpus=True))) as url:
         assert httpx.get(f"{url}/health").json() == {"status": "ok", "indexes": ["dense", "sparse"]}
         listed = httpx.get(f"{url}/indexes").json()
-        assert [ix["paradigm"] for ix in listed] == ["dense", "sparse"] and listed[0]["encoder"]["model"].endswith("final")
+        assert [ix["retriever"] for ix in listed] == ["dense", "sparse"] and listed[0]["encoder"]["model"].endswith("final")
         answer = httpx.post(f"{url}/search", json={"index": "dense", "queries": [data.queries[q] for q in qids],
                                                    "k": 5, "passages": True}).json()
         for qid, result in zip(qids, answer["results"]):

@@ -268,7 +268,7 @@ def test_sparse_training_logs_nonzero_terms_and_loads_back(tiny_llama: Path, tmp
     assert log[0]["reg_loss"] == 0.0 and log[-1]["reg_loss"] > 0.0  # quadratic warm-up starts at zero
     assert "temperature: 1.0" in (tmp_path / "run" / "train_config.yaml").read_text()
     meta = json.loads((final / "llmret.json").read_text())
-    assert meta["paradigm"] == "sparse" and meta["model_info"]["bidirectional"] is True
+    assert meta["retriever"] == "sparse" and meta["model_info"]["bidirectional"] is True
     encoder = SparseEncoder.load(EncoderSettings(model=str(final)), "cpu")
     assert encoder.info.bidirectional and encoder.info.pooling == "max"
     assert encoder.encode_queries(["alpha beta"]).shape == (1, encoder.vocab_size)

@@ -59,7 +59,7 @@ def test_continuing_the_mntp_adapter_starts_from_its_weights(mntp_final: Path, t
     assert saved["base_model"] == str(tiny_llama) and saved["model_info"]["bidirectional"]
 
     from llmret.encoders.base import bidirectional_mask
-    from llmret.retrievers.factory import load_encoder
+    from llmret.encoders.registry import load_encoder
 
     encoder = load_encoder(retriever, EncoderSettings(model=str(final)))
     ids = encoder.collate(encoder.tokenize(["alpha beta gamma delta red river"], 16))  # unpadded: positions 0..

@@ -5,6 +5,7 @@ import pytest
 from helpers import SCIFACT, verified_embeddings
 
 from llmret.models import zoo
+from llmret.util.errors import InputError
 from llmret.models.backbone import load_backbone
 from llmret.encoders.settings import EncoderSettings
 from llmret.data import Corpus, load_dataset
@@ -23,7 +24,7 @@ def minilm() -> DenseEncoder:
 
 def test_zoo_lists_every_entry() -> None:
     assert set(zoo.ZOO) == {"smollm2-135m", "gemma3-270m", "minilm-l6", "splade-tiny", "mpnet-base"}
-    with pytest.raises(KeyError, match="known: smollm2-135m"):
+    with pytest.raises(InputError, match="known: smollm2-135m"):
         zoo.get("nope")
 
 

@@ -27,10 +27,11 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmret.util.cache import cache_dir
 from llmret.data.corpus import Corpus, Document
 from llmret.data.dataset import RetrievalData, write_queries
 from llmret.data.qrels import write_qrels
+from llmret.util.cache import cache_dir
+from llmret.util.errors import InputError
 from llmret.util.fileio import build_once, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -195,7 +196,7 @@ def manifest() -> dict[str, object]:
 def task_folder(task: str, split: str = "test") -> Path:
     """The BEIR folder of one built-in task and split."""
     if task not in INSTRUCTIONS:
-        raise KeyError(f"unknown built-in task '{task}'; known: {', '.join(TASKS)}")
+        raise InputError(f"unknown built-in task '{task}'; known: {', '.join(TASKS)}")
     if split not in SPLITS:
-        raise KeyError(f"unknown split '{split}'; known: {', '.join(SPLITS)}")
+        raise InputError(f"unknown split '{split}'; known: {', '.join(SPLITS)}")
     return builtin_root() / task / split

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmret.util.errors import DataError
+from llmret.util.errors import DataError, InputError
 from llmret.util.fileio import atomic_write, iter_jsonl, iter_lines, require_str
 
 
@@ -132,7 +132,7 @@ class Corpus:
         on them and searched together rank ties as the whole corpus does. The whole corpus is validated
         first, so a bad line fails every process alike."""
         if not 0 <= index < count:
-            raise ValueError(f"part {index} of {count}: the part must be between 0 and {count - 1}")
+            raise InputError(f"part {index} of {count}: the part must be between 0 and {count - 1}")
         total = len(self)
         start, stop = total * index // count, total * (index + 1) // count
         parent = self

@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from llmret.models.backbone import Backbone, ModelInfo, load_backbone
 from llmret.encoders.settings import DEFAULTS, EncoderSettings
+from llmret.models.backbone import Backbone, ModelInfo, load_backbone
 from llmret.models.saved import SavedModel
+from llmret.util.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -93,23 +94,24 @@ class TextEncoder(ABC):
     optional limits.
     """
 
-    paradigm: ClassVar[str]
+    retriever: ClassVar[str]
     needs_lm_head: ClassVar[bool] = False
     wants_own_terms: bool = False  # token ids carry which are the text's own (TokenIds.own)
 
     def __init__(self, backbone: Backbone, settings: EncoderSettings, device: str | torch.device | None = None,
                  dataset: dict[str, Any] | None = None) -> None:
         saved = backbone.saved
-        if saved is not None and not saved.adaptation and saved.paradigm != self.paradigm:
-            raise ValueError(f"{backbone.source} was trained as a {saved.paradigm} retriever; "
-                             f"load it with --retriever {saved.paradigm}")
-        layers: list[dict[str, Any]] = []
+        if saved is not None and not saved.adaptation and saved.retriever != self.retriever:
+            raise InputError(f"{backbone.source} was trained as a {saved.retriever} retriever; "
+                             f"load it with --retriever {saved.retriever}")
+        layers: list[tuple[str, dict[str, Any]]] = []  # highest first, under the settings given
         if dataset is not None:
             trained_with_instruction = saved is not None and saved.trained_with_instruction
-            layers.append({**dataset, "instruction": dataset.get("instruction", "") if trained_with_instruction else ""})
+            layers.append(("dataset rules", {**dataset, "instruction": dataset.get("instruction", "")
+                                             if trained_with_instruction else ""}))
         if saved is not None:
-            layers.append(saved.encoder)
-        layers.append(backbone.model_defaults)
+            layers.append(("saved model", saved.encoder))
+        layers.append(("model defaults", backbone.model_defaults))
         self.settings = settings.resolve(*layers)
         overrides = {k: getattr(self.settings, k) for k in OVERRIDABLE if getattr(self.settings, k) is not None}
         self.info: ModelInfo = replace(self.default_info(backbone), **overrides)
@@ -142,7 +144,7 @@ class TextEncoder(ABC):
         return int(value)
 
     def default_info(self, backbone: Backbone) -> ModelInfo:
-        """The backbone's defaults as this paradigm wants them (settings override them afterwards)."""
+        """The backbone's defaults as this kind of encoder wants them (settings override them afterwards)."""
         return backbone.info
 
     @classmethod
@@ -159,7 +161,7 @@ class TextEncoder(ABC):
         """Everything that determines the vectors, the weights' fingerprint included: recorded with
         embeddings and runs, and compared before corpus vectors are reused."""
         settings = {k: v for k, v in asdict(self.settings).items() if k != "batch_size"}
-        return {"paradigm": self.paradigm, "weights": self.backbone.fingerprint, **settings, **asdict(self.info)}
+        return {"retriever": self.retriever, "weights": self.backbone.fingerprint, **settings, **asdict(self.info)}
 
     def format_query(self, text: str) -> str:
         """The query as the model sees it: with the task instruction (if any) and the query prefix."""
@@ -206,7 +208,7 @@ class TextEncoder(ABC):
         tail = tok(suffix, add_special_tokens=False)["input_ids"] if suffix else []
         limit = max_length - reserve - len(tail)
         if limit < 1:
-            raise ValueError(f"a maximum length of {max_length} leaves no room for text after the suffix "
+            raise InputError(f"a maximum length of {max_length} leaves no room for text after the suffix "
                              f"({len(tail)} tokens) and special tokens")
         texts = list(texts)
         offsets = own is not None

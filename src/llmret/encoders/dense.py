@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from llmret.encoders.settings import EncoderSettings, SPARSE_ONLY
 from llmret.encoders.base import DTYPES, TextEncoder, bidirectional_mask
 from llmret.encoders.pooling import check_pooling, pool
+from llmret.encoders.settings import SPARSE_ONLY, EncoderSettings
+from llmret.util.errors import InputError
 
 __all__ = ["DTYPES", "DenseEncoder", "bidirectional_mask"]
 
@@ -15,13 +16,13 @@ __all__ = ["DTYPES", "DenseEncoder", "bidirectional_mask"]
 class DenseEncoder(TextEncoder):
     """Encode queries and passages into float32 vectors [n, hidden size]."""
 
-    paradigm = "dense"
+    retriever = "dense"
 
     def __init__(self, backbone, settings: EncoderSettings, device: str | torch.device | None = None,  # noqa: ANN001
                  dataset: dict | None = None) -> None:
         changed = [k for k in SPARSE_ONLY if getattr(settings, k) is not None]
         if changed:
-            raise ValueError(f"setting(s) {', '.join(changed)} apply to sparse encoders only")
+            raise InputError(f"setting(s) {', '.join(changed)} apply to sparse encoders only")
         super().__init__(backbone, settings, device, dataset)
         check_pooling(self.info.pooling)
 

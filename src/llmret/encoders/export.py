@@ -15,32 +15,33 @@ from pathlib import Path
 from tokenizers import processors
 from transformers import PreTrainedTokenizerBase
 
-from llmret.models import st_folder
-from llmret.encoders.settings import EncoderSettings
 from llmret.encoders.base import TextEncoder
-from llmret.encoders.dense import DenseEncoder
-from llmret.encoders.sparse import SparseEncoder
-from llmret.util.fileio import atomic_dir, atomic_write
+from llmret.encoders.registry import load_encoder
+from llmret.encoders.settings import EncoderSettings
+from llmret.models import st_folder
 from llmret.models.saved import SavedModel
+from llmret.util.errors import InputError
+from llmret.util.fileio import atomic_dir, atomic_write
 
 
 def export_model(model: str, out: str | Path) -> Path:
     """Merge and save ``model`` (an adapter folder, a trained folder, or any spec) into ``out``."""
     saved = SavedModel.read(Path(model)) if Path(model).is_dir() else None
-    cls = SparseEncoder if saved is not None and saved.paradigm == "sparse" else DenseEncoder
-    encoder = cls.load(EncoderSettings(model=model), "cpu")
+    retriever = saved.retriever if saved is not None else "dense"
+    encoder = load_encoder(retriever, EncoderSettings(model=model), device="cpu")
     out = Path(out)
-    prompts = _prompts(encoder) if cls is DenseEncoder else {}
+    dense = retriever == "dense"
+    prompts = _prompts(encoder) if dense else {}
     with atomic_dir(out) as tmp:
         encoder.model.save_pretrained(tmp)
         tokenizer = encoder.tokenizer
-        if cls is DenseEncoder and encoder.info.kind == "decoder":
+        if dense and encoder.info.kind == "decoder":
             tokenizer = _with_llmret_specials(encoder)
         tokenizer.model_max_length = encoder.passage_max_length
         tokenizer.save_pretrained(tmp)
-        SavedModel(base_model=saved.base_model if saved else model, paradigm=encoder.paradigm, lora=False,
+        SavedModel(base_model=saved.base_model if saved else model, retriever=encoder.retriever, lora=False,
                    model_info=encoder.info, encoder=encoder.settings.explicit()).write(tmp)
-        if cls is DenseEncoder:
+        if dense:
             info = encoder.info
             st_folder.write(tmp, pooling=info.pooling, normalize=info.normalize, max_length=encoder.passage_max_length,
                             dim=int(encoder.model.config.hidden_size), lowercase=info.lowercase, head=encoder.head,
@@ -54,12 +55,12 @@ def _prompts(encoder: TextEncoder) -> dict[str, str]:
     """The text llmret puts before queries and passages, as sentence-transformers prompts."""
     s = encoder.settings
     if s.query_suffix or s.passage_suffix:
-        raise ValueError("sentence-transformers prompts only go before the text: a model encoding with a suffix "
+        raise InputError("sentence-transformers prompts only go before the text: a model encoding with a suffix "
                          "(query_suffix / passage_suffix) cannot be exported as a sentence-transformers folder")
     query = s.query_prefix
     if s.instruction:
         if not s.instruction_template.endswith("{query}"):
-            raise ValueError(f"instruction template {s.instruction_template!r} puts text after the query; "
+            raise InputError(f"instruction template {s.instruction_template!r} puts text after the query; "
                              "sentence-transformers prompts can only go before it")
         query += s.instruction_template[: -len("{query}")].format(instruction=s.instruction)
     return {name: text for name, text in (("query", query), ("document", s.passage_prefix)) if text}
@@ -77,7 +78,7 @@ def _with_llmret_specials(encoder: TextEncoder) -> PreTrainedTokenizerBase:
     specials = sorted({(t, tok.convert_tokens_to_ids(t)) for t in single.split() if t != "$A"})
     backend = getattr(tok, "backend_tokenizer", None) or getattr(tok, "_tokenizer", None)
     if backend is None:
-        raise ValueError(f"{encoder.settings.model}: the tokenizer is not a fast tokenizer; its EOS cannot be exported")
+        raise InputError(f"{encoder.settings.model}: the tokenizer is not a fast tokenizer; its EOS cannot be exported")
     backend.post_processor = processors.TemplateProcessing(single=single, special_tokens=specials)
     for flag, value in (("add_bos_token", keep_bos), ("add_eos_token", encoder.info.append_eos)):
         if hasattr(tok, flag):  # tokenizers that rebuild their post-processor from these flags on load
@@ -93,7 +94,7 @@ def _with_llmret_specials(encoder: TextEncoder) -> PreTrainedTokenizerBase:
 def _card(encoder: TextEncoder, saved: SavedModel | None, model: str, name: str, prompts: dict[str, str]) -> str:
     info, s = encoder.info, encoder.settings
     base = saved.base_model if saved else model
-    dense = encoder.paradigm == "dense"
+    dense = encoder.retriever == "dense"
     lines = [f"# {'Dense' if dense else 'Learned-sparse'} retriever exported by llmret", "",
              f"- base model: `{base}`",
              f"- pooling: `{info.pooling}` (EOS appended: {info.append_eos}), L2-normalised: {info.normalize}",
@@ -103,7 +104,7 @@ def _card(encoder: TextEncoder, saved: SavedModel | None, model: str, name: str,
              f"- trained with LoRA merged into the weights: {bool(saved and saved.lora)}"]
     if not dense:
         lines.append(f"- term weights log(1 + ReLU({s.logit_scale} x logit)), {info.pooling}-pooled over the vocabulary head")
-    lines += ["", f"Load with `llmret evaluate --retriever {encoder.paradigm} --model {name}`."]
+    lines += ["", f"Load with `llmret evaluate --retriever {encoder.retriever} --model {name}`."]
     if dense:
         lines += ["", "With sentence-transformers: `SentenceTransformer(folder).encode_query(...)` and "
                       f"`.encode_document(...)` (prompts {sorted(prompts) or 'none'}); it truncates queries at the "

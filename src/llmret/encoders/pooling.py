@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from llmret.util.errors import InputError
+
 DENSE_POOLINGS = ("cls", "mean", "last", "max", "weightedmean", "mean_sqrt_len", "mean_normalized")
 
 
@@ -29,7 +31,7 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
 def check_pooling(how: str) -> None:
     unknown = [m for m in how.split("+") if m not in DENSE_POOLINGS]
     if unknown:
-        raise ValueError(f"unknown pooling '{'+'.join(unknown)}' (use {', '.join(DENSE_POOLINGS)}, or several joined by +)")
+        raise InputError(f"unknown pooling '{'+'.join(unknown)}' (use {', '.join(DENSE_POOLINGS)}, or several joined by +)")
 
 
 def _pool_one(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
@@ -50,7 +52,7 @@ def _pool_one(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tenso
         weights = mask.to(hidden.dtype).unsqueeze(-1)
         count = weights.sum(dim=1).clamp(min=1.0)
         return (hidden * weights).sum(dim=1) / (count if how == "mean" else count.sqrt())
-    raise ValueError(f"unknown pooling '{how}' (use {', '.join(DENSE_POOLINGS)})")
+    raise InputError(f"unknown pooling '{how}' (use {', '.join(DENSE_POOLINGS)})")
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:

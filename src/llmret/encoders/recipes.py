@@ -25,6 +25,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from llmret.util.errors import InputError
+
 
 def _one_word(kind: str) -> dict[str, str]:
     return {f"{kind}_prefix": f'{kind.capitalize()}: "',
@@ -75,10 +77,10 @@ def recipe_values(name: str, objective: str) -> dict[str, Any]:
 def encoder_recipe(name: str, retriever: str) -> dict[str, Any]:
     """The encoder settings of recipe ``name`` (for encoding and evaluating without training)."""
     if name not in ENCODER_RECIPES:
-        raise ValueError(f"'{name}' is not an encoder recipe; known: {', '.join(ENCODER_RECIPES)}")
+        raise InputError(f"'{name}' is not an encoder recipe; known: {', '.join(ENCODER_RECIPES)}")
     wanted = RECIPES[name].get("retriever", retriever)
     if wanted != retriever:
-        raise ValueError(f"recipe '{name}' makes a {wanted} encoder: add --retriever {wanted}")
+        raise InputError(f"recipe '{name}' makes a {wanted} encoder: add --retriever {wanted}")
     return copy.deepcopy(RECIPES[name]["encoder"])
 
 

@@ -17,11 +17,11 @@ import scipy.sparse as sp
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from llmret.models.backbone import Backbone, ModelInfo
 from llmret.encoders import term_bias
 from llmret.encoders.base import TextEncoder
 from llmret.encoders.vocab_head import VocabHead, head_detached
-from llmret.util.errors import DataError
+from llmret.models.backbone import Backbone, ModelInfo
+from llmret.util.errors import DataError, InputError
 
 SPARSE_POOLINGS = ("max", "sum", "last")
 
@@ -51,19 +51,19 @@ def sparsify(reps: torch.Tensor, top_k: int | None = None, quantize: int | None 
 class SparseEncoder(TextEncoder):
     """Encode queries and passages into sparse vectors over the backbone's vocabulary (CSR matrices)."""
 
-    paradigm = "sparse"
+    retriever = "sparse"
     needs_lm_head = True
 
     def __init__(self, backbone, settings, device=None, dataset=None) -> None:  # noqa: ANN001 - as TextEncoder
         super().__init__(backbone, settings, device, dataset)
         if self.info.pooling not in SPARSE_POOLINGS:
-            raise ValueError(f"sparse pooling must be one of {', '.join(SPARSE_POOLINGS)}, not '{self.info.pooling}'")
+            raise InputError(f"sparse pooling must be one of {', '.join(SPARSE_POOLINGS)}, not '{self.info.pooling}'")
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
         config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
         width = getattr(config, "intermediate_size", None) or 4 * int(config.hidden_size)
         self.vocab_chunk = self.settings.vocab_chunk or int(width)
         if self.settings.expansion_terms and not self.settings.input_terms_only:
-            raise ValueError("expansion_terms adds terms to the input's own: it needs input_terms_only")
+            raise InputError("expansion_terms adds terms to the input's own: it needs input_terms_only")
         self.wants_own_terms = bool(self.settings.input_terms_only)
         bias = term_bias.load(backbone.folder) if backbone.folder.is_dir() else None
         if bias is not None and bias.shape != (self.vocab_size,):
@@ -78,7 +78,7 @@ class SparseEncoder(TextEncoder):
 
         A model saved sparse by llmret already carries its sparse settings, and keeps them.
         """
-        if backbone.saved is not None and backbone.saved.paradigm == "sparse":
+        if backbone.saved is not None and backbone.saved.retriever == "sparse":
             return backbone.info
         return replace(backbone.info, pooling="max", normalize=False, append_eos=False, add_bos=False)
 
@@ -98,7 +98,7 @@ class SparseEncoder(TextEncoder):
         """Passages' pooled, scaled logits before the term bias and the activation [texts, vocab]:
         what a calibrated zero point is set from (max or last pooling only)."""
         if self.info.pooling == "sum":
-            raise ValueError("zero points are calibrated on pooled logits: use max or last pooling, not sum")
+            raise InputError("zero points are calibrated on pooled logits: use max or last pooling, not sum")
         ids = self.token_ids(texts, query=False)
         parts = []
         for start in range(0, len(ids), batch_size):
@@ -174,6 +174,18 @@ class SparseEncoder(TextEncoder):
         if not parts:
             return sp.csr_matrix((0, self.dim), dtype=np.float32)
         return sp.vstack(parts, format="csr")
+
+    def top_terms(self, texts: list[str], *, query: bool = False, top: int = 20) -> list[tuple[str, int, list[tuple[str, float]]]]:
+        """Each text with its number of non-zero terms and its ``top`` terms by weight (what ``llmret
+        inspect`` shows); an empty text is an error."""
+        empty = [i for i, text in enumerate(texts, start=1) if not text.strip()]
+        if empty:
+            raise InputError(f"text {empty[0]} is empty; inspect needs text to expand")
+        out = []
+        for text, row in zip(texts, self.encode(texts, query=query)):
+            order = row.data.argsort()[::-1][:top]
+            out.append((text, int(row.nnz), list(zip(self.terms(row.indices[order]), row.data[order].tolist()))))
+        return out
 
     def terms(self, ids: np.ndarray) -> list[str]:
         """Vocabulary strings of term ids (for inspection); ids past the tokenizer's vocabulary show as [id]."""

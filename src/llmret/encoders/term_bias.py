@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from llmret.util.errors import InputError
+
 FILE = "term_bias.safetensors"
 CALIBRATION_TEXTS = 256  # passages the zero points are set from (a seeded sample of the training data)
 
@@ -37,7 +39,7 @@ def zero_points(pooled: torch.Tensor, terms: int) -> torch.Tensor:
     """
     texts, vocab = pooled.shape
     if not 0 < terms < vocab:
-        raise ValueError(f"the number of terms to calibrate for must be between 1 and {vocab - 1}, not {terms}")
+        raise InputError(f"the number of terms to calibrate for must be between 1 and {vocab - 1}, not {terms}")
     mean = pooled.float().mean(dim=0)
     centred = (pooled.float() - mean).flatten()
     margin = centred.kthvalue(centred.numel() - terms * texts).values

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from llmret.util.errors import InputError
+
 
 @dataclass
 class VocabHead:
@@ -47,7 +49,7 @@ def _parent_of(model: torch.nn.Module, target: torch.nn.Module) -> tuple[torch.n
         for child_name, child in module.named_children():
             if child is target:
                 return module, child_name
-    raise ValueError("the output projection is not a submodule of the model")
+    raise InputError("the output projection is not a submodule of the model")
 
 
 def _text_config(model: torch.nn.Module) -> object:
@@ -67,7 +69,7 @@ def head_detached(model: torch.nn.Module) -> Iterator[VocabHead]:
             inner = getattr(inner, attr)
     projection = inner.get_output_embeddings()
     if projection is None:
-        raise ValueError(f"{type(inner).__name__} has no output projection; load the backbone with lm_head=True")
+        raise InputError(f"{type(inner).__name__} has no output projection; load the backbone with lm_head=True")
     parent, name = _parent_of(model, projection)
     config = _text_config(inner)
     softcap = getattr(config, "final_logit_softcapping", None)

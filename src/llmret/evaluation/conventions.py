@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from llmret.data import irds
-from llmret.data.spec import resolve_folder
 from llmret.data.dataset import RetrievalData, load_dataset
 from llmret.data.qrels import Qrels
+from llmret.data.spec import resolve_folder
 from llmret.data.trec import Run
 from llmret.evaluation.measures import DEFAULT_MEASURES, Evaluation, evaluate
+from llmret.util.errors import InputError
 from llmret.util.fileio import read_json
 
 
@@ -102,7 +103,7 @@ def rules_for(folder: Path, convention: str | None = None, *, spec: str = "") ->
     else:
         name = "builtin" if spec.startswith("builtin:") else convention_of(folder)
     if name not in CONVENTIONS:
-        raise ValueError(f"unknown evaluation rules '{name}'; known: {', '.join(CONVENTIONS)}")
+        raise InputError(f"unknown evaluation rules '{name}'; known: {', '.join(CONVENTIONS)}")
     rules = CONVENTIONS[name]
     task_file = folder / "task.json"
     if task_file.is_file():

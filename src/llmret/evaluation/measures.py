@@ -16,6 +16,7 @@ import ir_measures
 
 from llmret.data.qrels import Qrels
 from llmret.data.trec import Run, ranked
+from llmret.util.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +59,14 @@ def parse_measures(names: Sequence[str], relevance_level: int = 1) -> list[Any]:
         try:
             measure = ir_measures.parse_measure(name)
         except (NameError, ValueError, SyntaxError) as exc:
-            raise ValueError(f"unknown measure '{name}' ({exc}); known: {', '.join(_supported_names())}, "
+            raise InputError(f"unknown measure '{name}' ({exc}); known: {', '.join(_supported_names())}, "
                              "with @cutoff and (rel=N) where they apply, e.g. nDCG@10, RR(rel=2)@10, R@1000") from None
         if relevance_level != 1 and "rel" in measure.SUPPORTED_PARAMS and "rel" not in measure.params:
             measure = measure(rel=relevance_level)
         plain = measure.NAME == "RR" and "cutoff" in measure.params
         if not ir_measures.pytrec_eval.supports(ir_measures.RR(**{k: v for k, v in measure.params.items() if k != "cutoff"})
                                                 if plain else measure):
-            raise ValueError(f"measure '{name}' is not one trec_eval computes; known: {', '.join(_supported_names())}")
+            raise InputError(f"measure '{name}' is not one trec_eval computes; known: {', '.join(_supported_names())}")
         parsed.append(measure)
     return parsed
 

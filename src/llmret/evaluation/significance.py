@@ -12,8 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
+
+from llmret.util.errors import DataError, InputError
+from llmret.util.fileio import read_json
 
 CORRECTIONS = ("holm", "bonferroni", "none")
 
@@ -47,7 +51,7 @@ def paired_values(system: Mapping[str, float], baseline: Mapping[str, float], na
     (a query one system was not scored on would silently count as a difference)."""
     if set(system) != set(baseline):
         only = sorted(set(system) ^ set(baseline))
-        raise ValueError(f"{names[0]} and {names[1]} were scored on different queries ({len(only)} differ, e.g. "
+        raise InputError(f"{names[0]} and {names[1]} were scored on different queries ({len(only)} differ, e.g. "
                          f"'{only[0]}'); compare runs evaluated on the same judgments")
     queries = sorted(system)
     return np.array([system[q] for q in queries]), np.array([baseline[q] for q in queries])
@@ -72,7 +76,7 @@ def paired_tests(a: np.ndarray, b: np.ndarray, trials: int = 10_000, seed: int =
 def correct(pvalues: Sequence[float], method: str = "holm") -> list[float]:
     """Corrected p-values for a family of tests (Holm-Bonferroni, Bonferroni, or none)."""
     if method not in CORRECTIONS:
-        raise ValueError(f"correction must be one of {', '.join(CORRECTIONS)}, not '{method}'")
+        raise InputError(f"correction must be one of {', '.join(CORRECTIONS)}, not '{method}'")
     m = len(pvalues)
     if method == "none" or m == 0:
         return list(pvalues)
@@ -90,7 +94,7 @@ def compare(per_query: Mapping[str, Mapping[str, float]], baseline: str, measure
             correction: str = "holm", trials: int = 10_000, seed: int = 0) -> list[Comparison]:
     """Every system of ``per_query`` (system -> query -> value) against ``baseline``, corrected as one family."""
     if baseline not in per_query:
-        raise ValueError(f"baseline '{baseline}' is not among the systems: {', '.join(per_query)}")
+        raise InputError(f"baseline '{baseline}' is not among the systems: {', '.join(per_query)}")
     base = per_query[baseline]
     rows = []
     for name, values in per_query.items():
@@ -105,3 +109,22 @@ def compare(per_query: Mapping[str, Mapping[str, float]], baseline: str, measure
     for row in rows:
         row.significant = row.p_t_corrected < alpha and row.p_randomization_corrected < alpha
     return rows
+
+
+def compare_files(paths: Sequence[str | Path], measure: str, baseline: str | None = None, *, alpha: float = 0.05,
+                  correction: str = "holm", trials: int = 10_000) -> tuple[str, list[Comparison]]:
+    """:func:`compare` over ``metrics.json`` files of ``llmret evaluate`` (named by their ``system``, else
+    their folder); the baseline is the system named ``baseline``, else the first file's."""
+    per_query: dict[str, Mapping[str, float]] = {}
+    for path in paths:
+        data = read_json(path)
+        name = str(data.get("system") or Path(path).parent.name) if isinstance(data, dict) else str(path)
+        values = data.get("per_query", {}).get(measure) if isinstance(data, dict) else None
+        if values is None:
+            raise DataError(path, None, f"no per-query '{measure}' values (a metrics.json of llmret evaluate, "
+                                        "evaluated with that measure)")
+        if name in per_query:
+            raise DataError(path, None, f"a second system named '{name}'")
+        per_query[name] = values
+    baseline = baseline or next(iter(per_query))
+    return baseline, compare(per_query, baseline, measure, alpha=alpha, correction=correction, trials=trials)

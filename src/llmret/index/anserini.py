@@ -20,6 +20,9 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from llmret.index.shards import EmbeddingShards
+from llmret.models.backbone import resolve
+from llmret.util.errors import DataError, InputError
 from llmret.util.fileio import atomic_write
 
 _UNSAFE = re.compile(r"\s")
@@ -32,7 +35,7 @@ def term_names(tokens: list[str | None]) -> list[str]:
     counts = Counter(names)
     names = [name if counts[name] == 1 else f"<id:{i}>" for i, name in enumerate(names)]
     if len(set(names)) != len(names):
-        raise ValueError("the vocabulary has tokens that cannot be given unique Lucene term names")
+        raise InputError("the vocabulary has tokens that cannot be given unique Lucene term names")
     return names
 
 
@@ -63,6 +66,28 @@ def write_queries(path: str | Path, ids: list[str], vectors: sp.csr_matrix, name
     with atomic_write(path) as handle:
         for row, qid in enumerate(ids):
             if "\t" in qid or "\n" in qid:
-                raise ValueError(f"query id {qid!r} holds a tab or newline, which the TSV topic format cannot carry")
+                raise InputError(f"query id {qid!r} holds a tab or newline, which the TSV topic format cannot carry")
             terms, weights = _int_weights(vectors[row], factor)
             handle.write(qid + "\t" + " ".join(" ".join([names[t]] * int(w)) for t, w in zip(terms, weights)) + "\n")
+
+
+def export_shards(embeddings: str | Path, out: str | Path, *, queries: bool = False, factor: float = 100) -> None:
+    """Sparse embedding shards as Anserini reads them: a JsonVectorCollection of the passages, or (with
+    ``queries``) pre-tokenized topics, terms named by the encoder's own tokenizer."""
+    from transformers import AutoTokenizer  # here: only an export needs a tokenizer
+
+    shards = EmbeddingShards(Path(embeddings))
+    signature = shards.signature()
+    if signature.get("retriever") != "sparse":
+        raise DataError(Path(embeddings) / "meta.json", None, "not sparse embeddings (encode with --retriever sparse)")
+    spec = str(signature["model"])
+    source = Path(spec) if (Path(spec) / "tokenizer_config.json").is_file() else resolve(spec)[0]
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    width = next(iter(shards))[1].shape[1]
+    names = term_names(tokenizer.convert_ids_to_tokens(list(range(width))))
+    if queries:
+        parts = list(shards)
+        ids = [i for part_ids, _ in parts for i in part_ids]
+        write_queries(out, ids, sp.vstack([v for _, v in parts], format="csr"), names, factor)
+    else:
+        write_documents(out, shards, names, factor)

@@ -16,9 +16,9 @@ from typing import Any
 import faiss
 import numpy as np
 
-from llmret.util.errors import DataError
-from llmret.util.fileio import atomic_write, read_ids, write_ids
 from llmret.index.shards import Shards
+from llmret.util.errors import DataError, InputError
+from llmret.util.fileio import atomic_write, read_ids, write_ids
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class DenseIndex:
     def add(self, ids: list[str], vectors: np.ndarray) -> None:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.shape != (len(ids), self.dim):
-            raise ValueError(f"expected {len(ids)} vectors of dimension {self.dim}, got {vectors.shape}")
+            raise InputError(f"expected {len(ids)} vectors of dimension {self.dim}, got {vectors.shape}")
         if not self.index.is_trained:
             self.index.train(vectors)
         self.index.add(vectors)

@@ -15,10 +15,10 @@ import numpy as np
 
 from llmret.data.trec import Run
 from llmret.index.dense import DenseIndex
-from llmret.index.shards import Shards
+from llmret.index.shards import EmbeddingShards, Shards, encoder_signature, open_shards, signature_differences
 from llmret.index.sparse import SeismicSettings, SeismicSparseIndex, SparseIndex
-from llmret.index.sparsity import TermCounts
-from llmret.util.errors import DataError
+from llmret.index.sparsity import Sparsity, TermCounts, sparsity
+from llmret.util.errors import DataError, InputError
 from llmret.util.fileio import atomic_dir, read_json, write_json
 
 Index = DenseIndex | SparseIndex | SeismicSparseIndex
@@ -28,15 +28,15 @@ SPARSE_KINDS = ("exact", "seismic")
 def build(shards: Shards, how: str | None = None) -> tuple[str, Index]:
     """(kind, index) over encoded shards: ``how`` is ``exact`` or ``seismic`` for sparse vectors and a
     FAISS factory string for dense ones (default exact search either way)."""
-    sparse = shards.signature().get("paradigm") == "sparse"
+    sparse = shards.signature().get("retriever") == "sparse"  # the signature says which index fits
     if sparse:
         if how not in (None, *SPARSE_KINDS):
-            raise ValueError(f"sparse embeddings take --index exact or seismic, not {how}")
+            raise InputError(f"sparse embeddings take --index exact or seismic, not {how}")
         if how == "seismic":
             return "seismic", SeismicSparseIndex.from_shards(shards)
         return "exact", SparseIndex.from_shards(shards)
     if how in SPARSE_KINDS:
-        raise ValueError(f"{shards.folder}: dense embeddings take a FAISS factory string (Flat, HNSW32 ...), not {how}")
+        raise InputError(f"{shards.folder}: dense embeddings take a FAISS factory string (Flat, HNSW32 ...), not {how}")
     return "faiss", DenseIndex.from_shards(shards, how or "Flat")
 
 
@@ -63,6 +63,16 @@ def save(index: Index, kind: str, folder: str | Path, signature: dict[str, Any],
     return folder
 
 
+def build_and_save(embeddings: list[str | Path], out: str | Path, how: str | None = None) -> str:
+    """Index corpus shard folders (the parts of one corpus) and save the index with its encoder's signature,
+    and for a sparse one its term counts; returns the index's kind."""
+    shards = open_shards(embeddings)
+    kind, index = build(shards, how)
+    terms = TermCounts.of_shards(shards) if kind in SPARSE_KINDS else None
+    save(index, kind, out, shards.signature(), sum(len(ids) for ids, _ in shards), terms)
+    return kind
+
+
 def document_terms(folder: str | Path) -> TermCounts:
     """The per-term document counts a sparse index was saved with."""
     path = Path(folder) / TERMS_FILE
@@ -75,6 +85,7 @@ def open_index(folder: str | Path) -> tuple[Index, dict[str, Any]]:
     """The index saved in ``folder`` and its meta.json."""
     folder = Path(folder)
     meta = read_json(folder / "meta.json")
+    meta["encoder"] = encoder_signature(meta)
     kind, params = meta.get("kind"), meta.get("params", {})
     if kind == "faiss":
         return DenseIndex.load(folder, params.get("factory", "Flat")), meta
@@ -104,3 +115,56 @@ def search_all(indexes: list[Index], vectors: Any, k: int) -> tuple[list[np.ndar
         scores_out.append(scores[order])
         ids_out.append([ids[i] for i in order])
     return scores_out, ids_out
+
+
+def search_encoded(queries: str | Path, k: int, *, index_dirs: list[str | Path] | None = None,
+                   corpus: list[str | Path] | None = None, how: str | None = None) -> Run:
+    """The top ``k`` of encoded queries (a shard folder) over saved indexes (their top ``k`` merged exactly)
+    or over corpus shard folders indexed here (``how``: a FAISS factory string, exact or seismic). Vectors
+    of another encoder than the index's are refused before any search."""
+    vectors = EmbeddingShards(Path(queries))
+    if index_dirs:
+        indexes = []
+        for folder in index_dirs:
+            index, meta = open_index(folder)
+            if signature_differences(vectors.signature(), meta["encoder"]):
+                raise DataError(Path(queries) / "meta.json", None,
+                                f"encoded with other settings or weights than the index in {folder}")
+            indexes.append(index)
+    elif corpus:
+        shards = open_shards(corpus)
+        shards.signature()  # parts made by other encoders are refused before any work
+        indexes = [build(shards, how)[1]]
+    else:
+        raise InputError("encoded queries are searched in saved indexes or in corpus shards: give one")
+    run: Run = {}
+    for qids, part in vectors:
+        run.update(to_run(qids, *search_all(indexes, part, k)))
+    return run
+
+
+def sparsity_report(*, index_dir: str | Path | None = None, embeddings: str | Path | None = None,
+                    queries: str | Path | None = None) -> Sparsity | TermCounts:
+    """The sparsity of a saved sparse index or of encoded corpus shards: the passages' term counts, or,
+    with encoded ``queries`` (made by the same encoder), the full report with FLOPS."""
+    if index_dir is not None:
+        documents = document_terms(index_dir)
+        signature = encoder_signature(read_json(Path(index_dir) / "meta.json"))
+    elif embeddings is not None:
+        corpus = EmbeddingShards(Path(embeddings))
+        counts, signature = TermCounts.of_shards(corpus), corpus.signature()
+        if counts is None:
+            raise DataError(embeddings, None, "no embeddings")
+        documents = counts
+    else:
+        raise DataError(None, None, "a sparsity report reads a saved index or corpus embeddings")
+    if queries is None:
+        return documents
+    encoded = EmbeddingShards(Path(queries))
+    if signature_differences(encoded.signature(), signature):
+        raise DataError(Path(queries) / "meta.json", None, "encoded with other settings or weights than the "
+                                                           "passages: their FLOPS would mean nothing")
+    counts = TermCounts.of_shards(encoded)
+    if counts is None or counts.per_term.shape != documents.per_term.shape:
+        raise DataError(Path(queries) / "meta.json", None, "no query vectors, or another vocabulary width")
+    return sparsity(documents, counts)

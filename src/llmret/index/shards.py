@@ -17,13 +17,29 @@ import numpy as np
 import scipy.sparse as sp
 
 from llmret.data.corpus import Corpus
-from llmret.util.errors import DataError
+from llmret.util.errors import DataError, InputError
 from llmret.util.fileio import atomic_write, read_ids, read_json, write_ids, write_json
 
 log = logging.getLogger(__name__)
 
 
 Vectors = np.ndarray | sp.csr_matrix
+
+
+def encoder_signature(meta: dict[str, Any]) -> dict[str, Any]:
+    """The encoder signature a ``meta.json`` records: everything that decides the vectors, weights'
+    fingerprint included (shards keep it under ``signature``, saved indexes under ``encoder``), with
+    ``retriever`` for what llmret 0.1 called ``paradigm``."""
+    signature = dict(meta.get("signature", meta.get("encoder")) or {})
+    if "paradigm" in signature:
+        signature["retriever"] = signature.pop("paradigm")
+    return signature
+
+
+def signature_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The settings two encoder signatures disagree on (empty: vectors of one space). Every comparison of
+    encoders (reusing shards, joining parts, opening an index, searching it with encoded queries) is this."""
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
 class PassageEncoder(Protocol):
@@ -48,7 +64,7 @@ class EmbeddingShards:
 
     def signature(self) -> dict[str, Any]:
         """The encoder settings the shards were made with."""
-        return read_json(self.folder / "meta.json").get("signature", {})
+        return encoder_signature(read_json(self.folder / "meta.json"))
 
     def truncated(self) -> int:
         """How many of the encoded texts were cut at the encoder's maximum length."""
@@ -80,7 +96,7 @@ class ShardSet:
         """The encoder settings every part was made with; parts made otherwise are an error."""
         first = EmbeddingShards(self.folders[0]).signature()
         for folder in self.folders[1:]:
-            if EmbeddingShards(folder).signature() != first:
+            if signature_differences(EmbeddingShards(folder).signature(), first):
                 raise DataError(folder / "meta.json", None, f"encoded with other settings or weights than "
                                                             f"{self.folders[0]}: these parts cannot share an index")
         return first
@@ -115,15 +131,14 @@ def encode_corpus(encoder: PassageEncoder, corpus: Corpus, folder: str | Path, *
     truncated: dict[str, int] = {}
     if meta_path.is_file():
         old = read_json(meta_path)
-        stale = old.get("signature") != signature or old.get("shard_size") != shard_size
+        changed = signature_differences(encoder_signature(old), signature)
+        stale = bool(changed) or old.get("shard_size") != shard_size
         if stale and replace_stale:
             log.info("%s: made with other settings or weights; encoding again", folder)
             for item in folder.glob("shard-*"):
                 item.unlink()
             old = {}
         elif stale:
-            changed = sorted(k for k in set(old.get("signature", {})) | set(signature)
-                             if old.get("signature", {}).get(k) != signature.get(k))
             raise DataError(meta_path, None, "embeddings here were made with other settings or weights "
                                              f"({', '.join(changed) or 'shard_size'}); use another folder")
         truncated = old.get("truncated", {})
@@ -163,3 +178,24 @@ def save_vectors(folder: str | Path, ids: list[str], vectors: Vectors, signature
     _write_shard(folder, "shard-00000", ids, vectors)
     write_json(folder / "meta.json", {"signature": signature or {}, "complete": True, "shards": 1})
 
+
+
+def encode_data(encoder: Any, data: Any, out: str | Path, *, what: str = "both", part: int = 0, parts: int = 1,
+                shard_size: int = 50_000) -> None:
+    """Encode ``data`` (a :class:`~llmret.data.dataset.RetrievalData`) into ``out``: the corpus into
+    ``out/corpus`` (part ``part`` of ``parts`` into ``out/corpus/part-I-of-N``) and the queries into
+    ``out/queries``, written once, by part 0. ``what``: corpus, queries or both."""
+    if not 0 <= part < parts:
+        raise InputError(f"part must be between 0 and {parts - 1}, not {part}")
+    out = Path(out)
+    if what in ("corpus", "both"):
+        corpus = data.corpus if parts == 1 else data.corpus.part(part, parts)
+        folder = out / "corpus" if parts == 1 else out / "corpus" / f"part-{part:03d}-of-{parts:03d}"
+        encode_corpus(encoder, corpus, folder, shard_size=shard_size, signature=encoder.signature())
+    if what in ("queries", "both") and part == 0:  # the queries once, by the first part's process
+        qids = list(data.queries)
+        save_vectors(out / "queries", qids, encoder.encode_queries([data.queries[q] for q in qids], progress=True),
+                     signature=encoder.signature())
+    if any(encoder.truncated.values()):
+        log.warning("%d queries and %d passages encoded now were longer than their maximum length and were cut",
+                    encoder.truncated["queries"], encoder.truncated["passages"])

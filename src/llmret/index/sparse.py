@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from llmret.util.errors import DataError
-from llmret.util.fileio import atomic_write, read_ids, write_ids
 from llmret.index.shards import Shards
+from llmret.util.errors import DataError, InputError
+from llmret.util.fileio import atomic_write, read_ids, write_ids
 
 Hits = tuple[list[np.ndarray], list[list[str]]]  # per query: scores, and document ids in the same order
 
@@ -60,7 +60,7 @@ class SparseIndex:
 
     def __init__(self, ids: list[str], vectors: sp.csr_matrix) -> None:
         if vectors.shape[0] != len(ids):
-            raise ValueError(f"{len(ids)} ids for {vectors.shape[0]} vectors")
+            raise InputError(f"{len(ids)} ids for {vectors.shape[0]} vectors")
         self.ids = ids
         self.postings = sp.csr_matrix(vectors.T, dtype=np.float32)  # [vocab, docs]
         self.postings.sort_indices()
@@ -78,7 +78,7 @@ class SparseIndex:
         """Top ``k`` documents per query (fewer where fewer documents share a term with it)."""
         queries = sp.csr_matrix(queries, dtype=np.float32)
         if queries.shape[1] != self.dim:
-            raise ValueError(f"queries have {queries.shape[1]} dimensions, the index {self.dim}")
+            raise InputError(f"queries have {queries.shape[1]} dimensions, the index {self.dim}")
         scores: list[np.ndarray] = []
         ids: list[list[str]] = []
         for start in range(0, queries.shape[0], batch):
@@ -172,7 +172,7 @@ class SeismicSparseIndex:
     def search(self, queries: sp.csr_matrix, k: int) -> Hits:
         queries = sp.csr_matrix(queries, dtype=np.float32)
         if queries.shape[1] != self.dim:
-            raise ValueError(f"queries have {queries.shape[1]} dimensions, the index {self.dim}")
+            raise InputError(f"queries have {queries.shape[1]} dimensions, the index {self.dim}")
         parts = [_components(queries[i]) for i in range(queries.shape[0])]
         names = np.array([str(i) for i in range(len(parts))]).astype(parts[0][0].dtype) if parts else np.array([])
         s = self.settings

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from llmret.util.errors import DataError
+from llmret.util.errors import DataError, InputError
 from llmret.util.fileio import atomic_write
 
 
@@ -37,7 +37,7 @@ class TermCounts:
         total = None
         for _, vectors in shards:
             if not sp.issparse(vectors):
-                raise ValueError("these are dense embeddings: sparsity is a sparse index's measure")
+                raise InputError("these are dense embeddings: sparsity is a sparse index's measure")
             counts = cls.of(vectors)
             total = counts if total is None else total + counts
         return total
@@ -77,3 +77,4 @@ def sparsity(documents: TermCounts, queries: TermCounts) -> Sparsity:
     flops = float((p_doc * p_query).sum())
     return Sparsity(postings, postings / max(documents.rows, 1), float(queries.per_term.sum()) / max(queries.rows, 1),
                     flops, flops * documents.rows)
+

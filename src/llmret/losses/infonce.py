@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from llmret.util.errors import InputError
+
 
 class InfoNCELoss(torch.nn.Module):
     """Cross-entropy over scaled similarities; the positive of query i sits at column ``i * group_size``.
@@ -20,7 +22,7 @@ class InfoNCELoss(torch.nn.Module):
     def __init__(self, temperature: float = 0.02, similarity: str = "dot") -> None:
         super().__init__()
         if similarity not in ("dot", "cos"):
-            raise ValueError(f"similarity must be 'dot' or 'cos', not '{similarity}'")
+            raise InputError(f"similarity must be 'dot' or 'cos', not '{similarity}'")
         self.temperature, self.similarity = temperature, similarity
 
     def scores(self, queries: torch.Tensor, passages: torch.Tensor) -> torch.Tensor:

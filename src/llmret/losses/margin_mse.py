@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from llmret.losses.kd import group_scores
+from llmret.util.errors import InputError
 
 NEGATIVES = ("all", "one")
 
@@ -24,14 +25,14 @@ class MarginMSELoss(torch.nn.Module):
     def __init__(self, student_temperature: float = 1.0, negatives: str = "all") -> None:
         super().__init__()
         if negatives not in NEGATIVES:
-            raise ValueError(f"margin negatives must be one of {', '.join(NEGATIVES)}, not '{negatives}'")
+            raise InputError(f"margin negatives must be one of {', '.join(NEGATIVES)}, not '{negatives}'")
         self.student_temperature, self.negatives = student_temperature, negatives
 
     def forward(self, queries: torch.Tensor, passages: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         student = group_scores(queries, passages)
         teacher = teacher.to(student.device, student.dtype)
         if student.shape[1] < 2:
-            raise ValueError("MarginMSE needs at least one hard negative per query (group_size >= 2)")
+            raise InputError("MarginMSE needs at least one hard negative per query (group_size >= 2)")
         last = 2 if self.negatives == "one" else student.shape[1]
         margins = (student[:, :1] - student[:, 1:last]) / self.student_temperature
         return ((margins - (teacher[:, :1] - teacher[:, 1:last])) ** 2).mean()

@@ -12,6 +12,7 @@ import torch
 from llmret.losses.infonce import InfoNCELoss
 from llmret.losses.kd import ListwiseKDLoss
 from llmret.losses.margin_mse import MarginMSELoss
+from llmret.util.errors import InputError
 
 OBJECTIVES = ("cl", "kd", "cl+kd", "marginmse")
 
@@ -23,7 +24,7 @@ class Objective(torch.nn.Module):
                  margin: MarginMSELoss | None = None) -> None:
         super().__init__()
         if kind not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, not '{kind}'")
+            raise InputError(f"objective must be one of {', '.join(OBJECTIVES)}, not '{kind}'")
         self.kind = kind
         self.parts: dict[str, tuple[torch.nn.Module, float]] = {
             "cl": {"ranking": (infonce, 1.0)},
@@ -39,7 +40,7 @@ class Objective(torch.nn.Module):
     def forward(self, queries: torch.Tensor, passages: torch.Tensor,
                 teacher: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if self.needs_teacher and teacher is None:
-            raise ValueError(f"objective '{self.kind}' needs teacher scores")
+            raise InputError(f"objective '{self.kind}' needs teacher scores")
         values = {name: (fn(queries, passages) if name == "ranking" else fn(queries, passages, teacher))
                   for name, (fn, _) in self.parts.items()}
         values["loss"] = sum(weight * values[name] for name, (_, weight) in self.parts.items())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from llmret.losses.distributed import global_sum, scale_for_ddp
+from llmret.util.errors import InputError
 
 REGULARIZERS = ("flops", "l1")
 
@@ -22,7 +23,7 @@ REGULARIZERS = ("flops", "l1")
 def regularization(reps: torch.Tensor, kind: str = "flops") -> torch.Tensor:
     """FLOPS or L1 of term weights ``reps`` [batch, vocab] (non-negative), over the global batch."""
     if kind not in REGULARIZERS:
-        raise ValueError(f"regularizer must be one of {', '.join(REGULARIZERS)}, not '{kind}'")
+        raise InputError(f"regularizer must be one of {', '.join(REGULARIZERS)}, not '{kind}'")
     reps = reps.float()
     count = global_sum(torch.tensor(float(reps.shape[0]), device=reps.device))
     if kind == "l1":

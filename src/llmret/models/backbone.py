@@ -33,14 +33,13 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
 )
 
-from llmret.models import st_folder
-
-from llmret.models import zoo
-from llmret.util.cache import cache_dir
-from llmret.util.fileio import build_once
+from llmret.models import st_folder, zoo
 from llmret.models.fingerprint import combine, folder_fingerprint
 from llmret.models.model_info import ModelInfo
 from llmret.models.saved import SavedModel
+from llmret.util.cache import cache_dir
+from llmret.util.errors import InputError
+from llmret.util.fileio import build_once
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +107,14 @@ def resolve(spec: str, install: bool = True) -> tuple[Path | str, ModelInfo | No
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
-            raise FileNotFoundError(f"GGUF file not found: {path}")
+            raise InputError(f"GGUF file not found: {path}")
         return convert_gguf(path.parent, path.name, cache_dir("models") / _gguf_cache_key(path)), None
     if path.is_dir():
         if not (path / "config.json").is_file() and not (path / "modules.json").is_file():
-            raise FileNotFoundError(f"{path} is a folder but has no config.json (not a transformers model folder)")
+            raise InputError(f"{path} is a folder but has no config.json (not a transformers model folder)")
         return path, None
     if path.exists() or spec.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"model not found: {spec}")
+        raise InputError(f"model not found: {spec}")
     return spec, None  # a hub id
 
 
@@ -171,7 +170,7 @@ def load_tokenizer(source: Path | str, info: ModelInfo) -> PreTrainedTokenizerBa
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if info.kind == "decoder" and tokenizer.eos_token is None:
-        raise ValueError(f"{source}: a decoder needs an EOS token for last-token pooling, and its tokenizer has none")
+        raise InputError(f"{source}: a decoder needs an EOS token for last-token pooling, and its tokenizer has none")
     return tokenizer
 
 
@@ -201,19 +200,19 @@ def load_backbone(spec: str, *, dtype: torch.dtype | None = None, lm_head: bool 
     try:
         config = AutoConfig.from_pretrained(source)
     except OSError as exc:
-        raise FileNotFoundError(f"'{spec}' is not a zoo model ({', '.join(zoo.ZOO)}), a model folder or a .gguf "
+        raise InputError(f"'{spec}' is not a zoo model ({', '.join(zoo.ZOO)}), a model folder or a .gguf "
                                 f"file, and as a hub id it could not be loaded: {str(exc).splitlines()[0]}") from None
     info = infer_info(config, st, saved, hint)
     tokenizer = load_tokenizer(source, info)
     kwargs: dict[str, Any] = {"dtype": dtype or torch.float32}
     if lm_head and is_seq2seq(config):
-        raise ValueError(f"{spec}: encoder-decoder models have no vocabulary head over the input; "
+        raise InputError(f"{spec}: encoder-decoder models have no vocabulary head over the input; "
                          "sparse encoders need a masked-LM or causal-LM backbone")
     if lm_head:
         auto = AutoModelForCausalLM if info.kind == "decoder" else AutoModelForMaskedLM
         model, loading = auto.from_pretrained(source, output_loading_info=True, **kwargs)
         if loading["missing_keys"]:  # a randomly initialised head would give meaningless term weights
-            raise ValueError(f"{spec}: the checkpoint has no trained vocabulary head (missing "
+            raise InputError(f"{spec}: the checkpoint has no trained vocabulary head (missing "
                              f"{sorted(loading['missing_keys'])[:3]}); sparse encoders need a masked-LM or causal-LM checkpoint")
     elif is_seq2seq(config):
         model = _encoder_of_seq2seq(source, config, **kwargs)
@@ -231,7 +230,7 @@ def _load_adapter(folder: Path, **kwargs: Any) -> Backbone:
 
     saved = SavedModel.read(folder)
     if saved is None:
-        raise FileNotFoundError(f"{folder} is a peft adapter without llmret.json (which names its base model)")
+        raise InputError(f"{folder} is a peft adapter without llmret.json (which names its base model)")
     base = load_backbone(saved.base_model, **kwargs)
     model = PeftModel.from_pretrained(base.model, folder).merge_and_unload()
     model.eval()

@@ -11,20 +11,21 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from llmret.models.model_info import ModelInfo
 from llmret.util.errors import DataError
 from llmret.util.fileio import read_json, write_json
-from llmret.models.model_info import ModelInfo
 
 FILE = "llmret.json"
-PARADIGMS = ("dense", "sparse")
+RETRIEVERS = ("dense", "sparse")
 
 
 @dataclass
 class SavedModel:
-    """What a saved model is: its base, paradigm, encoding defaults and the encoder settings it was made with."""
+    """What a saved model is: its base, retriever (dense or sparse), encoding defaults and the encoder
+    settings it was made with."""
 
     base_model: str
-    paradigm: str = "dense"
+    retriever: str = "dense"
     lora: bool = False  # the folder is a peft adapter over ``base_model``
     model_info: ModelInfo = field(default_factory=ModelInfo)
     encoder: dict[str, Any] = field(default_factory=dict)  # resolved EncoderSettings values, model excluded
@@ -50,10 +51,12 @@ class SavedModel:
             raise DataError(path, None, "not an llmret model description (no 'base_model')")
         if data.get("adaptation") == "mntp":  # the layout llmret 0.1 wrote for MNTP folders
             data["adaptation"] = {"mntp": data.pop("mntp", {})}
+        if "paradigm" in data:  # what llmret 0.1 called the retriever
+            data["retriever"] = data.pop("paradigm")
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
             raise DataError(path, None, f"unknown key(s) {', '.join(unknown)}")
-        if data.get("paradigm", "dense") not in PARADIGMS:
-            raise DataError(path, None, f"paradigm must be one of {', '.join(PARADIGMS)}, not '{data['paradigm']}'")
+        if data.get("retriever", "dense") not in RETRIEVERS:
+            raise DataError(path, None, f"retriever must be one of {', '.join(RETRIEVERS)}, not '{data['retriever']}'")
         data["model_info"] = ModelInfo.from_dict(data.get("model_info") or {})
         return cls(**data)

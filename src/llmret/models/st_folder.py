@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from llmret.util.errors import DataError
+from llmret.util.errors import DataError, InputError
 from llmret.util.fileio import read_json, write_json
 
 # sentence-transformers' pooling mode names -> llmret's
@@ -184,7 +184,7 @@ def write(folder: Path, *, pooling: str, normalize: bool, max_length: int, dim: 
     inverse = {v: k for k, v in POOLING_MODES.items()}
     missing = [m for m in pooling.split("+") if m not in inverse]
     if missing:
-        raise ValueError(f"pooling {', '.join(missing)} has no sentence-transformers module: "
+        raise InputError(f"pooling {', '.join(missing)} has no sentence-transformers module: "
                          "this model cannot be written as a sentence-transformers folder")
     modes = [inverse[m] for m in pooling.split("+")]
     modules: list[dict[str, Any]] = [

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmret.util.cache import cache_dir
+from llmret.util.errors import InputError
 from llmret.util.fileio import build_once, file_lock
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ class ZooEntry:
             return self.locator()
         except (ModuleNotFoundError, FileNotFoundError):
             if not install:
-                raise LookupError(f"zoo model '{self.name}' is not installed; run: llmret zoo install {self.name}") from None
+                raise InputError(f"zoo model '{self.name}' is not installed; run: llmret zoo install {self.name}") from None
         with file_lock(cache_dir("locks") / f"zoo-{self.name}.lock"):  # one pip at a time per model
             try:
                 return self.locator()  # installed by another process meanwhile
@@ -172,7 +173,14 @@ ZOO: dict[str, ZooEntry] = {
 
 
 def get(name: str) -> ZooEntry:
-    """The zoo entry called ``name``, or a KeyError listing the names there are."""
+    """The zoo entry called ``name``, or an error listing the names there are."""
     if name not in ZOO:
-        raise KeyError(f"unknown zoo model '{name}'; known: {', '.join(ZOO)}")
+        raise InputError(f"unknown zoo model '{name}'; known: {', '.join(ZOO)}")
     return ZOO[name]
+
+
+def install(names: list[str]) -> dict[str, Path]:
+    """Install (and convert, for GGUF models) the zoo models ``names``; each one's loadable folder."""
+    from llmret.models.backbone import resolve  # the backbone module reads the zoo: imported when needed
+
+    return {name: Path(resolve(get(name).name)[0]) for name in names}

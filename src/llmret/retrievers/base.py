@@ -1,4 +1,4 @@
-"""The retriever interface every paradigm implements."""
+"""The retriever interface BM25, dense and sparse retrievers implement."""
 
 from __future__ import annotations
 

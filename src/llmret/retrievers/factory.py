@@ -1,52 +1,42 @@
-"""One factory from a retriever kind (bm25, dense, sparse) and encoder settings to a retriever: the CLI,
-studies, the service's searcher and training's checkpoint evaluation all build through it, so every
-path encodes the same way."""
+"""One factory from a retriever's name (bm25, dense, sparse) and encoder settings to a retriever: the CLI,
+studies, the service's searcher and training's checkpoint evaluation all build through it, so every path
+encodes the same way.
+
+Light to import (the retriever modules load torch and FAISS when a retriever is made), because a study's
+plan and the command line's parser read :data:`RETRIEVERS` without building anything.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from llmret.encoders.registry import ENCODED, load_encoder
 from llmret.encoders.settings import EncoderSettings
 from llmret.retrievers.base import Retriever
+from llmret.util.errors import InputError
 
-RETRIEVERS = ("bm25", "dense", "sparse")
-
-
-def load_encoder(kind: str, settings: EncoderSettings, *, dataset: dict[str, Any] | None = None,
-                 device: str | None = None) -> Any:
-    """The dense or sparse encoder of ``settings``: what every retriever here, and a saved index's
-    searcher (the service's), encodes with."""
-    if kind == "sparse":
-        from llmret.encoders.sparse import SparseEncoder
-
-        return SparseEncoder.load(settings, device, dataset=dataset)
-    if kind != "dense":
-        raise ValueError(f"an encoder is dense or sparse, not '{kind}'")
-    from llmret.encoders.dense import DenseEncoder
-
-    return DenseEncoder.load(settings, device, dataset=dataset)
+RETRIEVERS = ("bm25", *ENCODED)
 
 
-def make_retriever(kind: str, settings: EncoderSettings | None = None, *, rules: Any = None,
+def make_retriever(retriever: str, settings: EncoderSettings | None = None, *, rules: Any = None,
                    work_dir: str | Path | None = None, index: str | None = None, bm25: dict[str, float] | None = None,
                    progress: bool = True) -> Retriever:
-    """A retriever of ``kind`` (bm25, dense, sparse) over ``settings``, under a dataset's ``rules``."""
-    if kind == "bm25":
+    """A ``retriever`` (bm25, dense, sparse) over ``settings``, under a dataset's ``rules``; ``index``: a FAISS
+    factory string (dense) or exact / seismic (sparse)."""
+    if retriever == "bm25":
         from llmret.retrievers.bm25 import BM25Retriever
 
         return BM25Retriever(**(bm25 or {}))
+    if retriever not in ENCODED:
+        raise InputError(f"retriever must be one of {', '.join(RETRIEVERS)}, not '{retriever}'")
     if settings is None:
-        raise ValueError(f"a {kind} retriever needs encoder settings")
-    dataset = rules.encoder_layer() if rules is not None else None
-    if kind == "sparse":
+        raise InputError(f"a {retriever} retriever needs encoder settings (a model)")
+    encoder = load_encoder(retriever, settings, dataset=rules.encoder_layer() if rules is not None else None)
+    if retriever == "sparse":
         from llmret.retrievers.sparse import SparseRetriever
 
-        return SparseRetriever(load_encoder(kind, settings, dataset=dataset), work_dir=work_dir, index=index or "exact",
-                               progress=progress)
-    if kind != "dense":
-        raise ValueError(f"retriever must be one of {', '.join(RETRIEVERS)}, not '{kind}'")
+        return SparseRetriever(encoder, work_dir=work_dir, index=index or "exact", progress=progress)
     from llmret.retrievers.dense import DenseRetriever
 
-    return DenseRetriever(load_encoder(kind, settings, dataset=dataset), work_dir=work_dir, factory=index or "Flat",
-                          progress=progress)
+    return DenseRetriever(encoder, work_dir=work_dir, factory=index or "Flat", progress=progress)

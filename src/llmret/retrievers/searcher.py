@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 
 from llmret.data.trec import Run
+from llmret.encoders.registry import load_encoder
 from llmret.encoders.settings import SPARSE_ONLY, EncoderSettings
 from llmret.index.saved import Index, open_index, search_all, to_run
-from llmret.retrievers.factory import load_encoder
-from llmret.util.errors import DataError
+from llmret.index.shards import signature_differences
+from llmret.util.errors import DataError, InputError
 
 
 class Searcher:
@@ -31,7 +32,7 @@ class Searcher:
     def index(self) -> Index:
         """The one index (a searcher over one folder)."""
         if len(self.indexes) != 1:
-            raise ValueError(f"this searcher holds {len(self.indexes)} index shards, not one")
+            raise InputError(f"this searcher holds {len(self.indexes)} index shards, not one")
         return self.indexes[0]
 
     @classmethod
@@ -43,15 +44,14 @@ class Searcher:
         if "model" not in signature:
             raise DataError(paths[0] / "meta.json", None, "no encoder signature: this index cannot encode queries")
         for path, (_, other) in zip(paths[1:], opened[1:]):
-            if other.get("encoder") != signature:
+            if signature_differences(other.get("encoder", {}), signature):
                 raise DataError(path / "meta.json", None, f"built with another encoder than {paths[0]}: "
                                                           "index shards searched together must share one")
-        sparse = signature.get("paradigm") == "sparse"
-        names = {f.name for f in fields(EncoderSettings)} - (set() if sparse else set(SPARSE_ONLY))
+        retriever = signature.get("retriever", "dense")
+        names = {f.name for f in fields(EncoderSettings)} - (set(SPARSE_ONLY) if retriever == "dense" else set())
         settings = EncoderSettings(**{k: v for k, v in signature.items() if k in names})
-        encoder = load_encoder("sparse" if sparse else "dense", settings, device=device)
-        now = encoder.signature()
-        changed = sorted(k for k in set(now) | set(signature) if now.get(k) != signature.get(k))
+        encoder = load_encoder(retriever, settings, device=device)
+        changed = signature_differences(encoder.signature(), signature)
         if changed:
             raise DataError(paths[0] / "meta.json", None, f"the query encoder differs from the one the index was "
                                                           f"built with ({', '.join(changed)}): rebuild the index")
@@ -64,9 +64,10 @@ class Searcher:
     def search(self, queries: dict[str, str], k: int = 1000) -> Run:
         """Encode ``queries`` (id -> text) as the index's encoder does and return the top ``k`` of each."""
         if k < 1:
-            raise ValueError(f"k must be at least 1, not {k}")
+            raise InputError(f"k must be at least 1, not {k}")
         qids = list(queries)
         vectors = self.encoder.encode_queries([queries[q] for q in qids])
         if isinstance(vectors, np.ndarray) and vectors.shape[0] == 0:
             return {}
         return self.search_vectors(qids, vectors, k)
+

@@ -12,6 +12,7 @@ from llmret.index.shards import EmbeddingShards
 from llmret.index.sparse import SeismicSettings, SeismicSparseIndex, SparseIndex
 from llmret.index.sparsity import Sparsity, TermCounts, sparsity
 from llmret.retrievers.encoded import EncoderRetriever
+from llmret.util.errors import InputError
 
 SPARSE_INDEXES = ("exact", "seismic")
 
@@ -22,7 +23,7 @@ class SparseRetriever(EncoderRetriever):
     def __init__(self, encoder: SparseEncoder, work_dir: str | Path | None = None, index: str = "exact",
                  seismic: SeismicSettings | None = None, **kwargs: object) -> None:
         if index not in SPARSE_INDEXES:
-            raise ValueError(f"sparse index must be one of {', '.join(SPARSE_INDEXES)}, not '{index}'")
+            raise InputError(f"sparse index must be one of {', '.join(SPARSE_INDEXES)}, not '{index}'")
         super().__init__(encoder, work_dir, **kwargs)  # type: ignore[arg-type]
         self.kind = index
         self.seismic = seismic or SeismicSettings()

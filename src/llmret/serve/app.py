@@ -27,11 +27,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
-from llmret.retrievers.searcher import Searcher
-
 from llmret.index.saved import search_all
 from llmret.index.sparse import SparseIndex
+from llmret.retrievers.searcher import Searcher
 from llmret.serve.batching import MicroBatcher
+from llmret.util.errors import InputError
 
 log = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("page.html")
@@ -69,7 +69,7 @@ class LoadedIndex:
                  max_wait: float) -> None:
         self.name, self.folder, self.corpus = name, folder, corpus
         self.searcher = Searcher.open(folder)
-        self.sparse = self.searcher.meta.get("encoder", {}).get("paradigm") == "sparse"
+        self.sparse = self.searcher.meta.get("encoder", {}).get("retriever") == "sparse"
         self.batcher: MicroBatcher[Query, dict[str, Any]] = MicroBatcher(self._work, max_batch=max_batch,
                                                                          max_wait=max_wait, enabled=batching)
         self._columns: dict[str, int] | None = None
@@ -77,7 +77,7 @@ class LoadedIndex:
     def describe(self) -> dict[str, Any]:
         meta = self.searcher.meta
         return {"name": self.name, "kind": meta.get("kind"), "documents": meta.get("documents"),
-                "paradigm": "sparse" if self.sparse else "dense", "corpus": self.corpus is not None,
+                "retriever": "sparse" if self.sparse else "dense", "corpus": self.corpus is not None,
                 "encoder": meta.get("encoder"), "batching": self.batcher.describe()}
 
     def _work(self, queries: list[Query]) -> tuple[list[dict[str, Any]], dict[str, float]]:
@@ -142,13 +142,13 @@ class HybridIndex:
 
     def __init__(self, name: str, parts: list[LoadedIndex], rrf_k: int = 60, depth: int = 100) -> None:
         if len(parts) < 2:
-            raise ValueError(f"hybrid index '{name}' needs at least two served indexes to fuse")
+            raise InputError(f"hybrid index '{name}' needs at least two served indexes to fuse")
         self.name, self.parts, self.rrf_k, self.depth = name, parts, rrf_k, depth
         self.sparse = False
         self.corpus = next((p.corpus for p in parts if p.corpus is not None), None)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": "hybrid", "paradigm": "hybrid", "fusion": f"rrf (k={self.rrf_k})",
+        return {"name": self.name, "kind": "hybrid", "retriever": "hybrid", "fusion": f"rrf (k={self.rrf_k})",
                 "parts": [p.name for p in self.parts], "documents": self.parts[0].searcher.meta.get("documents"),
                 "corpus": self.corpus is not None}
 
@@ -174,11 +174,11 @@ def create_app(indexes: list[LoadedIndex], limits: Limits | None = None, token: 
     limits = limits or Limits()
     by_name: dict[str, LoadedIndex | HybridIndex] = {ix.name: ix for ix in indexes}
     if len(by_name) != len(indexes):
-        raise ValueError(f"index names must be unique: {', '.join(ix.name for ix in indexes)}")
+        raise InputError(f"index names must be unique: {', '.join(ix.name for ix in indexes)}")
     for name, parts in (hybrids or {}).items():
         missing = [p for p in parts if p not in by_name or isinstance(by_name[p], HybridIndex)]
         if name in by_name or missing:
-            raise ValueError(f"hybrid '{name}': its name must be new and its parts served indexes "
+            raise InputError(f"hybrid '{name}': its name must be new and its parts served indexes "
                              f"({', '.join(missing) or name} {'are' if missing else 'is'} not)")
         by_name[name] = HybridIndex(name, [by_name[p] for p in parts])  # type: ignore[misc]
     @asynccontextmanager
@@ -270,3 +270,28 @@ def _texts(body: SearchRequest, limits: Limits) -> list[str]:
         if len(text) > limits.max_query_chars:
             raise HTTPException(413, f"query {i + 1} has {len(text)} characters; at most {limits.max_query_chars}")
     return texts
+
+
+def serve(index_dirs: list[str | Path], *, corpora: dict[str, str] | None = None, hybrids: dict[str, list[str]] | None = None,
+          host: str = "127.0.0.1", port: int = 8000, token: str | None = None, batching: bool = True,
+          max_batch: int = 32, max_wait: float = 0.005, max_k: int = 1000) -> None:
+    """Serve saved indexes (each named by its folder) until stopped: ``corpora`` maps an index's name to its
+    corpus (a data spec: passage text in answers), ``hybrids`` a new name to the served indexes it fuses."""
+    import ipaddress
+
+    import uvicorn
+
+    from llmret.data.spec import load_corpus
+
+    names = [Path(folder).resolve().name for folder in index_dirs]
+    unknown = sorted(set(corpora or {}) - set(names))
+    if unknown:
+        raise InputError(f"a corpus is given for {', '.join(unknown)}, which is no served index ({', '.join(names)})")
+    texts = {name: {doc.id: doc.full_text() for doc in load_corpus(spec)} for name, spec in (corpora or {}).items()}
+    indexes = [LoadedIndex(name, Path(folder), texts.get(name), batching, max_batch, max_wait)
+               for name, folder in zip(names, index_dirs)]
+    loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    if not loopback and not token:
+        log.warning("serving on %s without a token: anyone who can reach it can search", host)
+    app = create_app(indexes, Limits(max_k=max_k, max_batch=max_batch), token=token, hybrids=hybrids)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -18,13 +18,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from llmret.util.fileio import atomic_write, write_json
 from llmret.studies.presets import PRESETS
-from llmret.util.tables import format_table
 from llmret.studies.reporting import report
 from llmret.studies.runner import run
 from llmret.studies.spec import StudySpec
 from llmret.studies.systems import SystemSpec
+from llmret.util.errors import InputError
+from llmret.util.fileio import atomic_write, write_json
+from llmret.util.tables import format_table
 
 COLUMNS = ["task", "system", "nDCG@10", "RR@10", "R@100", "terms/q", "terms/p", "seconds"]
 METRICS = ["nDCG@10", "RR@10", "R@100"]
@@ -39,7 +40,7 @@ def demo_study(out: Path, models: Sequence[str] | None = None, tasks: Sequence[s
     spec = StudySpec.read(PRESETS / "demo.yaml")
     unknown = set(finetune_as or ()) - set(FINETUNE_AS)
     if unknown:
-        raise ValueError(f"finetune_as takes {', '.join(FINETUNE_AS)}, not {', '.join(sorted(unknown))}")
+        raise InputError(f"finetune_as takes {', '.join(FINETUNE_AS)}, not {', '.join(sorted(unknown))}")
     zero_shot = [s for s in spec.systems if s.train is None and s.retriever != "bm25"]
     trained = [s for s in spec.systems if s.train is not None]
     if models is not None:
@@ -54,7 +55,7 @@ def demo_study(out: Path, models: Sequence[str] | None = None, tasks: Sequence[s
     if tasks is not None:
         known = {d.data.removeprefix("builtin:"): d for d in spec.datasets}
         if not tasks or set(tasks) - set(known):
-            raise ValueError(f"tasks are among {', '.join(known)}, not {', '.join(tasks) or 'none'}")
+            raise InputError(f"tasks are among {', '.join(known)}, not {', '.join(tasks) or 'none'}")
         datasets = [known[t] for t in tasks]
     return spec.changed(systems=systems, datasets=datasets, out=str(out))
 

@@ -11,6 +11,7 @@ from llmret.studies.spec import StudySpec, cells, heldout_file, train_folder
 from llmret.util.errors import DataError
 from llmret.util.fileio import read_json, write_json
 
+
 def scaling_points(spec: StudySpec, rows: list[dict[str, Any]], measure: str,
                    datasets: list[str]) -> dict[str, dict[str, list[tuple[float, float, str]]]]:
     """Per group and scale (parameters, compute): (x, y, cell) for every trained cell, x read from its

@@ -17,6 +17,7 @@ import torch
 from llmret.data.sampling import sample_group
 from llmret.losses.infonce import InfoNCELoss
 from llmret.training.steps import forward_sorted
+from llmret.util.errors import InputError
 
 
 def heldout_loss(model: str | Path, data: str, split: str, *, retriever: str, batch_size: int, group_size: int,
@@ -24,19 +25,19 @@ def heldout_loss(model: str | Path, data: str, split: str, *, retriever: str, ba
                  query_max_length: int | None = None, passage_max_length: int | None = None) -> dict[str, Any]:
     """Mean InfoNCE over the full batches of ``data``'s ``split`` (its first ``max_queries`` judged
     queries), under the trained ``model``'s own encoder settings; the lengths default to them too."""
-    from llmret.encoders.settings import EncoderSettings
     from llmret.data.dataset import load_dataset
-    from llmret.data.training import resolve_passages
-    from llmret.training.mining import mine_bm25_negatives
     from llmret.data.spec import resolve_folder
-    from llmret.retrievers.factory import load_encoder
+    from llmret.data.training import resolve_passages
+    from llmret.encoders.registry import load_encoder
+    from llmret.encoders.settings import EncoderSettings
+    from llmret.training.mining import mine_bm25_negatives
 
     folder = resolve_folder(data, split)
     dataset = load_dataset(folder, split)
     examples = resolve_passages(mine_bm25_negatives(dataset), dataset.corpus)[:max_queries]
     batches = len(examples) // batch_size
     if batches == 0:
-        raise ValueError(f"{data} ({split}) has {len(examples)} judged queries, fewer than one batch of {batch_size}")
+        raise InputError(f"{data} ({split}) has {len(examples)} judged queries, fewer than one batch of {batch_size}")
     encoder = load_encoder(retriever, EncoderSettings(model=str(model), query_max_length=query_max_length,
                                                       passage_max_length=passage_max_length))
     encoder.model.eval()

@@ -9,6 +9,7 @@ from llmret.studies.scaling import HELDOUT, SCALES, PowerLaw
 from llmret.studies.spec import slug
 from llmret.util.fileio import atomic_write
 
+
 def plot_fits(root: Path, scale: str, fits: list[dict[str, Any]], quantity: str) -> Path | None:
     if not fits:
         return None

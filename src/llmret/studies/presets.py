@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmret.util.settings import load_config
-from llmret.util.errors import DataError
-from llmret.util.fileio import atomic_write
 from llmret.studies.reporting import report as study_report
 from llmret.studies.spec import PRESETS, StudySpec, status
+from llmret.util.errors import DataError
+from llmret.util.fileio import atomic_write
+from llmret.util.settings import load_config
 
 
 @dataclass

@@ -12,7 +12,9 @@ from llmret.evaluation.significance import compare
 from llmret.studies.fits import scaling_section
 from llmret.studies.plots import plot_axis
 from llmret.studies.spec import StudySpec, eval_folder, status
+from llmret.util.errors import InputError
 from llmret.util.fileio import atomic_write, read_json
+
 
 def report(spec: StudySpec) -> Path:
     """Write report.md, results.csv, results.json and a PNG per numeric grid axis from the finished cells'
@@ -27,7 +29,7 @@ def report(spec: StudySpec) -> Path:
         rows.append({"cell": cell.label, "system": cell.base, "axes": cell.axes, "dataset": dataset.label,
                      "aggregate": metrics["aggregate"], "per_query": metrics["per_query"]})
     if not rows:
-        raise ValueError(f"no finished cells in {root}: run the study first (llmret study run)")
+        raise InputError(f"no finished cells in {root}: run the study first (llmret study run)")
     measures = list(rows[0]["aggregate"])
     marks = significance_marks(spec, rows, measures)
     with atomic_write(root / "results.json") as handle:

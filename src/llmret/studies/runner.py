@@ -34,6 +34,7 @@ from llmret.studies.spec import (
 from llmret.studies.systems import build
 from llmret.training.mntp import run_mntp
 from llmret.training.train import train
+from llmret.util.errors import InputError
 from llmret.util.fileio import read_json, write_json
 from llmret.util.settings import load_config
 
@@ -132,14 +133,14 @@ def run(spec: StudySpec, *, on_cell: Callable[[Cell, DatasetSpec], None] | None 
     be on a shared filesystem and llmret installed on every node.
     """
     if executor not in EXECUTORS:
-        raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, not '{executor}'")
+        raise InputError(f"executor must be one of {', '.join(EXECUTORS)}, not '{executor}'")
     spec.check_data()
     units = work_units(spec)
     if executor == "local":
         records = [r for unit in units for r in run_cells(spec, unit, on_cell)]
     else:
         if on_cell is not None:
-            raise ValueError("on_cell runs in this process: it needs the local executor")
+            raise InputError("on_cell runs in this process: it needs the local executor")
         records = _run_on_ray(spec, units, ray_address, cpus_per_cell, gpus_per_cell)
     order = {(c.label, d.label): i for i, (c, d, _) in enumerate(status(spec))}
     return sorted(records, key=lambda r: order[(r["cell"], r["dataset"])])
@@ -150,7 +151,7 @@ def _run_on_ray(spec: StudySpec, units: list[list[Cell]], address: str | None, c
     try:
         import ray
     except ImportError as exc:
-        raise ValueError("--executor ray needs Ray: pip install 'llmret[ray]'") from exc
+        raise InputError("--executor ray needs Ray: pip install 'llmret[ray]'") from exc
     records: list[dict[str, Any]] = []
     pending = []
     for unit in units:
@@ -178,3 +179,12 @@ def _run_on_ray(spec: StudySpec, units: list[list[Cell]], address: str | None, c
         if started:
             ray.shutdown()
     return records
+
+
+def run_suite(suite: Any, **executor: Any) -> None:
+    """Run every study of ``suite``: every study's data is checked before the first cell of any runs
+    (``executor``: :func:`llmret.studies.runner.run`'s options)."""
+    for spec in suite.studies:
+        spec.check_data()
+    for spec in suite.studies:
+        run(spec, **executor)

@@ -17,7 +17,7 @@ from typing import Any
 from llmret.encoders.settings import EncoderSettings
 from llmret.retrievers.base import Retriever
 from llmret.retrievers.factory import RETRIEVERS, make_retriever
-from llmret.util.errors import DataError
+from llmret.util.errors import DataError, InputError
 from llmret.util.layers import Layered, merge
 from llmret.util.settings import from_dict
 
@@ -98,7 +98,7 @@ class SystemSpec:
         data.setdefault("retriever", self.retriever)
         grid = grid or {}
         if grid.get("retriever", data["retriever"]) != self.retriever or data["retriever"] != self.retriever:
-            raise ValueError(f"system '{self.name}' is {self.retriever} but trains {grid.get('retriever', data['retriever'])}")
+            raise InputError(f"system '{self.name}' is {self.retriever} but trains {grid.get('retriever', data['retriever'])}")
         return TrainSettings.from_layers([(layer, data), ("grid", grid), ("stage mntp", {"encoder": {"model": stage}}),
                                           ("study", {"output_dir": str(output_dir)})])
 

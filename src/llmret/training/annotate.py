@@ -19,8 +19,9 @@ from tqdm.auto import tqdm
 
 from llmret.data.corpus import Corpus
 from llmret.data.training import TrainExample, example_json, read_training
-from llmret.util.errors import DataError
-from llmret.training.teachers import Teacher, score_pairs
+from llmret.training.settings import TeacherSettings
+from llmret.training.teachers import Teacher, load_teacher, score_pairs
+from llmret.util.errors import DataError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def annotate(source: str | Path, out: str | Path, teacher: Teacher, *, corpus: C
              batch_size: int = 32, block_queries: int = 64, by_id: bool = False) -> Path:
     """Write ``out``: ``source`` with ``teacher``'s score on every passage. Returns ``out``."""
     if batch_size < 1 or block_queries < 1:
-        raise ValueError("batch_size and block_queries must be at least 1")
+        raise InputError("batch_size and block_queries must be at least 1")
     out = Path(out)
     examples = read_training(source, corpus)
     partial = out.with_name(out.name + ".partial")
@@ -92,9 +93,9 @@ def scored_by(examples: list[TrainExample], teacher: str, max_length: int | None
     scoring resumes."""
     import hashlib
 
+    from llmret.training.teachers import load_teacher
     from llmret.util.cache import cache_dir
     from llmret.util.fileio import atomic_write
-    from llmret.training.teachers import load_teacher
 
     rows = "".join(json.dumps(example_json(ex), ensure_ascii=False, sort_keys=True) + "\n" for ex in examples)
     digest = hashlib.sha256(f"{teacher}\n{max_length}\n{rows}".encode()).hexdigest()[:16]
@@ -108,3 +109,15 @@ def scored_by(examples: list[TrainExample], teacher: str, max_length: int | None
         annotate(source, out, load_teacher(teacher, max_length=max_length))
         source.unlink()
     return read_training(out)
+
+
+def annotate_file(source: str | Path, out: str | Path, teacher: str, *, corpus: str | Path | None = None,
+                  scoring: TeacherSettings | None = None, by_id: bool = False) -> tuple[str, Path]:
+    """``llmret annotate``: ``source`` scored by the ``teacher`` spec into ``out``; the teacher's name and
+    ``out``. A missing input fails before the teacher loads (minutes for an LLM judge)."""
+    scoring = scoring or TeacherSettings()
+    if not Path(source).is_file():
+        raise DataError(source, None, "file not found")
+    judge = load_teacher(teacher, prompt=scoring.prompt, max_length=scoring.max_length)
+    passages = Corpus.from_file(corpus) if corpus else None
+    return judge.name, annotate(source, out, judge, corpus=passages, batch_size=scoring.batch_size, by_id=by_id)

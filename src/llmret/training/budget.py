@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from llmret.util.errors import InputError
+
 
 @dataclass
 class Compute:
@@ -67,7 +69,7 @@ def plan(model: torch.nn.Module, lora: bool, extra_forward: bool, tokens_per_ste
     steps = None
     if budget_flops is not None:
         if budget_flops < per_step:
-            raise ValueError(f"--budget-flops {budget_flops:.3g} is less than one step ({per_step:.3g} FLOPs)")
+            raise InputError(f"--budget-flops {budget_flops:.3g} is less than one step ({per_step:.3g} FLOPs)")
         steps = int(budget_flops // per_step)
     return Compute(parameters, trainable, lora, extra_forward, per_token, tokens_per_step, per_step,
                    budget_flops, steps)

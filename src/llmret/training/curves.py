@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from llmret.util.errors import DataError
+from llmret.util.errors import DataError, InputError
 from llmret.util.fileio import atomic_write, iter_jsonl
 
 DEFAULT_KEYS = ("loss", "q_nonzero", "p_nonzero")
@@ -38,7 +38,7 @@ def _log_of(run: Path) -> Path:
     """A run folder's log (or the log file itself)."""
     log = run / "log.jsonl" if run.is_dir() else run
     if not log.is_file():
-        raise FileNotFoundError(f"{run}: no log.jsonl (give a training output folder or its log.jsonl)")
+        raise DataError(run, None, "no log.jsonl (give a training output folder or its log.jsonl)")
     return log
 
 
@@ -56,11 +56,11 @@ def plot_curves(runs: Sequence[Path], out: Path, keys: Sequence[str] = DEFAULT_K
 
     labels = list(labels) if labels else [Path(r).name for r in runs]
     if len(labels) != len(runs):
-        raise ValueError(f"{len(labels)} labels for {len(runs)} runs")
+        raise InputError(f"{len(labels)} labels for {len(runs)} runs")
     drawn = {label: read_curves(_log_of(Path(run)), keys) for label, run in zip(labels, runs)}
     missing = [key for key in keys if not any(curves[key] for curves in drawn.values())]
     if missing:
-        raise ValueError(f"no run logged {', '.join(missing)}")
+        raise InputError(f"no run logged {', '.join(missing)}")
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
     for ax, key in zip(axes[0], keys):
         for colour, (label, curves) in enumerate(drawn.items()):  # a run keeps its colour in every panel

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from llmret.util.errors import InputError
+
 LAUNCH_CONFIGS = Path(__file__).parent / "launch"
 
 
@@ -13,5 +15,5 @@ def launch_config(name: str) -> Path:
     path = LAUNCH_CONFIGS / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in LAUNCH_CONFIGS.glob("*.yaml")))
-        raise ValueError(f"no launch config '{name}'; known: {known}")
+        raise InputError(f"no launch config '{name}'; known: {known}")
     return path

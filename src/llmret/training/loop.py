@@ -25,6 +25,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from llmret.training.callbacks import Callback, CheckpointCallback, LogCallback, LoopState
+from llmret.util.errors import InputError
 from llmret.util.fileio import atomic_write, write_json
 
 log = logging.getLogger(__name__)
@@ -151,22 +152,22 @@ def _restore(ckpt: Path, accelerator: Any, model: torch.nn.Module, optimizer: to
     state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
     world = accelerator.num_processes
     if state.get("world_size", world) != world:
-        raise ValueError(f"{ckpt}: saved by {state['world_size']} processes; resume it with as many (now {world})")
+        raise InputError(f"{ckpt}: saved by {state['world_size']} processes; resume it with as many (now {world})")
     if state.get("sharded"):
         if not sharded(accelerator):
-            raise ValueError(f"{ckpt}: saved sharded (FSDP or DeepSpeed); resume it under the same launch config")
+            raise InputError(f"{ckpt}: saved sharded (FSDP or DeepSpeed); resume it under the same launch config")
         accelerator.load_state(str(ckpt / "sharded"))  # this process's shards of weights and optimizer
     else:
         missing = accelerator.unwrap_model(model).load_state_dict(state["model"], strict=False)
         if missing.unexpected_keys:
-            raise ValueError(f"{ckpt}: checkpoint does not match the model ({missing.unexpected_keys[:3]} ...)")
+            raise InputError(f"{ckpt}: checkpoint does not match the model ({missing.unexpected_keys[:3]} ...)")
         optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if state.get("scaler") is not None and getattr(accelerator, "scaler", None) is not None:
         accelerator.scaler.load_state_dict(state["scaler"])
     rng_file = ckpt / f"rng-{accelerator.process_index}.pt"
     if not rng_file.is_file():
-        raise ValueError(f"{rng_file}: this process's random state is missing from the checkpoint")
+        raise InputError(f"{rng_file}: this process's random state is missing from the checkpoint")
     _set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
     return int(state["step"])
 
@@ -201,7 +202,7 @@ def run_loop(accelerator: Any, model: torch.nn.Module, micro_step: MicroStep, to
     if ckpt is not None and (out / settings.config_name).is_file() and not force:
         changed = settings_changes(yaml.safe_load((out / settings.config_name).read_text()) or {}, used)
         if changed:
-            raise ValueError(f"{out / settings.config_name}: resuming with other settings than the run started with: "
+            raise InputError(f"{out / settings.config_name}: resuming with other settings than the run started with: "
                              f"{'; '.join(changed)} (pass --force to accept them)")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)

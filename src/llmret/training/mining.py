@@ -18,35 +18,30 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 from llmret.data.dataset import RetrievalData, load_dataset
+from llmret.data.spec import resolve_folder
 from llmret.data.training import Passage, TrainExample, read_training, resolve_passages, write_training
-from llmret.data.trec import Run
-from llmret.training.teachers import Teacher, score_pairs
+from llmret.data.trec import Run, read_run
+from llmret.training.settings import MiningSettings, TeacherSettings
+from llmret.training.teachers import Teacher, load_teacher, score_pairs
 from llmret.util.cache import cache_dir
+from llmret.util.errors import InputError
 from llmret.util.fileio import build_once
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class MiningSettings:
-    depth_from: int = 0  # first rank taken (0-based), as ranks [depth_from, depth_to)
-    depth_to: int = 100
-    count: int = 20  # negatives kept per query
-    margin: float | None = None
-    max_teacher_score: float | None = None
 
 
 def mine(data: RetrievalData, run: Run, settings: MiningSettings, teacher: Teacher | None = None,
          batch_size: int = 32) -> tuple[list[TrainExample], Counter[str]]:
     """Training examples (passages with text) and counts of what was dropped and why."""
     if not 0 <= settings.depth_from < settings.depth_to:
-        raise ValueError(f"rank window [{settings.depth_from}, {settings.depth_to}) is empty")
+        raise InputError(f"rank window [{settings.depth_from}, {settings.depth_to}) is empty")
+    if settings.count < 1:
+        raise InputError(f"count must be at least 1, not {settings.count}")
     if settings.max_teacher_score is not None and teacher is None:
-        raise ValueError("max_teacher_score needs a teacher")
+        raise InputError("max_teacher_score needs a teacher")
     stats: Counter[str] = Counter()
     examples = []
     for qid, query in data.queries.items():
@@ -127,3 +122,20 @@ def mine_bm25_negatives(data: RetrievalData, count: int = 20) -> list[TrainExamp
     bm25.index(data.corpus)
     examples, _ = mine(data, bm25.retrieve(data.queries, k=count + 10), MiningSettings(0, count + 10, count))
     return examples
+
+
+def mine_file(data: str, split: str, run: str | Path, out: str | Path, settings: MiningSettings, *,
+              teacher: str | None = None, scoring: TeacherSettings | None = None,
+              by_id: bool = False) -> tuple[int, Counter[str]]:
+    """``llmret mine``: a training file of ``data``'s judged queries (its ``split``) with negatives mined
+    from a TREC ``run`` (scored by the ``teacher`` spec when given); the number of queries written and
+    the counts of what was dropped and why. Bad input fails before a teacher loads."""
+    scoring = scoring or TeacherSettings()
+    dataset = load_dataset(resolve_folder(data, split), split)
+    ranked = read_run(run)
+    judge = load_teacher(teacher, prompt=scoring.prompt, max_length=scoring.max_length) if teacher else None
+    examples, stats = mine(dataset, ranked, settings, judge, scoring.batch_size)
+    if not examples:
+        raise InputError(f"{data}: no query of split '{split}' has a judged positive")
+    write_training(out, examples, by_id=by_id, extra={"teacher": judge.name} if judge else None)
+    return len(examples), stats

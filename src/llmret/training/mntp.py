@@ -29,16 +29,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from llmret.encoders.settings import EncoderSettings
-
-from llmret.util.settings import to_dict
 from llmret.data.sampling import epoch_order
 from llmret.encoders.base import DTYPES
+from llmret.encoders.settings import EncoderSettings
 from llmret.encoders.sparse import SparseEncoder
 from llmret.encoders.vocab_head import head_detached
-from llmret.util.fileio import atomic_dir
 from llmret.models.saved import SavedModel
 from llmret.training.settings import MNTPSettings
+from llmret.util.errors import InputError
+from llmret.util.fileio import atomic_dir
+from llmret.util.settings import to_dict
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def masked_lm_collator(tokenizer: Any, ratio: float, mask_token: str | None = No
     if token is None:
         token = "_"
     if tokenizer.convert_tokens_to_ids(token) in (None, tokenizer.unk_token_id):
-        raise ValueError(f"mask token {token!r} is not in the vocabulary of {tokenizer.name_or_path}; "
+        raise InputError(f"mask token {token!r} is not in the vocabulary of {tokenizer.name_or_path}; "
                          "name one that is with --mask-token")
     if token != tokenizer.mask_token:
         tokenizer = copy.deepcopy(tokenizer)
@@ -119,10 +119,10 @@ def run_mntp(settings: MNTPSettings, *, resume: bool = False, force: bool = Fals
     set_seed(settings.seed)
     texts = corpus_texts(settings.data)  # bad data fails before the model loads
     if settings.batch_size % accelerator.num_processes:
-        raise ValueError(f"batch_size {settings.batch_size} does not split evenly over {accelerator.num_processes} processes")
+        raise InputError(f"batch_size {settings.batch_size} does not split evenly over {accelerator.num_processes} processes")
     backbone = load_backbone(settings.model, dtype=DTYPES["float32"], lm_head=True)
     if backbone.info.kind != "decoder":
-        raise ValueError(f"{settings.model}: MNTP adapts decoders; encoders are bidirectional already")
+        raise InputError(f"{settings.model}: MNTP adapts decoders; encoders are bidirectional already")
     encoder = SparseEncoder(backbone, EncoderSettings(model=settings.model, bidirectional=True), accelerator.device)
     tok = backbone.tokenizer
     collator = masked_lm_collator(tok, settings.mask_ratio, settings.mask_token)
@@ -131,7 +131,7 @@ def run_mntp(settings: MNTPSettings, *, resume: bool = False, force: bool = Fals
     else:
         units = encoder.tokenize(texts, settings.max_length)
     if len(units) < settings.batch_size:
-        raise ValueError(f"{settings.data}: {len(units)} {'blocks' if settings.pack else 'texts'} are fewer than one "
+        raise InputError(f"{settings.data}: {len(units)} {'blocks' if settings.pack else 'texts'} are fewer than one "
                          f"batch of {settings.batch_size}")
     model = get_peft_model(encoder.model, LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha,
                                                      lora_dropout=settings.lora_dropout, target_modules="all-linear",

@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmret.encoders.recipes import RECIPES, recipe_values
 from llmret.encoders.settings import EncoderSettings
-
-from llmret.util.settings import from_dict, option
 from llmret.util.errors import DataError
 from llmret.util.layers import merge
-from llmret.encoders.recipes import RECIPES, recipe_values
+from llmret.util.settings import from_dict, option
 
 
 @dataclass
@@ -190,3 +189,28 @@ class MNTPSettings:
     seed: int = option(42, "seed of the order and of the masks")
     save_steps: int = option(0, "full state every N steps, for --resume")
     logging_steps: int = option(1, "log every N steps")
+
+
+DEFAULT_PROMPT = ("Query: {query}\nPassage: {passage}\n"
+                  "Is the passage relevant to the query? Answer yes or no.\nAnswer:")
+
+
+@dataclass
+class TeacherSettings:
+    """How a teacher scores (query, passage) pairs (``llmret annotate`` and ``llmret mine``)."""
+
+    prompt: str = option(DEFAULT_PROMPT, "judge teachers: the prompt, with {query} and {passage}")
+    max_length: int | None = option(None, "tokens of a (query, passage) pair (default 512); retriever teachers: of "
+                                          "a passage (default the model's)")
+    batch_size: int = option(32, "pairs scored at once")
+
+
+@dataclass
+class MiningSettings:
+    """Which candidates of a run become hard negatives (``llmret mine``)."""
+
+    depth_from: int = option(0, "first rank taken as a candidate (0-based)")
+    depth_to: int = option(100, "candidates are ranks depth_from .. depth_to - 1")
+    count: int = option(20, "negatives kept per query")
+    margin: float | None = option(None, "drop candidates scored above (weakest positive - margin)")
+    max_teacher_score: float | None = option(None, "drop candidates the teacher scores above this")

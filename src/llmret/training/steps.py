@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
-from llmret.losses.distributed import gather_with_grad, scale_for_ddp
 from llmret.encoders.base import TextEncoder
 from llmret.encoders.sparse import keep_top_k
+from llmret.losses.distributed import gather_with_grad, scale_for_ddp
 from llmret.losses.objective import Objective
 from llmret.losses.regularizers import nonzero, regularization, warmup_weight
 

@@ -18,12 +18,14 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from llmret.data.training import Passage
+from llmret.encoders.registry import load_encoder
+from llmret.encoders.settings import EncoderSettings
+from llmret.training.settings import DEFAULT_PROMPT
+from llmret.util.errors import InputError
 
 if TYPE_CHECKING:
     import torch
 
-DEFAULT_PROMPT = ("Query: {query}\nPassage: {passage}\n"
-                  "Is the passage relevant to the query? Answer yes or no.\nAnswer:")
 KINDS = ("cross-encoder", "judge", "dense", "sparse")
 
 
@@ -35,7 +37,7 @@ class Teacher(Protocol):
 
 
 def _device(device: str | None) -> torch.device:
-    import torch  # here, not at the top: reading DEFAULT_PROMPT (the CLI's help) must not load torch
+    import torch  # here: a teacher module that loads torch on import would load it for every import of a spec
 
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
@@ -53,7 +55,7 @@ class CrossEncoderTeacher:
         self.tokenizer = AutoTokenizer.from_pretrained(source)
         self.model = AutoModelForSequenceClassification.from_pretrained(source).to(self.device).eval()
         if self.model.config.num_labels not in (1, 2):
-            raise ValueError(f"{model}: a cross-encoder has 1 or 2 labels, not {self.model.config.num_labels}")
+            raise InputError(f"{model}: a cross-encoder has 1 or 2 labels, not {self.model.config.num_labels}")
 
     def score(self, queries: Sequence[str], passages: Sequence[str]) -> list[float]:
         import torch
@@ -76,7 +78,7 @@ class JudgeTeacher:
         from llmret.models.backbone import resolve
 
         if "{query}" not in prompt or "{passage}" not in prompt:
-            raise ValueError("a judge prompt must contain {query} and {passage}")
+            raise InputError("a judge prompt must contain {query} and {passage}")
         source, _ = resolve(model)
         self.name, self.prompt, self.max_length, self.device = f"judge:{model}", prompt, max_length, _device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(source)
@@ -85,7 +87,7 @@ class JudgeTeacher:
         self.model = AutoModelForCausalLM.from_pretrained(source).to(self.device).eval()
         ids = self.tokenizer.encode(answer, add_special_tokens=False)
         if not ids:
-            raise ValueError(f"{model}: the answer {answer!r} is no token")
+            raise InputError(f"{model}: the answer {answer!r} is no token")
         self.answer_id = ids[0]  # the first token of the answer is what the judge must produce next
 
     def score(self, queries: Sequence[str], passages: Sequence[str]) -> list[float]:
@@ -111,13 +113,9 @@ class RetrieverTeacher:
     """An llmret dense or sparse encoder: the score is the similarity its index would compute."""
 
     def __init__(self, kind: str, model: str, max_length: int | None = None, device: str | None = None) -> None:
-        from llmret.encoders.settings import EncoderSettings
-        from llmret.encoders.dense import DenseEncoder
-        from llmret.encoders.sparse import SparseEncoder
-
         self.name = f"{kind}:{model}"
         settings = EncoderSettings(model=model, passage_max_length=max_length)  # None: the model's own maximum
-        self.encoder = (SparseEncoder if kind == "sparse" else DenseEncoder).load(settings, device)
+        self.encoder = load_encoder(kind, settings, device=device)
 
     def score(self, queries: Sequence[str], passages: Sequence[str]) -> list[float]:
         import numpy as np
@@ -150,7 +148,7 @@ def load_teacher(spec: str, *, prompt: str = DEFAULT_PROMPT, max_length: int | N
     (cross-encoder, judge: default 512) or of a passage (retrievers: default the model's own)."""
     kind, _, model = spec.partition(":")
     if kind not in KINDS or not model:
-        raise ValueError(f"teacher '{spec}': expected KIND:MODEL with KIND one of {', '.join(KINDS)}")
+        raise InputError(f"teacher '{spec}': expected KIND:MODEL with KIND one of {', '.join(KINDS)}")
     if kind == "cross-encoder":
         return CrossEncoderTeacher(model, max_length or 512, device)
     if kind == "judge":

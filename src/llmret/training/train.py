@@ -26,32 +26,32 @@ from typing import Any
 
 import torch
 
+from llmret.data.sampling import epoch_order, sample_group
+from llmret.data.training import TrainExample, require_teacher_scores
+from llmret.encoders import term_bias
+from llmret.encoders.base import DTYPES, TextEncoder
+from llmret.encoders.recipes import lion_logit_scale
+from llmret.encoders.registry import ENCODED, encoder_class
+from llmret.encoders.settings import EncoderSettings
+from llmret.encoders.sparse import SparseEncoder
+from llmret.encoders.term_bias import CALIBRATION_TEXTS, TermBias, zero_points
+from llmret.losses.infonce import InfoNCELoss
+from llmret.losses.kd import ListwiseKDLoss
+from llmret.losses.margin_mse import MarginMSELoss
+from llmret.losses.objective import Objective
+from llmret.models.saved import SavedModel
 from llmret.training import budget
 from llmret.training.callbacks import (
     Callback,
     EvalCallback,
 )
-from llmret.encoders.settings import EncoderSettings
-from llmret.util.settings import to_dict
-from llmret.data.sampling import epoch_order, sample_group
-from llmret.data.training import TrainExample, require_teacher_scores
-from llmret.encoders import term_bias
-from llmret.encoders.base import DTYPES, TextEncoder
-from llmret.encoders.dense import DenseEncoder
-from llmret.encoders.sparse import SparseEncoder
-from llmret.encoders.term_bias import CALIBRATION_TEXTS, TermBias, zero_points
-from llmret.util.errors import DataError
-from llmret.util.fileio import atomic_dir, read_json
 from llmret.training.loop import LoopSettings, mixed_precision, run_loop
-from llmret.losses.infonce import InfoNCELoss
-from llmret.losses.kd import ListwiseKDLoss
-from llmret.losses.margin_mse import MarginMSELoss
-from llmret.losses.objective import Objective
 from llmret.training.mntp import ADAPTER
-from llmret.encoders.recipes import lion_logit_scale
-from llmret.models.saved import SavedModel
-from llmret.training.steps import Batch, Criterion, Regularizer, cached_step, plain_step
 from llmret.training.settings import TrainSettings, resolve_temperatures
+from llmret.training.steps import Batch, Criterion, Regularizer, cached_step, plain_step
+from llmret.util.errors import DataError, InputError
+from llmret.util.fileio import atomic_dir, read_json
+from llmret.util.settings import to_dict
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def load_tasks(settings: TrainSettings) -> list[list[TrainExample]]:
     ``teacher`` when the objective distils."""
     tasks = [load_examples(settings, spec) for spec in settings.sources]
     if settings.teacher and settings.teacher_scores:
-        raise ValueError("give teacher (scores computed here) or teacher_scores (a file of them), not both")
+        raise InputError("give teacher (scores computed here) or teacher_scores (a file of them), not both")
     if settings.teacher_scores and settings.objective != "cl":
         from llmret.data.teacher_scores import attach_teacher_scores, read_teacher_scores
 
@@ -165,7 +165,7 @@ def _term_bias(encoder: TextEncoder, examples: list[TrainExample], settings: Tra
         saved = getattr(encoder, "term_bias", None)
         return TermBias(saved) if saved is not None else None
     if not isinstance(encoder, SparseEncoder):
-        raise ValueError("calibrate_terms sets sparse terms' zero points: it needs --retriever sparse")
+        raise InputError("calibrate_terms sets sparse terms' zero points: it needs --retriever sparse")
     passages = [p.full_text() for e in examples for p in (*e.positives, *e.negatives)]
     sample = random.Random(settings.seed).sample(passages, min(CALIBRATION_TEXTS, len(passages)))
     bias = zero_points(encoder.pooled_logits(sample), settings.calibrate_terms)
@@ -195,7 +195,7 @@ def mntp_stage(folder: str) -> SavedModel:
     """The description of an MNTP run's output ``folder`` whose unmerged adapter training continues."""
     saved = SavedModel.read(folder) if Path(folder).is_dir() else None
     if saved is None or "mntp" not in saved.adaptation or not (Path(folder) / ADAPTER / "adapter_config.json").is_file():
-        raise ValueError(f"continue_adapter needs the model to be an MNTP run's final folder (llmret mntp) with its "
+        raise InputError(f"continue_adapter needs the model to be an MNTP run's final folder (llmret mntp) with its "
                          f"adapter/ inside; {folder} is not")
     return saved
 
@@ -228,7 +228,7 @@ def continue_lora(model: torch.nn.Module, adapter: Path) -> torch.nn.Module:
     if len(state) != len(saved) or len(state) != len(wanted):
         extra = sorted(set(map(_canonical, saved)) - set(wanted))[:3]
         missing = sorted(set(wanted) - set(map(_canonical, saved)))[:3]
-        raise ValueError(f"{adapter}: the adapter does not fit the model (unmatched {extra}, missing {missing})")
+        raise InputError(f"{adapter}: the adapter does not fit the model (unmatched {extra}, missing {missing})")
     set_peft_model_state_dict(model, state)
     log.info("continuing the adapter in %s (r %d, alpha %s, dropout %s)", adapter, config.r, config.lora_alpha,
              config.lora_dropout)
@@ -254,25 +254,25 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
     check_backend(settings, accelerator)
     if settings.batch_size % accelerator.num_processes:
         # Every process must run as many forward passes as the others, or DDP's collectives deadlock.
-        raise ValueError(f"batch_size {settings.batch_size} does not split evenly over {accelerator.num_processes} processes")
+        raise InputError(f"batch_size {settings.batch_size} does not split evenly over {accelerator.num_processes} processes")
     if settings.budget_flops is not None and settings.max_steps is not None:
-        raise ValueError("give --budget-flops or --max-steps, not both: the budget decides the number of steps")
+        raise InputError("give --budget-flops or --max-steps, not both: the budget decides the number of steps")
     if settings.chunk_size < 1 or (settings.max_train_queries is not None and settings.max_train_queries < 1):
-        raise ValueError("chunk_size and max_train_queries must be at least 1")
+        raise InputError("chunk_size and max_train_queries must be at least 1")
     if settings.eval_data and not settings.eval_steps:
-        raise ValueError("--eval-data needs --eval-steps: the steps at which to evaluate")
-    if settings.retriever not in ("dense", "sparse"):
-        raise ValueError(f"retriever must be dense or sparse, not '{settings.retriever}'")
+        raise InputError("--eval-data needs --eval-steps: the steps at which to evaluate")
+    if settings.retriever not in ENCODED:
+        raise InputError(f"retriever must be {' or '.join(ENCODED)}, not '{settings.retriever}'")
     if settings.recipe and not getattr(settings, "recipe_applied", False):
-        raise ValueError(f"recipe '{settings.recipe}' was named but not applied: build the settings with "
+        raise InputError(f"recipe '{settings.recipe}' was named but not applied: build the settings with "
                          "TrainSettings.from_dict({'recipe': ...}) (the CLI and config files do)")
     if settings.continue_adapter and not settings.lora:
-        raise ValueError("continue_adapter trains the MNTP stage's LoRA adapter: it needs lora")
+        raise InputError("continue_adapter trains the MNTP stage's LoRA adapter: it needs lora")
     for override in getattr(settings, "overrides", []):
         log.warning("recipe value replaced: %s", override)
     sparse = settings.retriever == "sparse"
     if settings.top_k_in_training and not (sparse and (settings.encoder.query_top_k or settings.encoder.passage_top_k)):
-        raise ValueError("top_k_in_training needs a sparse retriever with query_top_k or passage_top_k")
+        raise InputError("top_k_in_training needs a sparse retriever with query_top_k or passage_top_k")
     objective = objective_for(settings)  # resolves the temperatures: the saved config shows the values used
     tasks = load_tasks(settings)
     examples = [e for task in tasks for e in task]
@@ -287,7 +287,7 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
         config = backbone.model.config
         config = config.get_text_config() if hasattr(config, "get_text_config") else config
         settings.encoder.logit_scale = lion_logit_scale(int(config.hidden_size))  # saved with the model
-    encoder = (SparseEncoder if sparse else DenseEncoder)(backbone, settings.encoder, accelerator.device)
+    encoder = encoder_class(settings.retriever)(backbone, settings.encoder, accelerator.device)
     adapted = stage is not None or (backbone.saved is not None and "mntp" in backbone.saved.adaptation)
     if encoder.info.kind == "decoder" and encoder.info.bidirectional and not adapted:
         log.warning("%s reads bidirectionally without an MNTP stage: a causal LM has never seen the future, "
@@ -295,7 +295,7 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
     instructions = task_instructions(settings) if settings.task_instructions else None
     if instructions:
         if settings.encoder.instruction:
-            raise ValueError("give task_instructions or encoder.instruction, not both")
+            raise InputError("give task_instructions or encoder.instruction, not both")
         encoder.settings.instruction = instructions[0]  # set per batch below; the first for the token estimate
     used = {**to_dict(settings), "encoder": {"model": settings.encoder.model, **to_dict(encoder.settings)}}
 
@@ -315,7 +315,7 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
     sizes = [len(task) for task in tasks]
     steps_per_epoch = len(batch_plan(sizes, settings.batch_size, 0, settings.seed)) // settings.grad_accum
     if steps_per_epoch == 0:
-        raise ValueError(f"{', '.join(map(str, sizes))} training queries are fewer than one step's "
+        raise InputError(f"{', '.join(map(str, sizes))} training queries are fewer than one step's "
                          f"{settings.batch_size * settings.grad_accum}; lower batch_size or grad_accum")
     compute = budget.plan(model, settings.lora, settings.grad_checkpointing or settings.grad_cache,
                           estimate_tokens_per_step(encoder, examples, settings), settings.budget_flops)
@@ -383,15 +383,15 @@ def check_backend(settings: TrainSettings, accelerator: Any) -> None:
     from accelerate.utils import DistributedType
 
     if settings.grad_cache and accelerator.distributed_type == DistributedType.DEEPSPEED:
-        raise ValueError("grad_cache does not run under DeepSpeed (its backward also steps the optimizer, before "
+        raise InputError("grad_cache does not run under DeepSpeed (its backward also steps the optimizer, before "
                          "the chunks' gradients exist): launch with FSDP (llmret launch-config fsdp) or DDP, or "
                          "train without grad_cache")
 
 
 def _checkpoint_evaluator(settings: TrainSettings) -> Callable[[Path], dict[str, float]]:
     """Scores of a saved checkpoint model on ``eval_data`` under that data's rules."""
-    from llmret.evaluation.pipeline import evaluate_retriever
     from llmret.evaluation.conventions import load
+    from llmret.evaluation.pipeline import evaluate_retriever
     from llmret.retrievers.factory import make_retriever
 
     data, rules = load(settings.eval_data or "", settings.eval_split)
@@ -428,6 +428,6 @@ def save_final(folder: Path, model: torch.nn.Module, encoder: TextEncoder, setti
         if instructions:
             explicit["instruction"] = ""
         base = mntp_stage(settings.encoder.model).base_model if settings.continue_adapter else settings.encoder.model
-        SavedModel(base_model=base, paradigm=encoder.paradigm, lora=settings.lora,
+        SavedModel(base_model=base, retriever=encoder.retriever, lora=settings.lora,
                    model_info=encoder.info, encoder=explicit,
                    task_instructions=dict(zip(settings.sources, instructions or []))).write(tmp)

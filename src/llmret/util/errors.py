@@ -1,11 +1,16 @@
-"""The one error type that bad input raises, so that every message names the file, the line and the fault."""
+"""The errors bad input raises: :class:`InputError`, and :class:`DataError` naming the file and line of the fault."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 
-class DataError(ValueError):
+class InputError(ValueError):
+    """Something a user gave llmret is wrong: a setting, an argument, a name, a file. The command line
+    reports it in one line; any other exception is a fault of llmret's and keeps its traceback."""
+
+
+class DataError(InputError):
     """Malformed or inconsistent input.
 
     Carries the path and the 1-based line so that a user can open the file at the faulty spot; the

@@ -19,8 +19,10 @@ T = TypeVar("T")
 
 
 def option(default: Any, help: str, **extra: Any) -> Any:  # noqa: A002 - argparse's word
-    """A settings field with the help text (and ``choices``) its command-line flag shows: flags are
-    made from the fields (``cli._add_settings_args``), so a setting is declared once."""
+    """A settings field declared once: its default, the help text (and ``choices``) its command-line flag
+    shows, and whatever else its users read from the field's metadata (``fallback``: the value used when
+    no layer sets one; ``sparse``: a sparse encoder's only; ``bookkeeping``: changes what is logged, not
+    what is trained). Flags, config keys, study keys and saved settings are all made from the fields."""
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata={"help": help, **extra})
     return dataclasses.field(default=default, metadata={"help": help, **extra})

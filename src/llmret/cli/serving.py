@@ -1,0 +1,52 @@
+"""``llmret serve``: saved indexes over HTTP."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from llmret.cli.flags import positive_int
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("serve", help="serve saved indexes over HTTP (POST /search, GET /indexes, a search page "
+                                          "at /)")
+    parser.add_argument("index_dirs", nargs="+", metavar="INDEX_DIR", help="saved indexes (llmret index); named by "
+                                                                           "folder")
+    parser.add_argument("--corpus", action="append", metavar="NAME=PATH",
+                        help="an index's corpus (corpus JSONL, BEIR folder or builtin:TASK), for passage text in answers")
+    parser.add_argument("--hybrid", action="append", metavar="NAME=A+B",
+                        help="also serve NAME: served indexes A and B searched together, fused by reciprocal rank")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (loopback by default)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (set one for any non-loopback bind)")
+    parser.add_argument("--no-batching", action="store_true", help="encode each request alone (no micro-batching)")
+    parser.add_argument("--max-batch", type=positive_int, default=32, help="queries encoded together, and per request "
+                                                                           "at most")
+    parser.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more queries")
+    parser.add_argument("--max-k", type=positive_int, default=1000, help="largest k a request may ask for")
+    parser.set_defaults(func=serve)
+
+
+def pairs(entries: list[str] | None, flag: str, form: str, sep: str = "=") -> dict[str, str]:
+    """``NAME=VALUE`` entries of a repeated flag as a mapping (a malformed one is an argument error)."""
+    out = {}
+    for entry in entries or []:
+        name, _, value = entry.partition(sep)
+        if not name or not value:
+            raise SystemExit(f"llmret: error: {flag} takes {form}, not {entry!r}")
+        out[name] = value
+    return out
+
+
+def serve(args: argparse.Namespace) -> int:
+    from llmret.serve.app import serve as run
+
+    hybrids = pairs(args.hybrid, "--hybrid", "NAME=A+B (served index names joined by +)")
+    if any("+" not in parts for parts in hybrids.values()):
+        raise SystemExit("llmret: error: --hybrid takes NAME=A+B (served index names joined by +)")
+    run(args.index_dirs, corpora=pairs(args.corpus, "--corpus", "NAME=PATH (an index's folder name, then its corpus)"),
+        hybrids={name: parts.split("+") for name, parts in hybrids.items()}, host=args.host, port=args.port,
+        token=args.token, batching=not args.no_batching, max_batch=args.max_batch, max_wait=args.max_wait_ms / 1000,
+        max_k=args.max_k)
+    return 0
