@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from llmret.encoders.settings import EncoderSettings
 from llmret.data import builtin
 from llmret.data.corpus import Corpus
 from llmret.encoders.dense import DenseEncoder
+from llmret.encoders.settings import EncoderSettings
 from llmret.util.tables import format_table
 
 
@@ -100,7 +100,8 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.smoke:
-        from smoke import texts as smoke_texts, tiny_model
+        from smoke import texts as smoke_texts
+        from smoke import tiny_model
 
         args.models, args.batch_size, args.max_length, args.repeats = [tiny_model("bert"), tiny_model("llama")], 8, 32, 1
         texts = smoke_texts(16)

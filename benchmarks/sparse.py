@@ -40,7 +40,8 @@ def real_vectors(passages: int, smoke: bool = False, model: str = "splade-tiny",
     from llmret.encoders.sparse import SparseEncoder
 
     if smoke:
-        from smoke import texts as smoke_texts, tiny_model
+        from smoke import texts as smoke_texts
+        from smoke import tiny_model
 
         encoder = SparseEncoder.load(EncoderSettings(model=tiny_model("bert"), passage_max_length=32), "cpu")
         return encoder.encode_passages(smoke_texts(passages)), encoder.encode_queries(smoke_texts(20, seed=1, words=6))
@@ -126,11 +127,11 @@ def measure_memory(mode: str, vocab: int, batch_size: int, length: int) -> dict[
     import tempfile
 
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from llmret.encoders.settings import EncoderSettings
     from llmret.encoders.dense import DenseEncoder
+    from llmret.encoders.settings import EncoderSettings
     from llmret.encoders.sparse import SparseEncoder
 
     torch.set_num_threads(2)

@@ -30,12 +30,12 @@ import time
 import torch
 from encode import gemm_flops, non_embedding_parameters, sentence_transformer
 
-from llmret.encoders.settings import EncoderSettings
 from llmret.data.sampling import sample_group
 from llmret.data.training import Passage, TrainExample
-from llmret.util.tables import format_table
+from llmret.encoders.settings import EncoderSettings
 from llmret.training.steps import Criterion, cached_step, plain_step
 from llmret.training.train import TrainSettings, _wrap_lora, make_batch
+from llmret.util.tables import format_table
 
 TRAINERS = ("llmret", "llmret GradCache", "sentence-transformers", "sentence-transformers GradCache")
 
@@ -89,8 +89,10 @@ def run_trainer(args: argparse.Namespace) -> dict[str, float]:
                 plain_step(encoder, batch, criterion, index, args.batch_size, lambda loss: loss.backward())
             return batch.tokens
     else:
-        from sentence_transformers.sentence_transformer.losses import (CachedMultipleNegativesRankingLoss,
-                                                                       MultipleNegativesRankingLoss)
+        from sentence_transformers.sentence_transformer.losses import (
+            CachedMultipleNegativesRankingLoss,
+            MultipleNegativesRankingLoss,
+        )
 
         st = sentence_transformer(encoder, args.passage_max_length)
         st[0].auto_model = _wrap_lora(st[0].auto_model, settings)

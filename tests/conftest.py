@@ -22,6 +22,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1)
 
 import yaml  # noqa: E402
+
 from helpers import make_tiny_model, random_texts, write_beir_folder, write_training_file  # noqa: E402
 
 

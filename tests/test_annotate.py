@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import random_texts, tiny_tokenizer, write_beir_folder, write_training_file
 
-from llmret.training.annotate import annotate
 from llmret.cli import main
 from llmret.data.training import read_training
-from llmret.util.errors import DataError
+from llmret.training.annotate import annotate
 from llmret.training.teachers import CrossEncoderTeacher, JudgeTeacher, RetrieverTeacher, load_teacher
+from llmret.util.errors import DataError
+
+from helpers import random_texts, tiny_tokenizer, write_beir_folder, write_training_file
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from llmret.studies import presets
-
 from llmret import studies
+from llmret.studies import presets
 from llmret.studies.demo import METRICS, demo_study, run_demo
 
 

@@ -93,8 +93,9 @@ def test_two_processes_train_the_single_process_adapter(tiny_llama: Path, tmp_pa
     """Negatives (and FLOPS sums) are gathered over processes, so without dropout two processes sharing a
     batch take exactly the single-process steps: InfoNCE + KD through GradCache (DDP reduction skipped
     for all chunks but the last), and sparse InfoNCE + FLOPS with a calibrated, trained term bias."""
-    from helpers import write_training_file
     from safetensors.torch import load_file
+
+    from helpers import write_training_file
 
     data = write_training_file(tmp_path / "scored.jsonl", 24, (1, 7), scored=True)
     adapters = []

@@ -5,17 +5,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import SCIFACT, random_texts, write_beir_folder
 
-from llmret.models.backbone import load_backbone
 from llmret.cli import main
-from llmret.encoders.settings import EncoderSettings
 from llmret.data import Corpus, Document, load_dataset, read_run
 from llmret.encoders.dense import DenseEncoder
+from llmret.encoders.settings import EncoderSettings
+from llmret.evaluation.pipeline import evaluate_retriever
 from llmret.index.dense import DenseIndex
 from llmret.index.shards import EmbeddingShards, encode_corpus
-from llmret.evaluation.pipeline import evaluate_retriever
+from llmret.models.backbone import load_backbone
 from llmret.retrievers import BM25Retriever, DenseRetriever
+
+from helpers import SCIFACT, random_texts, write_beir_folder
 
 
 @pytest.fixture()

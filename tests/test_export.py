@@ -7,13 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import random_texts, write_training_file
 
-from llmret.encoders.settings import EncoderSettings
 from llmret.encoders.dense import DenseEncoder
-from llmret.encoders.sparse import SparseEncoder
 from llmret.encoders.export import export_model
+from llmret.encoders.settings import EncoderSettings
+from llmret.encoders.sparse import SparseEncoder
 from llmret.training.train import TrainSettings, train
+
+from helpers import random_texts, write_training_file
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import WORDS, random_texts
 
-from llmret.models.backbone import load_backbone
-from llmret.encoders.settings import EncoderSettings
 from llmret.encoders.dense import DenseEncoder
+from llmret.encoders.settings import EncoderSettings
+from llmret.models.backbone import load_backbone
+
+from helpers import WORDS, random_texts
 
 SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
 DECODER = dict(SMALL, num_key_value_heads=2, head_dim=8, max_position_embeddings=128)

@@ -6,12 +6,13 @@ import re
 from pathlib import Path
 
 import pytest
-from helpers import MSMARCO_EVAL, SCIFACT, write_beir_folder
 
 from llmret.data import Corpus, Document, load_dataset, load_queries, read_qrels, read_run, write_qrels, write_run
 from llmret.data.training import Passage, TrainExample, read_training, write_training
 from llmret.util.errors import DataError
 from llmret.util.fileio import atomic_write
+
+from helpers import MSMARCO_EVAL, SCIFACT, write_beir_folder
 
 
 def lines(path: Path, *rows: str) -> Path:

@@ -6,16 +6,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import random_texts, write_beir_folder, write_training_file
 
-from llmret.encoders.settings import EncoderSettings
 from llmret.data.dataset import load_dataset
 from llmret.data.sampling import sample_group
 from llmret.data.training import resolve_passages
 from llmret.encoders.dense import DenseEncoder
+from llmret.encoders.settings import EncoderSettings
 from llmret.studies.heldout import heldout_loss
 from llmret.training.mining import mine_bm25_negatives
 from llmret.training.train import TrainSettings, train
+
+from helpers import random_texts, write_beir_folder, write_training_file
 
 
 def test_heldout_loss_is_infonce_over_batches_of_unseen_queries(tiny_llama: Path, tmp_path: Path) -> None:
@@ -26,7 +27,8 @@ def test_heldout_loss_is_infonce_over_batches_of_unseen_queries(tiny_llama: Path
                                 output_dir=str(tmp_path / "run"), batch_size=4, group_size=2, max_steps=1, lora_r=4,
                                 encoder=EncoderSettings(model=str(tiny_llama), query_max_length=12,
                                                         passage_max_length=20)))
-    result = heldout_loss(model, str(data), "dev", retriever="dense", batch_size=4, group_size=3, temperature=0.05)
+    scoring = TrainSettings(batch_size=4, group_size=3, temperature=0.05)  # not the run's own: what is asked counts
+    result = heldout_loss(model, str(data), "dev", scoring)
     assert result["queries"] == 8 and result["batch_size"] == 4  # two full batches of the ten queries
     # by hand: the model's vectors through the search-time encode path, then -log softmax of each positive
     # among the batch's passages (its own group first, every other query's group as in-batch negatives)
@@ -44,4 +46,4 @@ def test_heldout_loss_is_infonce_over_batches_of_unseen_queries(tiny_llama: Path
             losses.append(top + np.log(np.exp(scores[row] - top).sum()) - scores[row, row * 3])
     assert result["loss"] == pytest.approx(float(np.mean(losses)), rel=1e-4)
     with pytest.raises(ValueError, match="fewer than one batch of 16"):
-        heldout_loss(model, str(data), "dev", retriever="dense", batch_size=16, group_size=2, temperature=0.05)
+        heldout_loss(model, str(data), "dev", TrainSettings(batch_size=16, group_size=2, temperature=0.05))

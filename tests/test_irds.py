@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import SCIFACT
 
 from llmret import studies as study_module
 from llmret.studies.spec import StudySpec
+
+from helpers import SCIFACT
 
 pytestmark = pytest.mark.slow  # several processes: the CI tier
 

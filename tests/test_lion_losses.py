@@ -102,11 +102,11 @@ def test_the_flops_warm_up_counts_micro_batches_as_lions_scheduler(tiny_llama, t
     """Lion's RegWeightScheduler (losses/regulariaztion.py) steps once per micro-batch, its counter first
     incremented to 1: lambda_t = lambda * (t / T)^2 until t = T. With the lion-sparse recipe and two
     micro-batches per step, the weights training applies are that sequence, written out here."""
-    from helpers import write_training_file
-
-    from llmret.training import train as train_module
     from llmret.encoders.settings import EncoderSettings
     from llmret.losses.regularizers import warmup_weight
+    from llmret.training import train as train_module
+
+    from helpers import write_training_file
 
     seen: list[int] = []
     real = train_module.plain_step

@@ -8,11 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import MSMARCO_EVAL, synthetic_run
 
 from llmret.data.qrels import read_qrels
 from llmret.data.trec import read_run, write_run
 from llmret.evaluation.measures import DEFAULT_MEASURES, evaluate, parse_measures
+
+from helpers import MSMARCO_EVAL, synthetic_run
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "trec_eval_golden.json").read_text())
 

@@ -8,11 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import write_training_file
 
 import llmret.training.train as train_module
 from llmret.encoders.settings import EncoderSettings
 from llmret.training.train import TrainSettings, batch_plan, train
+
+from helpers import write_training_file
 
 
 def test_batch_plan_covers_every_batch_of_every_task_once() -> None:

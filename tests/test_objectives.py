@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import random_texts
 
-from llmret.encoders.settings import EncoderSettings
 from llmret.data.training import Passage, TrainExample, write_training
-from llmret.util.errors import DataError
+from llmret.encoders.settings import EncoderSettings
 from llmret.losses import InfoNCELoss, ListwiseKDLoss, MarginMSELoss, Objective
 from llmret.training.train import TrainSettings, train
+from llmret.util.errors import DataError
+
+from helpers import random_texts
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

@@ -5,12 +5,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import random_texts
 
-from llmret.models.backbone import load_backbone
-from llmret.encoders.settings import EncoderSettings
 from llmret.encoders.dense import DenseEncoder
 from llmret.encoders.pooling import pool
+from llmret.encoders.settings import EncoderSettings
+from llmret.models.backbone import load_backbone
+
+from helpers import random_texts
 
 
 def test_pool_positions_by_hand() -> None:

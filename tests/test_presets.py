@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmret.studies import presets
-
 from llmret import studies
 from llmret.cli import main
+from llmret.studies import presets
 from llmret.util.errors import DataError
 
 

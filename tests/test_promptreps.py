@@ -8,15 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import WORDS, random_texts, write_beir_folder, write_training_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llmret.models.backbone import load_backbone
 from llmret.cli import main
+from llmret.encoders.recipes import RECIPES
 from llmret.encoders.settings import EncoderSettings
 from llmret.encoders.sparse import SparseEncoder
-from llmret.encoders.recipes import RECIPES
+from llmret.models.backbone import load_backbone
 from llmret.training.train import TrainSettings, train
+
+from helpers import WORDS, random_texts, write_beir_folder, write_training_file
 
 PREFIX, SUFFIX = f"{WORDS[0]} {WORDS[1]} ", f" {WORDS[2]} {WORDS[3]}"  # prompt words the texts may share
 

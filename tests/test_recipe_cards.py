@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from llmret.studies import presets
-
 from llmret import studies
+from llmret.studies import presets
 
 CARDS = Path(__file__).resolve().parents[1] / "docs" / "recipes"
 BOOKKEEPING = {"save_steps", "logging_steps", "chunk_size", "eval_steps"}  # how a run is logged, not what it trains

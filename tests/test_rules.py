@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import MSMARCO_EVAL, random_texts, write_beir_folder
 
 from llmret.cli import main
 from llmret.data import read_run
 from llmret.evaluation.conventions import rules_for, rules_for_qrels
+
+from helpers import MSMARCO_EVAL, random_texts, write_beir_folder
 
 
 @pytest.fixture()

@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import random_texts, write_beir_folder
 
 from llmret.cli import main
 from llmret.data.trec import read_run
+
+from helpers import random_texts, write_beir_folder
 
 
 @pytest.fixture()

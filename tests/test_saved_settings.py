@@ -8,17 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import make_tiny_model, random_texts, write_beir_folder, write_training_file
 
-from llmret.models.backbone import load_backbone
-from llmret.encoders.settings import EncoderSettings
 from llmret.data import load_dataset
 from llmret.encoders.dense import DenseEncoder
+from llmret.encoders.settings import EncoderSettings
 from llmret.encoders.sparse import SparseEncoder
 from llmret.evaluation.pipeline import evaluate_retriever
-from llmret.retrievers import DenseRetriever
+from llmret.models.backbone import load_backbone
 from llmret.models.saved import SavedModel
+from llmret.retrievers import DenseRetriever
 from llmret.training.train import TrainSettings, train
+
+from helpers import make_tiny_model, random_texts, write_beir_folder, write_training_file
 
 
 @pytest.fixture(scope="module")

@@ -67,15 +67,16 @@ def test_gathered_losses_on_two_processes_have_the_single_process_gradient(tmp_p
 
 
 def _lora_encoder(model: Path, sparse: bool, dropout: float):
-    from llmret.encoders.settings import EncoderSettings
     from llmret.encoders.dense import DenseEncoder
+    from llmret.encoders.settings import EncoderSettings
     from llmret.encoders.sparse import SparseEncoder
-    from llmret.training.train import TrainSettings, _wrap_lora
+    from llmret.training.settings import LoraSettings
+    from llmret.training.train import _wrap_lora
 
     cls = SparseEncoder if sparse else DenseEncoder
     encoder = cls.load(EncoderSettings(model=str(model), query_max_length=12, passage_max_length=20), "cpu")
     torch.manual_seed(1)
-    encoder.model = _wrap_lora(encoder.model, TrainSettings(lora_r=4, lora_dropout=dropout))
+    encoder.model = _wrap_lora(encoder.model, LoraSettings(lora_r=4, lora_dropout=dropout))
     for name, param in encoder.model.named_parameters():  # LoRA B starts at zero: make the adapter matter
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.2)
@@ -85,10 +86,10 @@ def _lora_encoder(model: Path, sparse: bool, dropout: float):
 
 @pytest.mark.parametrize("sparse,objective", [(False, "cl"), (False, "cl+kd"), (True, "cl")])
 def test_grad_cache_gives_the_plain_gradient_with_dropout(tiny_llama: Path, sparse: bool, objective: str) -> None:
-    from helpers import random_texts
-
     from llmret.losses import InfoNCELoss, ListwiseKDLoss, Objective
     from llmret.training.steps import Batch, Criterion, Regularizer, cached_step, plain_step
+
+    from helpers import random_texts
 
     encoder = _lora_encoder(tiny_llama, sparse, dropout=0.3)
     texts = random_texts(24, seed=4)
@@ -119,10 +120,10 @@ def test_grad_cache_without_replay_would_differ(tiny_llama: Path, monkeypatch: p
     """The check above can fail: forwarding the chunks again with fresh dropout changes the gradient."""
     from contextlib import nullcontext
 
-    from helpers import random_texts
-
-    from llmret.training import steps
     from llmret.losses import InfoNCELoss, ListwiseKDLoss, Objective
+    from llmret.training import steps
+
+    from helpers import random_texts
 
     encoder = _lora_encoder(tiny_llama, False, dropout=0.3)
     texts = random_texts(12, seed=4)
@@ -155,16 +156,17 @@ def test_budget_buys_steps_and_logs_flops_and_checkpoints_are_evaluated(tiny_lla
     """FLOPs per token by the formula from the model's own parameter list; the budget's steps are the
     steps run; checkpoint models evaluated during training score as they do when loaded later; and
     evaluating does not change the training (same final adapter without it)."""
-    from helpers import random_texts, write_beir_folder, write_training_file
     from safetensors.torch import load_file
     from transformers import AutoModel
 
-    from llmret.encoders.settings import EncoderSettings
     from llmret.encoders.dense import DenseEncoder
-    from llmret.evaluation.pipeline import evaluate_retriever
+    from llmret.encoders.settings import EncoderSettings
     from llmret.evaluation.conventions import load
+    from llmret.evaluation.pipeline import evaluate_retriever
     from llmret.retrievers.dense import DenseRetriever
     from llmret.training.train import TrainSettings, train
+
+    from helpers import random_texts, write_beir_folder, write_training_file
 
     data = write_training_file(tmp_path / "train.jsonl", 16, (1, 5))
     texts = random_texts(10, seed=9, min_words=5)
@@ -216,10 +218,10 @@ def test_grad_cache_backpropagates_the_cached_loss_before_any_chunk(tiny_llama: 
     """The order GradCache relies on, recorded: one backward through ``backward`` (the accelerator's) on
     the loss over detached vectors, when no weight has a gradient yet, then every chunk's own. An engine
     whose backward also steps (DeepSpeed) would step there on nothing: hence the refusal below."""
-    from helpers import random_texts
-
     from llmret.losses import InfoNCELoss, ListwiseKDLoss, Objective
     from llmret.training.steps import Batch, Criterion, cached_step
+
+    from helpers import random_texts
 
     encoder = _lora_encoder(tiny_llama, False, dropout=0.0)
     texts = random_texts(12, seed=4)

@@ -12,8 +12,8 @@ import yaml
 from scipy.stats import linregress, t
 
 from llmret import studies
-from llmret.util.errors import DataError
 from llmret.studies.scaling import fit_power_law
+from llmret.util.errors import DataError
 
 
 def test_fit_matches_scipy_linregress_on_logs() -> None:

@@ -16,14 +16,15 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from helpers import random_texts, write_beir_folder, write_training_file
 
 from llmret.cli import main
-from llmret.encoders.settings import EncoderSettings
 from llmret.data.trec import read_run
 from llmret.encoders.base import TextEncoder
+from llmret.encoders.settings import EncoderSettings
 from llmret.serve.app import Limits, LoadedIndex, create_app
 from llmret.training.train import TrainSettings, train
+
+from helpers import random_texts, write_beir_folder, write_training_file
 
 
 @contextmanager

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import SCIFACT
 
 from llmret.cli import main
 from llmret.data.trec import read_run
+
+from helpers import SCIFACT
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not SCIFACT.is_dir(), reason="needs the shared SciFact copy")]
 

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import random_texts, write_beir_folder
 from scipy import stats
 
 from llmret.cli import main
 from llmret.evaluation.significance import compare, correct, paired_tests
+
+from helpers import random_texts, write_beir_folder
 
 
 def test_paired_tests_by_hand() -> None:

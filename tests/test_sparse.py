@@ -8,19 +8,20 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from helpers import WORDS, random_texts, write_beir_folder
 
-from llmret.models.backbone import load_backbone
 from llmret.cli import main
-from llmret.encoders.settings import EncoderSettings
 from llmret.data import read_run
 from llmret.encoders.dense import DenseEncoder
+from llmret.encoders.settings import EncoderSettings
 from llmret.encoders.sparse import SparseEncoder, sparsify
 from llmret.evaluation.fusion import fuse
 from llmret.index.anserini import term_names
 from llmret.index.sparse import SeismicSettings, SeismicSparseIndex, SparseIndex
 from llmret.losses.regularizers import regularization, warmup_weight
+from llmret.models.backbone import load_backbone
 from llmret.training.train import TrainSettings, train
+
+from helpers import WORDS, random_texts, write_beir_folder
 
 
 def naive_weights(encoder: SparseEncoder, batch: dict[str, torch.Tensor], pooling: str) -> torch.Tensor:

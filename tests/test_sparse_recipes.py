@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import random_texts, write_training_file
 
-from llmret.models.backbone import load_backbone
 from llmret.encoders.settings import EncoderSettings
 from llmret.encoders.sparse import SparseEncoder, keep_top_k
+from llmret.models.backbone import load_backbone
 from llmret.models.saved import SavedModel
 from llmret.training.train import TrainSettings, train
+
+from helpers import random_texts, write_training_file
 
 
 def test_special_terms_and_input_terms_by_hand(tiny_llama: Path) -> None:

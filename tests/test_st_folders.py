@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import random_texts
 
-from llmret.encoders.settings import EncoderSettings
 from llmret.encoders.dense import DenseEncoder
+from llmret.encoders.settings import EncoderSettings
 from llmret.util.errors import DataError
+
+from helpers import random_texts
 
 
 def build(folder: Path, bert: Path, pooling: str | tuple[str, ...], *, dense: list[int] | None = None,

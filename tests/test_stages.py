@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import WORDS, random_texts
 
 from llmret import studies
 from llmret.cli import main
 from llmret.encoders.settings import EncoderSettings
 from llmret.training.mntp import MNTPSettings, run_mntp
 from llmret.training.train import TrainSettings, train
+
+from helpers import WORDS, random_texts
 
 
 def _corpus(path: Path) -> Path:

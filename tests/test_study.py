@@ -13,8 +13,8 @@ import yaml
 
 from llmret import studies
 from llmret.cli import main
-from llmret.util.errors import DataError
 from llmret.evaluation.significance import compare
+from llmret.util.errors import DataError
 
 
 def _done(spec: studies.StudySpec) -> dict[str, int]:

@@ -7,15 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import random_texts
 
-from llmret.encoders.settings import EncoderSettings
 from llmret.data.training import Passage, TrainExample, write_training
 from llmret.encoders.dense import DenseEncoder
 from llmret.encoders.export import export_model
-from llmret.training.loop import latest_checkpoint
+from llmret.encoders.settings import EncoderSettings
 from llmret.losses.infonce import InfoNCELoss
+from llmret.training.loop import latest_checkpoint
 from llmret.training.train import TrainSettings, train
+
+from helpers import random_texts
 
 
 def test_infonce_value_and_gradient_by_hand() -> None:
@@ -128,9 +129,9 @@ def test_train_cli_with_yaml_config(tiny_llama: Path, train_file: Path, tmp_path
 
 
 def test_beir_folder_training_data_mines_bm25_negatives(tmp_path: Path) -> None:
-    from helpers import write_beir_folder
-
     from llmret.training.train import load_examples
+
+    from helpers import write_beir_folder
 
     docs = {f"d{i}": t for i, t in enumerate(random_texts(30, seed=21, min_words=8))}
     queries = {f"q{i}": " ".join(docs[f"d{i}"].split()[:4]) for i in range(10)}

@@ -2,17 +2,18 @@
 
 import numpy as np
 import pytest
-from helpers import SCIFACT, verified_embeddings
 
-from llmret.models import zoo
-from llmret.util.errors import InputError
-from llmret.models.backbone import load_backbone
-from llmret.encoders.settings import EncoderSettings
 from llmret.data import Corpus, load_dataset
 from llmret.encoders.dense import DenseEncoder
-from llmret.evaluation.pipeline import evaluate_retriever
+from llmret.encoders.settings import EncoderSettings
 from llmret.evaluation.conventions import rules_for
+from llmret.evaluation.pipeline import evaluate_retriever
+from llmret.models import zoo
+from llmret.models.backbone import load_backbone
 from llmret.retrievers import DenseRetriever
+from llmret.util.errors import InputError
+
+from helpers import SCIFACT, verified_embeddings
 
 pytestmark = pytest.mark.slow  # real models, installed and loaded: the CI tier
 

@@ -14,10 +14,10 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers import MSMARCO_EVAL, synthetic_run  # noqa: E402
-
 from llmret.data.qrels import read_qrels  # noqa: E402
 from llmret.data.trec import write_run  # noqa: E402
+
+from helpers import MSMARCO_EVAL, synthetic_run  # noqa: E402
 
 # trec_eval measure -> ir-measures name; recip_rank is cut by -M 10 for RR@10.
 MEASURES = {"ndcg_cut_10": "nDCG@10", "recall_10": "R@10", "recall_100": "R@100", "recall_1000": "R@1000",

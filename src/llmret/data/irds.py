@@ -65,7 +65,7 @@ def _load(dataset_id: str) -> tuple[Any, Any]:
     try:
         import ir_datasets
     except ImportError:
-        raise DataError(PREFIX + dataset_id, None, "ir_datasets ids need ir_datasets: pip install 'llmret[irds]'")
+        raise DataError(PREFIX + dataset_id, None, "ir_datasets ids need ir_datasets: pip install 'llmret[irds]'") from None
     if dataset_id not in ir_datasets.registry:
         raise DataError(PREFIX + dataset_id, None, "not an ir_datasets id (see ir-datasets.com for the catalogue)")
     dataset = ir_datasets.load(dataset_id)

@@ -8,6 +8,7 @@ batch outputs are stored (:meth:`to_output`, :meth:`stack`).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from abc import ABC, abstractmethod
@@ -163,11 +164,13 @@ class TextEncoder(ABC):
         settings = {k: v for k, v in asdict(self.settings).items() if k != "batch_size"}
         return {"retriever": self.retriever, "weights": self.backbone.fingerprint, **settings, **asdict(self.info)}
 
-    def format_query(self, text: str) -> str:
-        """The query as the model sees it: with the task instruction (if any) and the query prefix."""
+    def format_query(self, text: str, instruction: str | None = None) -> str:
+        """The query as the model sees it: with the task instruction (``instruction``, else the settings',
+        if any) and the query prefix."""
         s = self.settings
-        if s.instruction:
-            text = s.instruction_template.format(instruction=s.instruction, query=text)
+        instruction = s.instruction if instruction is None else instruction
+        if instruction:
+            text = s.instruction_template.format(instruction=instruction, query=text)
         text = s.query_prefix + text
         return text.lower() if self.info.lowercase else text
 
@@ -176,10 +179,12 @@ class TextEncoder(ABC):
         return text.lower() if self.info.lowercase else text
 
     # ---- text -> token ids -----------------------------------------------------------------------
-    def token_ids(self, texts: Sequence[str], *, query: bool, count: bool = False) -> list[TokenIds]:
+    def token_ids(self, texts: Sequence[str], *, query: bool, count: bool = False,
+                  instruction: str | None = None) -> list[TokenIds]:
         """Queries or passages as the model reads them: formatted (instruction, prefix), cut at the
-        maximum length, with the suffix after the text; ``count`` adds cut texts to ``self.truncated``."""
-        fmt = self.format_query if query else self.format_passage
+        maximum length, with the suffix after the text; ``count`` adds cut texts to ``self.truncated``;
+        ``instruction`` replaces the settings' for these queries (a training task's, a request's)."""
+        fmt = functools.partial(self.format_query, instruction=instruction) if query else self.format_passage
         s = self.settings
         return self.tokenize([fmt(t) for t in texts], s.query_max_length if query else self.passage_max_length,
                              count=("queries" if query else "passages") if count else None,
@@ -203,6 +208,7 @@ class TextEncoder(ABC):
         ``self.truncated[count]``. ``own`` (characters of formatting before and after each text) marks
         each id that belongs to the text itself, not to a prompt around it (:class:`TokenIds`).
         """
+        # long: the cut that keeps special tokens, the suffix and the text-ownership marks is one pass
         tok = self.tokenizer
         reserve = 1 if self.info.append_eos and not self._tokenizer_adds_eos else 0
         tail = tok(suffix, add_special_tokens=False)["input_ids"] if suffix else []
@@ -311,9 +317,11 @@ class TextEncoder(ABC):
         """Batch outputs in order as one array or matrix (with zero rows when ``parts`` is empty)."""
 
     @torch.inference_mode()
-    def encode(self, texts: Sequence[str], *, query: bool, batch_size: int | None = None, progress: bool = False) -> Any:
-        """Encode texts as queries or passages; row i belongs to ``texts[i]``."""
-        ids = self.token_ids(texts, query=query, count=True)
+    def encode(self, texts: Sequence[str], *, query: bool, batch_size: int | None = None, progress: bool = False,
+               instruction: str | None = None) -> Any:
+        """Encode texts as queries or passages; row i belongs to ``texts[i]`` (``instruction``: for queries,
+        instead of the settings' own)."""
+        ids = self.token_ids(texts, query=query, count=True, instruction=instruction)
         order = np.argsort([-len(seq) for seq in ids], kind="stable")
         batch_size = batch_size or self.settings.batch_size
         self.model.eval()

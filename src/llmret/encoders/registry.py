@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 from llmret.encoders.settings import EncoderSettings
 from llmret.util.errors import InputError
 
+LAZY_IMPORTS = "a name's encoder class is imported when asked for: the registry's names load no torch (the CLI's parser reads them)"
+
 if TYPE_CHECKING:
     from llmret.encoders.base import TextEncoder
 

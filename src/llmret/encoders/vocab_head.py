@@ -45,7 +45,7 @@ class VocabHead:
 
 
 def _parent_of(model: torch.nn.Module, target: torch.nn.Module) -> tuple[torch.nn.Module, str]:
-    for name, module in model.named_modules():
+    for module in model.modules():
         for child_name, child in module.named_children():
             if child is target:
                 return module, child_name

@@ -24,6 +24,8 @@ from llmret.retrievers.factory import make_retriever
 from llmret.util.errors import InputError
 from llmret.util.fileio import write_json
 
+LAZY_IMPORTS = "scoring a run file or a saved run loads no encoder (torch); searching does"
+
 log = logging.getLogger(__name__)
 
 

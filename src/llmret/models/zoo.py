@@ -23,6 +23,8 @@ from llmret.util.cache import cache_dir
 from llmret.util.errors import InputError
 from llmret.util.fileio import build_once, file_lock
 
+LAZY_IMPORTS = "the backbone module reads the zoo: it is imported when a zoo model resolves"
+
 log = logging.getLogger(__name__)
 
 

@@ -16,6 +16,8 @@ from llmret.encoders.settings import EncoderSettings
 from llmret.retrievers.base import Retriever
 from llmret.util.errors import InputError
 
+LAZY_IMPORTS = "only the retriever asked for is imported: BM25 and the CLI's choices load no torch"
+
 RETRIEVERS = ("bm25", *ENCODED)
 
 

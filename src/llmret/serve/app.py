@@ -27,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
+from llmret.data.spec import load_corpus
 from llmret.index.saved import search_all
 from llmret.index.sparse import SparseIndex
 from llmret.retrievers.searcher import Searcher
@@ -64,7 +65,6 @@ class SearchRequest(BaseModel):
 
 class LoadedIndex:
     """A saved index, its query encoder, its corpus text (optional) and its batcher."""
-
     def __init__(self, name: str, folder: Path, corpus: dict[str, str] | None, batching: bool, max_batch: int,
                  max_wait: float) -> None:
         self.name, self.folder, self.corpus = name, folder, corpus
@@ -89,14 +89,9 @@ class LoadedIndex:
         groups: dict[str | None, list[int]] = {}
         for i, q in enumerate(queries):
             groups.setdefault(q.instruction, []).append(i)
-        default = encoder.settings.instruction
         for instruction, rows in groups.items():
             start = time.perf_counter()
-            encoder.settings.instruction = default if instruction is None else instruction
-            try:
-                vectors = encoder.encode_queries([queries[i].text for i in rows])
-            finally:
-                encoder.settings.instruction = default
+            vectors = encoder.encode_queries([queries[i].text for i in rows], instruction=instruction)
             encoded = time.perf_counter()
             k = max(queries[i].k for i in rows)
             scores, ids = search_all(self.searcher.indexes, vectors, k)
@@ -139,7 +134,6 @@ class HybridIndex:
     code on first use, 30-60 s that must not land on a request. Each part is asked for ``depth`` hits
     (at least 100) so that fusion sees more than the final k; ties are broken by document id.
     """
-
     def __init__(self, name: str, parts: list[LoadedIndex], rrf_k: int = 60, depth: int = 100) -> None:
         if len(parts) < 2:
             raise InputError(f"hybrid index '{name}' needs at least two served indexes to fuse")
@@ -171,6 +165,7 @@ def create_app(indexes: list[LoadedIndex], limits: Limits | None = None, token: 
                hybrids: dict[str, list[str]] | None = None) -> FastAPI:
     """The FastAPI app over ``indexes`` (names unique) and ``hybrids`` (name -> the served indexes it
     fuses); ``token``: requests need ``Authorization: Bearer``."""
+    # long: the routes are closures over the served indexes, their limits and the token
     limits = limits or Limits()
     by_name: dict[str, LoadedIndex | HybridIndex] = {ix.name: ix for ix in indexes}
     if len(by_name) != len(indexes):
@@ -280,8 +275,6 @@ def serve(index_dirs: list[str | Path], *, corpora: dict[str, str] | None = None
     import ipaddress
 
     import uvicorn
-
-    from llmret.data.spec import load_corpus
 
     names = [Path(folder).resolve().name for folder in index_dirs]
     unknown = sorted(set(corpora or {}) - set(names))

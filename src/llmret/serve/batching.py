@@ -77,7 +77,7 @@ class MicroBatcher(Generic[Item, Answer]):
                         break
                     try:
                         nxt = await asyncio.wait_for(self._queue.get(), timeout)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         break
                     if size + len(nxt.items) > self.max_batch:
                         await self._run_batch(loop, batch)  # this one is full: the newcomer starts the next

@@ -14,34 +14,35 @@ from typing import Any
 
 import torch
 
+from llmret.data.dataset import load_dataset
 from llmret.data.sampling import sample_group
+from llmret.data.spec import resolve_folder
+from llmret.data.training import resolve_passages
+from llmret.encoders.registry import load_encoder
+from llmret.encoders.settings import EncoderSettings
 from llmret.losses.infonce import InfoNCELoss
+from llmret.training.mining import mine_bm25_negatives
+from llmret.training.settings import TrainSettings, resolve_temperatures
 from llmret.training.steps import forward_sorted
 from llmret.util.errors import InputError
 
 
-def heldout_loss(model: str | Path, data: str, split: str, *, retriever: str, batch_size: int, group_size: int,
-                 temperature: float, similarity: str = "dot", max_queries: int | None = None, seed: int = 42,
-                 query_max_length: int | None = None, passage_max_length: int | None = None) -> dict[str, Any]:
+def heldout_loss(model: str | Path, data: str, split: str, settings: TrainSettings,
+                 max_queries: int | None = None) -> dict[str, Any]:
     """Mean InfoNCE over the full batches of ``data``'s ``split`` (its first ``max_queries`` judged
-    queries), under the trained ``model``'s own encoder settings; the lengths default to them too."""
-    from llmret.data.dataset import load_dataset
-    from llmret.data.spec import resolve_folder
-    from llmret.data.training import resolve_passages
-    from llmret.encoders.registry import load_encoder
-    from llmret.encoders.settings import EncoderSettings
-    from llmret.training.mining import mine_bm25_negatives
-
+    queries), batched and scored as ``settings`` trained (batch and group size, temperature, similarity,
+    seed: a run's own, :meth:`TrainSettings.saved`), under the trained ``model``'s own encoder settings."""
+    batch_size, group_size, seed = settings.batch_size, settings.group_size, settings.seed
+    temperature = resolve_temperatures(settings).temperature
     folder = resolve_folder(data, split)
     dataset = load_dataset(folder, split)
     examples = resolve_passages(mine_bm25_negatives(dataset), dataset.corpus)[:max_queries]
     batches = len(examples) // batch_size
     if batches == 0:
         raise InputError(f"{data} ({split}) has {len(examples)} judged queries, fewer than one batch of {batch_size}")
-    encoder = load_encoder(retriever, EncoderSettings(model=str(model), query_max_length=query_max_length,
-                                                      passage_max_length=passage_max_length))
+    encoder = load_encoder(settings.retriever, EncoderSettings(model=str(model)))
     encoder.model.eval()
-    loss = InfoNCELoss(temperature, similarity)
+    loss = InfoNCELoss(temperature, settings.similarity)
     total = 0.0
     with torch.inference_mode():
         for b in range(batches):

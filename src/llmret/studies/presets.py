@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmret.studies.reporting import main_table
 from llmret.studies.reporting import report as study_report
 from llmret.studies.spec import PRESETS, StudySpec, status
 from llmret.util.errors import DataError
@@ -89,12 +90,9 @@ def report(suite: Suite) -> Path:
             lines += [f"## {spec.name}", "", spec.description.strip(), "", "No finished cells yet.", ""]
             continue
         path = study_report(spec)
-        text = path.read_text(encoding="utf-8").split("\n")
-        table = text[text.index(next(t for t in text if t.startswith("## "))):]
-        main = table[:table.index("", 2) + 1] if "" in table[2:] else table
         relative = path.relative_to(suite.folder)
-        lines += [f"## {spec.name}", "", spec.description.strip(), "", *("#" + line if line.startswith("## ") else line
-                                                                          for line in main),
+        lines += [f"## {spec.name}", "", spec.description.strip(), "",
+                  *("#" + line if line.startswith("## ") else line for line in main_table(spec)),
                   f"Full report, figures and significance marks: [{relative}]({relative})", ""]
     with atomic_write(suite.folder / "report.md") as handle:
         handle.write("\n".join(lines) + "\n")

@@ -16,20 +16,46 @@ from llmret.util.errors import InputError
 from llmret.util.fileio import atomic_write, read_json
 
 
-def report(spec: StudySpec) -> Path:
-    """Write report.md, results.csv, results.json and a PNG per numeric grid axis from the finished cells'
-    metrics files; significance against ``baseline`` is tested on their per-query values."""
-    root = spec.folder
+def finished_rows(spec: StudySpec) -> list[dict[str, Any]]:
+    """One row per finished (cell, dataset): its labels and its metrics file's aggregate and per-query values."""
     rows = []
     for cell, dataset, finished in status(spec):
         if not finished:
             continue
-        folder = eval_folder(root, cell, dataset, spec.measures)
-        metrics = read_json(folder / "metrics.json")
+        metrics = read_json(eval_folder(spec.folder, cell, dataset, spec.measures) / "metrics.json")
         rows.append({"cell": cell.label, "system": cell.base, "axes": cell.axes, "dataset": dataset.label,
                      "aggregate": metrics["aggregate"], "per_query": metrics["per_query"]})
     if not rows:
-        raise InputError(f"no finished cells in {root}: run the study first (llmret study run)")
+        raise InputError(f"no finished cells in {spec.folder}: run the study first (llmret study run)")
+    return rows
+
+
+def measure_table(spec: StudySpec, rows: list[dict[str, Any]], measure: str,
+                  marks: dict[tuple[str, str, str], str]) -> list[str]:
+    """The Markdown table of one measure (x100): a row per cell, a column per dataset and their mean."""
+    datasets = [d.label for d in spec.datasets]
+    lines = [f"## {measure} (x100)", "", "| system | " + " | ".join(datasets) + " | mean |",
+             "| --- |" + " --- |" * (len(datasets) + 1)]
+    for label in dict.fromkeys(r["cell"] for r in rows):
+        values = {r["dataset"]: r["aggregate"][measure] for r in rows if r["cell"] == label}
+        shown = [f"{100 * values[d]:.2f}{marks.get((label, d, measure), '')}" if d in values else "-" for d in datasets]
+        mean = f"{100 * sum(values.values()) / len(values):.2f}" if len(values) == len(datasets) else "-"
+        lines.append(f"| {label} | " + " | ".join(shown) + f" | {mean} |")
+    return [*lines, ""]
+
+
+def main_table(spec: StudySpec) -> list[str]:
+    """The table of the study's first measure, with its significance marks: what a suite's report shows."""
+    rows = finished_rows(spec)
+    measure = next(iter(rows[0]["aggregate"]))
+    return measure_table(spec, rows, measure, significance_marks(spec, rows, [measure]))
+
+
+def report(spec: StudySpec) -> Path:
+    """Write report.md, results.csv, results.json and a PNG per numeric grid axis from the finished cells'
+    metrics files; significance against ``baseline`` is tested on their per-query values."""
+    root = spec.folder
+    rows = finished_rows(spec)
     measures = list(rows[0]["aggregate"])
     marks = significance_marks(spec, rows, measures)
     with atomic_write(root / "results.json") as handle:
@@ -41,20 +67,12 @@ def report(spec: StudySpec) -> Path:
             writer.writerow([r["cell"], r["system"], r["dataset"], *(r["axes"].get(a, "") for a in spec.grid),
                              *(r["aggregate"][m] for m in measures)])
     lines = [f"# Study: {spec.name}", ""]
-    datasets = [d.label for d in spec.datasets]
     for measure in measures:
-        lines += [f"## {measure} (x100)", "", "| system | " + " | ".join(datasets) + " | mean |",
-                  "| --- |" + " --- |" * (len(datasets) + 1)]
-        for label in dict.fromkeys(r["cell"] for r in rows):
-            values = {r["dataset"]: r["aggregate"][measure] for r in rows if r["cell"] == label}
-            shown = [f"{100 * values[d]:.2f}{marks.get((label, d, measure), '')}" if d in values else "-"
-                     for d in datasets]
-            mean = f"{100 * sum(values.values()) / len(values):.2f}" if len(values) == len(datasets) else "-"
-            lines.append(f"| {label} | " + " | ".join(shown) + f" | {mean} |")
-        lines.append("")
+        lines += measure_table(spec, rows, measure, marks)
     if spec.baseline:
         lines.append(f"\\* differs from `{spec.baseline}` on that dataset: paired t-test and randomisation test "
                      f"both below {spec.alpha} after {spec.correction} correction over the systems compared.")
+    datasets = [d.label for d in spec.datasets]
     for axis in spec.grid:
         figure = plot_axis(root, axis, spec.grid[axis], rows, measures[0], datasets)
         if figure is not None:
@@ -64,6 +82,7 @@ def report(spec: StudySpec) -> Path:
     with atomic_write(root / "report.md") as handle:
         handle.write("\n".join(lines) + "\n")
     return root / "report.md"
+
 
 def significance_marks(spec: StudySpec, rows: list[dict[str, Any]], measures: list[str]) -> dict[tuple[str, str, str], str]:
     """(cell, dataset, measure) -> '*' where the cell differs significantly from the baseline's cell."""

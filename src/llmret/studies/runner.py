@@ -33,10 +33,10 @@ from llmret.studies.spec import (
 )
 from llmret.studies.systems import build
 from llmret.training.mntp import run_mntp
+from llmret.training.settings import TrainSettings
 from llmret.training.train import train
 from llmret.util.errors import InputError
 from llmret.util.fileio import read_json, write_json
-from llmret.util.settings import load_config
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,8 @@ def trained_model(spec: StudySpec, cell: Cell) -> str | None:
         log.info("training %s into %s", cell.label, folder)
         train(cell.train_settings(folder, stage), resume=(folder / "train_config.yaml").is_file())
     if spec.heldout is not None and not heldout_file(spec, cell).is_file():
-        used = load_config(folder / "train_config.yaml")
         h = spec.heldout
-        result = heldout_loss(final, h.data, h.split, retriever=cell.system.retriever, batch_size=used["batch_size"],
-                              group_size=used["group_size"], temperature=used["temperature"],
-                              similarity=used["similarity"], max_queries=h.queries, seed=used["seed"])
+        result = heldout_loss(final, h.data, h.split, TrainSettings.saved(folder), h.queries)
         write_json(heldout_file(spec, cell), result)
         log.info("%s: held-out loss %.4f on %s (%s)", cell.label, result["loss"], h.data, h.split)
     return str(final)

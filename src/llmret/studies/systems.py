@@ -14,9 +14,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmret.encoders.recipes import encoder_recipe
 from llmret.encoders.settings import EncoderSettings
 from llmret.retrievers.base import Retriever
 from llmret.retrievers.factory import RETRIEVERS, make_retriever
+from llmret.training.settings import MNTPSettings, TrainSettings
 from llmret.util.errors import DataError, InputError
 from llmret.util.layers import Layered, merge
 from llmret.util.settings import from_dict
@@ -29,7 +31,6 @@ class SystemSpec:
     ``exact`` or ``seismic`` for sparse), ``bm25`` (``k1``, ``b``) for BM25, and ``train`` (TrainSettings
     fields): when given, the backbone is trained first and the trained model is what is evaluated, with
     the ``encoder`` settings (lengths may differ from training's, which ``train.encoder`` sets)."""
-
     name: str
     retriever: str = "dense"
     encoder: dict[str, Any] = field(default_factory=dict)
@@ -56,7 +57,6 @@ class SystemSpec:
 
     def mntp_settings(self, output_dir: Path, source: str | Path | None = None) -> Any:
         """The MNTP stage's settings: the system's backbone, adapted into ``output_dir``."""
-        from llmret.training.settings import MNTPSettings
 
         given = dict(self.mntp or {})
         for key in ("model", "output_dir"):
@@ -73,7 +73,6 @@ class SystemSpec:
         """The evaluation encoder's settings as layers: the encoder recipe's, the system's (``layer``),
         ``grid`` (``encoder.*`` axis values, keys without ``encoder.``). Unset ones come from the model
         when it loads (its saved settings, then its defaults)."""
-        from llmret.encoders.recipes import encoder_recipe
 
         recipe = [(f"recipe {self.recipe}", {"encoder": encoder_recipe(self.recipe, self.retriever)})] if self.recipe else []
         return merge([*recipe, (layer, {"encoder": self.encoder}), ("grid", {"encoder": grid or {}})])
@@ -91,7 +90,6 @@ class SystemSpec:
         training settings (its encoder's under ``train.encoder``'s) as layer ``layer``, then ``grid``
         (``train.*`` axis values, the keys without ``train.``), then ``stage``: the model folder a first
         stage (MNTP) made, which the training starts from."""
-        from llmret.training.settings import TrainSettings
 
         data = copy.deepcopy(self.train or {})
         data["encoder"] = {**self.encoder, **(data.get("encoder") or {})}

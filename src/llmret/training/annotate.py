@@ -21,7 +21,9 @@ from llmret.data.corpus import Corpus
 from llmret.data.training import TrainExample, example_json, read_training
 from llmret.training.settings import TeacherSettings
 from llmret.training.teachers import Teacher, load_teacher, score_pairs
+from llmret.util.cache import cache_dir
 from llmret.util.errors import DataError, InputError
+from llmret.util.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +94,6 @@ def scored_by(examples: list[TrainExample], teacher: str, max_length: int | None
     so runs that share the data (a study's objectives and backbones) share the scoring, and a killed
     scoring resumes."""
     import hashlib
-
-    from llmret.training.teachers import load_teacher
-    from llmret.util.cache import cache_dir
-    from llmret.util.fileio import atomic_write
 
     rows = "".join(json.dumps(example_json(ex), ensure_ascii=False, sort_keys=True) + "\n" for ex in examples)
     digest = hashlib.sha256(f"{teacher}\n{max_length}\n{rows}".encode()).hexdigest()[:16]

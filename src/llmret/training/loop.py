@@ -25,6 +25,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from llmret.training.callbacks import Callback, CheckpointCallback, LogCallback, LoopState
+from llmret.training.settings import LoopSettings
 from llmret.util.errors import InputError
 from llmret.util.fileio import atomic_write, write_json
 
@@ -35,20 +36,17 @@ MicroStep = Callable[[torch.nn.Module, int, int], tuple[dict[str, float], int]]
 
 
 @dataclass
-class LoopSettings:
-    output_dir: str
-    learning_rate: float
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    grad_accum: int = 1
-    save_steps: int = 0
-    logging_steps: int = 10
-    tensorboard: bool = False
-    config_name: str = "train_config.yaml"  # the settings used, checked on resume
-    micro_batch: int | None = None  # queries (or texts) per process per micro-step: DeepSpeed's own config asks
-    name: str = "training"  # progress bar label
-    schedule_steps: int | None = None  # the learning-rate schedule's length, where it outlasts the run (MNTP)
+class Trainer:
+    """What a trainer tells the loop about itself, beside the loop's settings: the file its settings are
+    saved to (and compared with on resume), which of them are bookkeeping (a resumed run may change those),
+    its progress bar's label, its micro-batch per process (DeepSpeed's config asks for it), and the
+    learning-rate schedule's length where it outlasts the run (MNTP)."""
+
+    config_name: str = "train_config.yaml"
+    bookkeeping: frozenset[str] = frozenset()
+    name: str = "training"
+    micro_batch: int | None = None
+    schedule_steps: int | None = None
 
 
 def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -110,19 +108,17 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
-# Settings that change what is logged or saved, not what is trained: a resume may change them.
-BOOKKEEPING = ("save_steps", "logging_steps", "tensorboard", "output_dir", "eval_steps", "eval_data", "eval_split")
-
-
-def settings_changes(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
-    """Names of the settings (``encoder.x`` for nested ones) that differ between two settings dicts."""
+def settings_changes(saved: dict[str, Any], now: dict[str, Any], bookkeeping: frozenset[str] = frozenset(),
+                     prefix: str = "") -> list[str]:
+    """Names of the settings (``encoder.x`` for nested ones) that differ between two settings dicts, but
+    for the ``bookkeeping`` ones (what is logged or saved, not what is trained)."""
     changed = []
     for key in sorted(set(saved) | set(now)):
-        if key in BOOKKEEPING and not prefix:
+        if key in bookkeeping and not prefix:
             continue
         old, new = saved.get(key), now.get(key)
         if isinstance(old, dict) and isinstance(new, dict):
-            changed += settings_changes(old, new, f"{prefix}{key}.")
+            changed += settings_changes(old, new, prefix=f"{prefix}{key}.")
         elif old != new:
             changed.append(f"{prefix}{key} ({old!r} -> {new!r})")
     return changed
@@ -183,39 +179,41 @@ SaveModel = Callable[[torch.nn.Module, Path, "dict[str, torch.Tensor] | None"], 
 
 
 def run_loop(accelerator: Any, model: torch.nn.Module, micro_step: MicroStep, total: int, settings: LoopSettings,
-             used: dict[str, Any], *, save_model: SaveModel, resume: bool = False,
+             used: dict[str, Any], *, trainer: Trainer, save_model: SaveModel, resume: bool = False,
              force: bool = False, prepared: Callable[[torch.nn.Module], None] | None = None,
              callbacks: Sequence[Callback] = (), on_step: Callable[[int, float], None] | None = None,
              flops_per_token: float = 0.0, records: dict[str, Any] | None = None) -> Path:
     """Run ``total`` optimizer steps of ``micro_step`` over ``model`` and save ``final/``; returns it.
 
     ``used`` are the settings written to the output folder; on ``resume`` they must equal the saved
-    ones (``force`` accepts differences). ``prepared`` receives the model as accelerate wrapped it.
+    ones but for ``trainer.bookkeeping`` (``force`` accepts differences). ``prepared`` receives the model as accelerate wrapped it.
     ``save_model(unwrapped model, folder, state dict)`` writes a loadable model (main process only; the
     state dict is gathered from every process first when they hold shards). ``records``
     (file name -> JSON object) are written beside the settings once the resume check has passed.
     """
+    # long: the optimizer, scheduler and callbacks share one run's state; split, they would pass it all around
     from transformers import get_linear_schedule_with_warmup
 
     out = Path(settings.output_dir)
     ckpt = latest_checkpoint(out) if resume else None
-    if ckpt is not None and (out / settings.config_name).is_file() and not force:
-        changed = settings_changes(yaml.safe_load((out / settings.config_name).read_text()) or {}, used)
+    if ckpt is not None and (out / trainer.config_name).is_file() and not force:
+        changed = settings_changes(yaml.safe_load((out / trainer.config_name).read_text()) or {}, used,
+                                   trainer.bookkeeping)
         if changed:
-            raise InputError(f"{out / settings.config_name}: resuming with other settings than the run started with: "
+            raise InputError(f"{out / trainer.config_name}: resuming with other settings than the run started with: "
                              f"{'; '.join(changed)} (pass --force to accept them)")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     # The scheduler stays out of accelerator.prepare: prepared, it steps once per process, which is
     # right only when each process takes its own batches; here every process takes a share of the
     # same global batch, so the rate must follow the global step (stepped below once per update).
-    length = max(settings.schedule_steps or total, total)
+    length = max(trainer.schedule_steps or total, total)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * length), length)
     from accelerate.utils import DistributedType
 
-    if accelerator.distributed_type == DistributedType.DEEPSPEED and settings.micro_batch:
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and trainer.micro_batch:
         # DeepSpeed reads its micro-batch from a prepared DataLoader; batches are built here instead
-        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = settings.micro_batch
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = trainer.micro_batch
     model, optimizer = accelerator.prepare(model, optimizer)
     params = [p for p in model.parameters() if p.requires_grad]  # FSDP2 replaces them with sharded ones
     if prepared is not None:
@@ -230,7 +228,7 @@ def run_loop(accelerator: Any, model: torch.nn.Module, micro_step: MicroStep, to
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         _trim_log(out / "log.jsonl", start)  # a fresh run starts an empty log; a resumed one drops what followed its checkpoint
-        with atomic_write(out / settings.config_name) as handle:
+        with atomic_write(out / trainer.config_name) as handle:
             yaml.safe_dump(used, handle, sort_keys=False)
         for name, record in (records or {}).items():
             write_json(out / name, record)
@@ -238,7 +236,7 @@ def run_loop(accelerator: Any, model: torch.nn.Module, micro_step: MicroStep, to
     def save_state(folder: Path, state: LoopState) -> None:
         save_checkpoint(folder, accelerator.unwrap_model(model), optimizer, scheduler, state.step, accelerator)
 
-    bar = tqdm(total=total, initial=start, desc=settings.name, disable=not accelerator.is_main_process)
+    bar = tqdm(total=total, initial=start, desc=trainer.name, disable=not accelerator.is_main_process)
     loop = [LogCallback(settings.logging_steps, settings.tensorboard, bar, _logged_flops(out / "log.jsonl") if start else 0.0),
             CheckpointCallback(settings.save_steps, save_state), *callbacks]
     def save_loadable(folder: Path) -> None:  # called on every process: gathering shards is a collective

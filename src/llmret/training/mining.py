@@ -24,6 +24,7 @@ from llmret.data.dataset import RetrievalData, load_dataset
 from llmret.data.spec import resolve_folder
 from llmret.data.training import Passage, TrainExample, read_training, resolve_passages, write_training
 from llmret.data.trec import Run, read_run
+from llmret.retrievers.bm25 import BM25Retriever
 from llmret.training.settings import MiningSettings, TeacherSettings
 from llmret.training.teachers import Teacher, load_teacher, score_pairs
 from llmret.util.cache import cache_dir
@@ -116,8 +117,6 @@ def mined_examples(folder: Path, split: str = "train", count: int = 20) -> list[
 
 def mine_bm25_negatives(data: RetrievalData, count: int = 20) -> list[TrainExample]:
     """One example per judged query: its relevant documents and the top BM25 hits that are not."""
-    from llmret.retrievers.bm25 import BM25Retriever
-
     bm25 = BM25Retriever()
     bm25.index(data.corpus)
     examples, _ = mine(data, bm25.retrieve(data.queries, k=count + 10), MiningSettings(0, count + 10, count))

@@ -30,15 +30,18 @@ import torch
 import torch.nn.functional as F
 
 from llmret.data.sampling import epoch_order
+from llmret.data.spec import load_corpus
 from llmret.encoders.base import DTYPES
 from llmret.encoders.settings import EncoderSettings
 from llmret.encoders.sparse import SparseEncoder
 from llmret.encoders.vocab_head import head_detached
+from llmret.models.backbone import load_backbone
 from llmret.models.saved import SavedModel
-from llmret.training.settings import MNTPSettings
+from llmret.training.loop import Trainer, mixed_precision, run_loop
+from llmret.training.settings import LoopSettings, MNTPSettings
 from llmret.util.errors import InputError
 from llmret.util.fileio import atomic_dir
-from llmret.util.settings import to_dict
+from llmret.util.settings import bookkeeping, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,6 @@ ADAPTER = "adapter"  # the MNTP LoRA adapter, unmerged, inside the merged model'
 
 
 def corpus_texts(spec: str) -> list[str]:
-    from llmret.data.spec import load_corpus
 
     return [doc.full_text() for doc in load_corpus(spec, "train")]
 
@@ -108,14 +110,13 @@ def run_mntp(settings: MNTPSettings, *, resume: bool = False, force: bool = Fals
     batch, checkpoints every ``save_steps`` resume exactly (masks are drawn from the step's own seed),
     and ``log.jsonl`` has the loss and tokens/s.
     """
+    # long: micro_step and save_model are closures over the run's blocks, collator and backbone
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from peft import LoraConfig, get_peft_model
 
-    from llmret.models.backbone import load_backbone
-    from llmret.training.loop import LoopSettings, mixed_precision, run_loop
-
-    accelerator = Accelerator(mixed_precision=mixed_precision(settings.mixed_precision))
+    accelerator = Accelerator(mixed_precision=mixed_precision(settings.mixed_precision),
+                              gradient_accumulation_steps=settings.grad_accum)
     set_seed(settings.seed)
     texts = corpus_texts(settings.data)  # bad data fails before the model loads
     if settings.batch_size % accelerator.num_processes:
@@ -123,6 +124,9 @@ def run_mntp(settings: MNTPSettings, *, resume: bool = False, force: bool = Fals
     backbone = load_backbone(settings.model, dtype=DTYPES["float32"], lm_head=True)
     if backbone.info.kind != "decoder":
         raise InputError(f"{settings.model}: MNTP adapts decoders; encoders are bidirectional already")
+    # The encoder that reads through the LM head: its bidirectional attention masks (model_inputs), padding
+    # (collate) and tokenising are what the retriever trained after MNTP will read with, so MNTP adapts the
+    # model to exactly those inputs rather than to a second implementation of them.
     encoder = SparseEncoder(backbone, EncoderSettings(model=settings.model, bidirectional=True), accelerator.device)
     tok = backbone.tokenizer
     collator = masked_lm_collator(tok, settings.mask_ratio, settings.mask_token)
@@ -130,21 +134,23 @@ def run_mntp(settings: MNTPSettings, *, resume: bool = False, force: bool = Fals
         units = pack_blocks(tok(texts, add_special_tokens=True)["input_ids"], settings.max_length)
     else:
         units = encoder.tokenize(texts, settings.max_length)
-    if len(units) < settings.batch_size:
+    per_epoch = len(units) // (settings.batch_size * settings.grad_accum)  # optimizer steps
+    if per_epoch == 0:
         raise InputError(f"{settings.data}: {len(units)} {'blocks' if settings.pack else 'texts'} are fewer than one "
-                         f"batch of {settings.batch_size}")
+                         f"step's {settings.batch_size * settings.grad_accum}")
     model = get_peft_model(encoder.model, LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha,
-                                                     lora_dropout=settings.lora_dropout, target_modules="all-linear",
-                                                     bias="none"))
+                                                     lora_dropout=settings.lora_dropout,
+                                                     target_modules=settings.lora_target_modules, bias="none"))
     model.train()
-    per_epoch = len(units) // settings.batch_size
     world, rank = accelerator.num_processes, accelerator.process_index
 
     def micro_step(prepared: torch.nn.Module, step: int, micro: int) -> tuple[dict[str, float], int]:
         epoch, within = divmod(step, per_epoch)
-        rows = epoch_order(len(units), epoch, settings.seed)[within * settings.batch_size:(within + 1) * settings.batch_size]
+        begin = (within * settings.grad_accum + micro) * settings.batch_size
+        rows = epoch_order(len(units), epoch, settings.seed)[begin:begin + settings.batch_size]
         batch = encoder.collate([units[i] for i in rows[rank::world]])
-        generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + step * 1_009 + rank)
+        generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + (step * settings.grad_accum + micro) * 1_009
+                                                  + rank)
         masked, chosen = mask_tokens(collator, batch["input_ids"].cpu(), batch["attention_mask"].cpu(),
                                      tok.all_special_ids, generator)
         loss = mntp_loss(prepared, encoder, batch["input_ids"], batch["attention_mask"], masked.to(accelerator.device),
@@ -171,8 +177,8 @@ def run_mntp(settings: MNTPSettings, *, resume: bool = False, force: bool = Fals
             SavedModel(base_model=settings.model, model_info=info, adaptation={"mntp": to_dict(settings)}).write(tmp)
 
     schedule = math.ceil(per_epoch * settings.schedule_epochs) if settings.schedule_epochs else None
-    loop = LoopSettings(settings.output_dir, settings.learning_rate, warmup_ratio=settings.warmup_ratio,
-                        max_grad_norm=1.0, save_steps=settings.save_steps, logging_steps=settings.logging_steps,
-                        config_name="mntp_config.yaml", name="mntp", schedule_steps=schedule)
-    return run_loop(accelerator, model, micro_step, settings.max_steps, loop, to_dict(settings), save_model=save_model,
-                    resume=resume, force=force, on_step=on_step)
+    total = settings.max_steps or schedule or per_epoch  # default: one epoch of blocks
+    trainer = Trainer(config_name="mntp_config.yaml", name="mntp", schedule_steps=schedule,
+                      bookkeeping=frozenset(bookkeeping(type(settings))), micro_batch=settings.batch_size // world)
+    return run_loop(accelerator, model, micro_step, total, settings.part(LoopSettings), to_dict(settings),
+                    trainer=trainer, save_model=save_model, resume=resume, force=force, on_step=on_step)

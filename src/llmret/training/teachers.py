@@ -23,6 +23,8 @@ from llmret.encoders.settings import EncoderSettings
 from llmret.training.settings import DEFAULT_PROMPT
 from llmret.util.errors import InputError
 
+LAZY_IMPORTS = "a teacher's model loads when it scores: reading teacher settings loads no torch"
+
 if TYPE_CHECKING:
     import torch
 

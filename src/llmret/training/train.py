@@ -26,8 +26,11 @@ from typing import Any
 
 import torch
 
+from llmret.data.corpus import Corpus
 from llmret.data.sampling import epoch_order, sample_group
-from llmret.data.training import TrainExample, require_teacher_scores
+from llmret.data.spec import resolve_folder
+from llmret.data.teacher_scores import attach_teacher_scores, read_teacher_scores
+from llmret.data.training import TrainExample, read_training, require_teacher_scores
 from llmret.encoders import term_bias
 from llmret.encoders.base import DTYPES, TextEncoder
 from llmret.encoders.recipes import lion_logit_scale
@@ -35,23 +38,36 @@ from llmret.encoders.registry import ENCODED, encoder_class
 from llmret.encoders.settings import EncoderSettings
 from llmret.encoders.sparse import SparseEncoder
 from llmret.encoders.term_bias import CALIBRATION_TEXTS, TermBias, zero_points
+from llmret.evaluation import conventions
+from llmret.evaluation.pipeline import evaluate_retriever
 from llmret.losses.infonce import InfoNCELoss
 from llmret.losses.kd import ListwiseKDLoss
 from llmret.losses.margin_mse import MarginMSELoss
 from llmret.losses.objective import Objective
+from llmret.models import st_folder
+from llmret.models.backbone import load_backbone
 from llmret.models.saved import SavedModel
+from llmret.retrievers.factory import make_retriever
 from llmret.training import budget
+from llmret.training.annotate import scored_by
 from llmret.training.callbacks import (
     Callback,
     EvalCallback,
 )
-from llmret.training.loop import LoopSettings, mixed_precision, run_loop
+from llmret.training.loop import Trainer, mixed_precision, run_loop
+from llmret.training.mining import mined_examples
 from llmret.training.mntp import ADAPTER
-from llmret.training.settings import TrainSettings, resolve_temperatures
+from llmret.training.settings import (
+    LoopSettings,
+    LoraSettings,
+    SparseTrainingSettings,
+    TrainSettings,
+    resolve_temperatures,
+)
 from llmret.training.steps import Batch, Criterion, Regularizer, cached_step, plain_step
 from llmret.util.errors import DataError, InputError
 from llmret.util.fileio import atomic_dir, read_json
-from llmret.util.settings import to_dict
+from llmret.util.settings import bookkeeping, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +88,10 @@ def load_tasks(settings: TrainSettings) -> list[list[TrainExample]]:
     if settings.teacher and settings.teacher_scores:
         raise InputError("give teacher (scores computed here) or teacher_scores (a file of them), not both")
     if settings.teacher_scores and settings.objective != "cl":
-        from llmret.data.teacher_scores import attach_teacher_scores, read_teacher_scores
 
         scores = read_teacher_scores(settings.teacher_scores)
         tasks = [attach_teacher_scores(task, scores, settings.teacher_scores) for task in tasks]
     if settings.teacher and settings.objective != "cl":
-        from llmret.training.annotate import scored_by
 
         tasks = [scored_by(task, settings.teacher, settings.teacher_max_length) for task in tasks]
     return tasks
@@ -85,8 +99,6 @@ def load_tasks(settings: TrainSettings) -> list[list[TrainExample]]:
 
 def task_instructions(settings: TrainSettings) -> list[str]:
     """Each source's instruction from the ``task.json`` beside its data (``task_instructions``)."""
-    from llmret.data.spec import resolve_folder
-
     out = []
     for spec in settings.sources:
         folder = resolve_folder(spec, "train")
@@ -101,11 +113,6 @@ def task_instructions(settings: TrainSettings) -> list[str]:
 
 def load_examples(settings: TrainSettings, spec: str | None = None) -> list[TrainExample]:
     """Training examples from a JSONL file, a BEIR folder (BM25-mined negatives) or a built-in task."""
-    from llmret.data.corpus import Corpus
-    from llmret.data.spec import resolve_folder
-    from llmret.data.training import read_training
-    from llmret.training.mining import mined_examples
-
     spec = spec or settings.sources[0]
     path = resolve_folder(spec, "train")
     if path.is_dir() and (path / "train.jsonl").is_file():
@@ -130,12 +137,13 @@ def subset(examples: list[TrainExample], size: int | None, seed: int) -> list[Tr
 
 
 def make_batch(encoder: TextEncoder, examples: list[TrainExample], indexes: list[int], epoch: int,
-               settings: TrainSettings, with_teacher: bool = False) -> Batch:
+               settings: TrainSettings, with_teacher: bool = False, instruction: str | None = None) -> Batch:
     """Token ids of the queries and of their passage groups (positive first), with the teacher's scores
-    of each group when the objective uses them (every process must then send them: collectives)."""
+    of each group when the objective uses them (every process must then send them: collectives);
+    ``instruction``: the task's, before each query, instead of the encoder's own."""
     groups = [sample_group(examples, i, epoch, settings.seed, settings.group_size) for i in indexes]
     teacher = torch.tensor([[p.score for p in group] for group in groups]) if with_teacher else None
-    return Batch(encoder.token_ids([examples[i].query for i in indexes], query=True),
+    return Batch(encoder.token_ids([examples[i].query for i in indexes], query=True, instruction=instruction),
                  encoder.token_ids([p.full_text() for group in groups for p in group], query=False), teacher)
 
 
@@ -150,10 +158,10 @@ def batch_plan(sizes: list[int], batch_size: int, epoch: int, seed: int) -> list
 
 
 def estimate_tokens_per_step(encoder: TextEncoder, examples: list[TrainExample], settings: TrainSettings,
-                             sample: int = 256) -> float:
+                             sample: int = 256, instruction: str | None = None) -> float:
     """Real tokens one optimizer step processes, from the first ``sample`` examples of epoch 0's order."""
     order = epoch_order(len(examples), 0, settings.seed)[:sample]
-    batch = make_batch(encoder, examples, order, 0, settings)
+    batch = make_batch(encoder, examples, order, 0, settings, instruction=instruction)
     return batch.tokens / len(order) * settings.batch_size * settings.grad_accum
 
 
@@ -173,15 +181,16 @@ def _term_bias(encoder: TextEncoder, examples: list[TrainExample], settings: Tra
     return TermBias(bias.to(encoder.device))
 
 
-def _wrap_lora(model: torch.nn.Module, settings: TrainSettings) -> torch.nn.Module:
+def _wrap_lora(model: torch.nn.Module, settings: LoraSettings, lora_layers: int | None = None) -> torch.nn.Module:
+    """``model`` with fresh trainable LoRA adapters (on its top ``lora_layers`` layers only, if given)."""
     from peft import LoraConfig, get_peft_model
 
     targets = settings.lora_target_modules
-    if settings.lora_layers:
+    if lora_layers:
         # Full names of the linear modules in the top N layers. peft's layers_to_transform cannot be used:
         # it needs explicit module names and a '.layers.' pattern that bare models (layers.0...) lack.
-        total = int(getattr(model.config, "num_hidden_layers"))
-        keep = set(range(total - settings.lora_layers, total))
+        total = int(model.config.num_hidden_layers)
+        keep = set(range(total - lora_layers, total))
         wanted = None if targets == "all-linear" else set([targets] if isinstance(targets, str) else targets)
         targets = [name for name, module in model.named_modules()
                    if isinstance(module, torch.nn.Linear) and (m := re.search(r"(?:^|\.)(\d+)\.", name))
@@ -235,26 +244,11 @@ def continue_lora(model: torch.nn.Module, adapter: Path) -> torch.nn.Module:
     return model
 
 
-def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
-          on_step: Callable[[int, float], None] | None = None, callbacks: Sequence[Callback] = ()) -> Path:
-    """Train and return the folder of the final model (``OUTPUT/final``).
-
-    ``resume`` continues from the newest checkpoint; settings that differ from the ones the run
-    started with are an error naming them (``force`` accepts them). ``callbacks`` run after each
-    step, after logging, checkpoints and evaluation; ``on_step(step, loss)`` is the short form.
-    """
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    from llmret.models.backbone import load_backbone
-
-    accelerator = Accelerator(mixed_precision=mixed_precision(settings.mixed_precision),
-                              gradient_accumulation_steps=settings.grad_accum)
-    set_seed(settings.seed, device_specific=True)  # each process draws its own dropout masks
-    check_backend(settings, accelerator)
-    if settings.batch_size % accelerator.num_processes:
+def check_settings(settings: TrainSettings, processes: int) -> None:
+    """Refuse settings that cannot train, before any data or model loads."""
+    if settings.batch_size % processes:
         # Every process must run as many forward passes as the others, or DDP's collectives deadlock.
-        raise InputError(f"batch_size {settings.batch_size} does not split evenly over {accelerator.num_processes} processes")
+        raise InputError(f"batch_size {settings.batch_size} does not split evenly over {processes} processes")
     if settings.budget_flops is not None and settings.max_steps is not None:
         raise InputError("give --budget-flops or --max-steps, not both: the budget decides the number of steps")
     if settings.chunk_size < 1 or (settings.max_train_queries is not None and settings.max_train_queries < 1):
@@ -268,16 +262,16 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
                          "TrainSettings.from_dict({'recipe': ...}) (the CLI and config files do)")
     if settings.continue_adapter and not settings.lora:
         raise InputError("continue_adapter trains the MNTP stage's LoRA adapter: it needs lora")
-    for override in getattr(settings, "overrides", []):
-        log.warning("recipe value replaced: %s", override)
     sparse = settings.retriever == "sparse"
     if settings.top_k_in_training and not (sparse and (settings.encoder.query_top_k or settings.encoder.passage_top_k)):
         raise InputError("top_k_in_training needs a sparse retriever with query_top_k or passage_top_k")
-    objective = objective_for(settings)  # resolves the temperatures: the saved config shows the values used
-    tasks = load_tasks(settings)
-    examples = [e for task in tasks for e in task]
-    if objective.needs_teacher:
-        require_teacher_scores(examples, f"objective '{settings.objective}'")  # before the model loads
+    if settings.task_instructions and settings.encoder.instruction:
+        raise InputError("give task_instructions or encoder.instruction, not both")
+
+
+def load_student(settings: TrainSettings, device: Any) -> tuple[TextEncoder, SavedModel | None]:
+    """The encoder training starts from, and the MNTP run whose adapter it continues (if any)."""
+    sparse = settings.retriever == "sparse"
     stage = mntp_stage(settings.encoder.model) if settings.continue_adapter else None
     if stage is not None and settings.encoder.bidirectional is None:
         settings.encoder.bidirectional = True  # what MNTP adapted the adapter to
@@ -287,46 +281,83 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
         config = backbone.model.config
         config = config.get_text_config() if hasattr(config, "get_text_config") else config
         settings.encoder.logit_scale = lion_logit_scale(int(config.hidden_size))  # saved with the model
-    encoder = encoder_class(settings.retriever)(backbone, settings.encoder, accelerator.device)
+    encoder = encoder_class(settings.retriever)(backbone, settings.encoder, device)
     adapted = stage is not None or (backbone.saved is not None and "mntp" in backbone.saved.adaptation)
     if encoder.info.kind == "decoder" and encoder.info.bidirectional and not adapted:
         log.warning("%s reads bidirectionally without an MNTP stage: a causal LM has never seen the future, "
                     "and Lion adapts it first (llmret mntp, then --continue-adapter)", settings.encoder.model)
-    instructions = task_instructions(settings) if settings.task_instructions else None
-    if instructions:
-        if settings.encoder.instruction:
-            raise InputError("give task_instructions or encoder.instruction, not both")
-        encoder.settings.instruction = instructions[0]  # set per batch below; the first for the token estimate
-    used = {**to_dict(settings), "encoder": {"model": settings.encoder.model, **to_dict(encoder.settings)}}
+    return encoder, stage
 
-    bias = _term_bias(encoder, examples, settings)  # on the weights training starts from
-    model = backbone.model
+
+def trainable_model(encoder: TextEncoder, settings: TrainSettings, stage: SavedModel | None,
+                    bias: TermBias | None) -> torch.nn.Module:
+    """The encoder's model as it trains: checkpointed activations if asked, with the MNTP stage's adapter,
+    fresh LoRA adapters or neither (full fine-tuning), and the sparse term bias as a submodule (trained,
+    checkpointed, restored and synced with the model)."""
+    model = encoder.model
     if settings.grad_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if stage is not None:
         model = continue_lora(model, Path(settings.encoder.model) / ADAPTER)
     elif settings.lora:
-        model = _wrap_lora(model, settings)
-    if bias is not None:  # a submodule: trained, checkpointed, restored and synced with the model
+        model = _wrap_lora(model, settings.part(LoraSettings), settings.lora_layers)
+    if bias is not None:
         model.term_bias = bias
         encoder.term_bias = bias.bias
     model.train()
+    return model
+
+
+def regularizer_for(settings: SparseTrainingSettings, total: int, cut: tuple[int | None, int | None]) -> Regularizer:
+    """The sparse regulariser of a ``total``-step run (its warm-up in steps; ``cut``: the top-k kept of
+    queries and passages in training)."""
+    warmup = settings.reg_warmup_steps if settings.reg_warmup_steps is not None else int(settings.reg_warmup_ratio * total)
+    return Regularizer(settings.regularizer, settings.query_reg_weight, settings.passage_reg_weight, warmup, *cut)
+
+
+def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
+          on_step: Callable[[int, float], None] | None = None, callbacks: Sequence[Callback] = ()) -> Path:
+    """Train and return the folder of the final model (``OUTPUT/final``).
+
+    ``resume`` continues from the newest checkpoint; settings that differ from the ones the run
+    started with are an error naming them (``force`` accepts them). ``callbacks`` run after each
+    step, after logging, checkpoints and evaluation; ``on_step(step, loss)`` is the short form.
+    """
+    # long: micro_step is a closure over the run's tasks, encoder, criterion and plan
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    accelerator = Accelerator(mixed_precision=mixed_precision(settings.mixed_precision),
+                              gradient_accumulation_steps=settings.grad_accum)
+    set_seed(settings.seed, device_specific=True)  # each process draws its own dropout masks
+    check_backend(settings, accelerator)
+    check_settings(settings, accelerator.num_processes)
+    for override in getattr(settings, "overrides", []):
+        log.warning("recipe value replaced: %s", override)
+    objective = objective_for(settings)  # resolves the temperatures: the saved config shows the values used
+    tasks = load_tasks(settings)
+    examples = [e for task in tasks for e in task]
+    if objective.needs_teacher:
+        require_teacher_scores(examples, f"objective '{settings.objective}'")  # before the model loads
+    instructions = task_instructions(settings) if settings.task_instructions else None
+    encoder, stage = load_student(settings, accelerator.device)
+    used = {**to_dict(settings), "encoder": {"model": settings.encoder.model, **to_dict(encoder.settings)}}
+    model = trainable_model(encoder, settings, stage, _term_bias(encoder, examples, settings))
 
     sizes = [len(task) for task in tasks]
     steps_per_epoch = len(batch_plan(sizes, settings.batch_size, 0, settings.seed)) // settings.grad_accum
     if steps_per_epoch == 0:
         raise InputError(f"{', '.join(map(str, sizes))} training queries are fewer than one step's "
                          f"{settings.batch_size * settings.grad_accum}; lower batch_size or grad_accum")
-    compute = budget.plan(model, settings.lora, settings.grad_checkpointing or settings.grad_cache,
-                          estimate_tokens_per_step(encoder, examples, settings), settings.budget_flops)
+    tokens = estimate_tokens_per_step(encoder, examples, settings, instruction=instructions[0] if instructions else None)
+    compute = budget.plan(model, settings.lora, settings.grad_checkpointing or settings.grad_cache, tokens,
+                          settings.budget_flops)
     total = compute.steps or settings.max_steps or math.ceil(steps_per_epoch * settings.epochs)
     log.info("%d steps of ~%.3g FLOPs (%.3g per token, %d of %d parameters trained%s)", total, compute.flops_per_step,
              compute.flops_per_token, compute.trainable, compute.parameters, ", LoRA" if settings.lora else "")
-    warmup = settings.reg_warmup_steps if settings.reg_warmup_steps is not None else int(settings.reg_warmup_ratio * total)
     cut = (encoder.settings.query_top_k, encoder.settings.passage_top_k) if settings.top_k_in_training else (None, None)
-    regularizer = Regularizer(settings.regularizer, settings.query_reg_weight, settings.passage_reg_weight,
-                              warmup, *cut) if sparse else None
-    criterion = Criterion(objective, regularizer)
+    sparse = settings.retriever == "sparse"
+    criterion = Criterion(objective, regularizer_for(settings.part(SparseTrainingSettings), total, cut) if sparse else None)
     world, rank = accelerator.num_processes, accelerator.process_index
 
     @functools.lru_cache(maxsize=2)  # one epoch's plan, made once rather than at every micro-step
@@ -338,10 +369,9 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
         task, number = plan(epoch)[within * settings.grad_accum + micro]
         begin = number * settings.batch_size
         chosen = tasks[task]
-        if instructions:
-            encoder.settings.instruction = instructions[task]
         indexes = epoch_order(len(chosen), epoch, settings.seed)[begin:begin + settings.batch_size][rank::world]
-        batch = make_batch(encoder, chosen, indexes, epoch, settings, objective.needs_teacher)
+        batch = make_batch(encoder, chosen, indexes, epoch, settings, objective.needs_teacher,
+                           instructions[task] if instructions else None)
         # the regulariser's warm-up position: optimizer steps, or micro-batches counted from 1 (Lion's)
         at = step * settings.grad_accum + micro + 1 if settings.reg_warmup_unit == "micro-batch" else step
         if settings.grad_cache:
@@ -354,11 +384,10 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
     def use_prepared(prepared: torch.nn.Module) -> None:
         encoder.model = prepared
 
-    loop = LoopSettings(settings.output_dir, settings.learning_rate, settings.weight_decay, settings.warmup_ratio,
-                        settings.max_grad_norm, settings.grad_accum, settings.save_steps, settings.logging_steps,
-                        settings.tensorboard, micro_batch=settings.batch_size // world)
+    trainer = Trainer(bookkeeping=frozenset(bookkeeping(TrainSettings)), micro_batch=settings.batch_size // world)
     evaluate = _checkpoint_evaluator(settings) if settings.eval_data else None
-    return run_loop(accelerator, model, micro_step, total, loop, used, resume=resume, force=force,
+    return run_loop(accelerator, model, micro_step, total, settings.part(LoopSettings), used, trainer=trainer,
+                    resume=resume, force=force,
                     save_model=lambda unwrapped, folder, state_dict: save_final(folder, unwrapped, encoder, settings,
                                                                                  instructions, state_dict),
                     prepared=use_prepared, callbacks=[EvalCallback(settings.eval_steps, evaluate), *callbacks],
@@ -390,11 +419,7 @@ def check_backend(settings: TrainSettings, accelerator: Any) -> None:
 
 def _checkpoint_evaluator(settings: TrainSettings) -> Callable[[Path], dict[str, float]]:
     """Scores of a saved checkpoint model on ``eval_data`` under that data's rules."""
-    from llmret.evaluation.conventions import load
-    from llmret.evaluation.pipeline import evaluate_retriever
-    from llmret.retrievers.factory import make_retriever
-
-    data, rules = load(settings.eval_data or "", settings.eval_split)
+    data, rules = conventions.load(settings.eval_data or "", settings.eval_split)
 
     def evaluate(folder: Path) -> dict[str, float]:
         retriever = make_retriever(settings.retriever, EncoderSettings(model=str(folder)), rules=rules, progress=False)
@@ -413,8 +438,6 @@ def save_final(folder: Path, model: torch.nn.Module, encoder: TextEncoder, setti
     them, and no instruction of its own: each dataset's own is used when it is evaluated.
     ``state_dict``: the full weights gathered from FSDP / ZeRO-3 shards (the model itself holds shards).
     """
-    from llmret.models import st_folder
-
     with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
         encoder.tokenizer.save_pretrained(tmp)

@@ -55,3 +55,21 @@ def load_config(path: str | Path) -> dict[str, Any]:
 def to_dict(obj: Any) -> dict[str, Any]:
     """A dataclass as a plain dict (for saving the settings a run actually used)."""
     return dataclasses.asdict(obj)
+
+
+def with_defaults(cls: type[T], name: str, **defaults: Any) -> type[T]:
+    """A subclass of settings dataclass ``cls`` named ``name`` whose listed fields have other defaults, their
+    help and choices kept: one part's declaration, other defaults for another user of it (MNTP's loop)."""
+    changed = []
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.name in defaults:
+            changed.append((f.name, f.type, dataclasses.field(default=defaults.pop(f.name), metadata=f.metadata)))
+    if defaults:
+        raise TypeError(f"{cls.__name__} has no field(s) {', '.join(defaults)}")
+    return dataclasses.make_dataclass(name, changed, bases=(cls,))
+
+
+def bookkeeping(cls: type) -> set[str]:
+    """The fields of ``cls`` that change what is logged or saved, not what is computed: a resumed run may
+    change them."""
+    return {f.name for f in fields(cls) if f.metadata.get("bookkeeping")}
