@@ -8,8 +8,12 @@ make reading a light module (``llmret.encoders.settings``, what the CLI's parser
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from typing import Any
+
+# typing and collections.abc only for the checker: importing them would cost ``import llmret`` most of its time
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 
 def lazy_exports(package: str, names: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
