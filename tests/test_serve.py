@@ -21,19 +21,21 @@ from llmret.cli import main
 from llmret.data.trec import read_run
 from llmret.encoders.base import TextEncoder
 from llmret.encoders.settings import EncoderSettings
-from llmret.serve.app import Limits, LoadedIndex, create_app
+from llmret.serve.app import Limits, LoadedIndex, create_app, server_config
+from llmret.serve.guard import Bounds
 from llmret.training.train import TrainSettings, train
 
 from helpers import random_texts, write_beir_folder, write_training_file
 
 
 @contextmanager
-def serving(app: object) -> Iterator[str]:
-    """Run ``app`` with uvicorn on a free loopback port in a thread; yield its base URL."""
+def serving(app: object, bounds: Bounds | None = None) -> Iterator[str]:
+    """Run ``app`` with uvicorn, configured as ``llmret serve`` configures it, on a free loopback port in a
+    thread; yield its base URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port, bounds))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -84,7 +86,7 @@ def test_search_over_http_gives_the_top_k_of_llmret_search(indexes: dict[str, Pa
     data, _ = load(str(indexes["data"]))
     qids = sorted(data.queries)
     with serving(create_app(_load(indexes, corpus=True))) as url:
-        assert httpx.get(f"{url}/health").json() == {"status": "ok", "indexes": ["dense", "sparse"]}
+        assert httpx.get(f"{url}/health").json() == {"status": "ok"}  # what is served: /indexes
         listed = httpx.get(f"{url}/indexes").json()
         assert [ix["retriever"] for ix in listed] == ["dense", "sparse"] and listed[0]["encoder"]["model"].endswith("final")
         answer = httpx.post(f"{url}/search", json={"index": "dense", "queries": [data.queries[q] for q in qids],
@@ -218,13 +220,13 @@ def test_search_page_in_a_headless_browser(indexes: dict[str, Path]) -> None:
         page.select_option("#index", "sparse")
         page.fill("#query", "alpha beta")
         page.fill("#k", "5")
-        page.click("button[type=submit]")
+        page.click("#search button")
         page.wait_for_selector("#hits li")
         ids = page.locator("#hits li strong").all_inner_texts()
         assert ids == [h["id"] for h in expected["results"][0]["hits"]]
         assert page.locator("#query-terms span").count() > 0 and page.locator("#hits li pre").count() == 5
         page.fill("#query", " ")
-        page.click("button[type=submit]")
+        page.click("#search button")
         page.wait_for_selector("#status.error")
         assert "empty" in page.inner_text("#status")
         browser.close()

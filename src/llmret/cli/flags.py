@@ -93,3 +93,17 @@ def positive_int(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
     return number
+
+
+def positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be above 0, not {value}")
+    return number
+
+
+def non_negative_float(value: str) -> float:
+    number = float(value)
+    if not number >= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
+    return number

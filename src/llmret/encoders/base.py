@@ -191,6 +191,17 @@ class TextEncoder(ABC):
                              suffix=s.query_suffix if query else s.passage_suffix,
                              own=self._own_span(fmt) if self.wants_own_terms else None)
 
+    def query_fit(self, texts: Sequence[str], instruction: str | None = None) -> tuple[int, list[int]]:
+        """How the queries fit ``query_max_length`` under ``instruction``: the tokens the formatting
+        (instruction, prefix, suffix, special tokens) leaves for a query, and each query's own tokens.
+        A query longer than that room is cut; a service says so rather than answer for half a query."""
+        s = self.settings
+        fmt = functools.partial(self.format_query, instruction=instruction)
+        whole = 1 << 30  # no cut: the full lengths
+        frame = len(self.tokenize([fmt("")], whole, suffix=s.query_suffix)[0])
+        lengths = [len(ids) - frame for ids in self.tokenize([fmt(t) for t in texts], whole, suffix=s.query_suffix)]
+        return s.query_max_length - frame, lengths
+
     def _own_span(self, fmt: Any) -> tuple[int, int]:
         """Characters the formatting puts before and after a text (instruction template, prefix)."""
         sentinel = "\x00"

@@ -3,16 +3,18 @@
 ``POST /search`` answers one query or a batch from one index (ids, scores, ranks; optionally the
 passages' text, and for sparse indexes the query's terms and each hit's contributing terms);
 ``GET /indexes`` says what is loaded and how it encodes; ``GET /health``; ``GET /`` is a search page.
-Every request is checked before it reaches a model (empty or oversized query, ``k`` out of range,
-unknown index, batch too large: a 4xx naming the problem), and a request that fails inside the model
-fails alone: the batcher goes on with the next.
+Every request is checked before it reaches a model (empty, oversized or invalid query or instruction,
+``k`` out of range, unknown index, batch too large: a 4xx naming the problem), a query that its
+instruction leaves no room for is refused and one cut at the query length says so (``truncated``), and a
+request that fails inside the model fails alone (:class:`~llmret.serve.batching.MicroBatcher`). What
+reaches the app at all is bounded first (:mod:`llmret.serve.guard`). Every error, whatever its cause,
+is ``{"error": "..."}``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,16 +24,18 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmret.data.spec import load_corpus
 from llmret.index.saved import search_all
 from llmret.index.sparse import SparseIndex
 from llmret.retrievers.searcher import Searcher
 from llmret.serve.batching import MicroBatcher
+from llmret.serve.guard import Bounds, Guard
 from llmret.util.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -40,9 +44,33 @@ PAGE = Path(__file__).with_name("page.html")
 
 @dataclass
 class Limits:
+    """What one request may ask: hits, queries, characters of a query and of an instruction."""
+
     max_k: int = 1000
     max_batch: int = 64  # queries in one request
     max_query_chars: int = 2000
+    max_instruction_chars: int = 1000
+
+
+class RequestProblem(Exception):
+    """A request the model cannot answer as asked (its instruction leaves no room for the query): a 4xx
+    for that request alone."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="what is wrong, in one line")
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": what}
+    for status, what in ((400, "bad request: the message names the field"), (401, "missing or wrong token"),
+                         (404, "no such index"), (413, "too large: query, instruction, batch or body"),
+                         (421, "a host name the service does not answer"), (422, "malformed body"),
+                         (500, "the model failed on this request"))}
 
 
 @dataclass
@@ -90,6 +118,13 @@ class LoadedIndex:
         for i, q in enumerate(queries):
             groups.setdefault(q.instruction, []).append(i)
         for instruction, rows in groups.items():
+            room, lengths = encoder.query_fit([queries[i].text for i in rows], instruction)
+            if room < 1:
+                problem = RequestProblem(400, f"the instruction and query format take all {encoder.settings.query_max_length} "
+                                              "tokens of a query: no room is left for the query itself")
+                for i in rows:
+                    answers[i] = problem  # type: ignore[call-overload]
+                continue
             start = time.perf_counter()
             vectors = encoder.encode_queries([queries[i].text for i in rows], instruction=instruction)
             encoded = time.perf_counter()
@@ -102,6 +137,8 @@ class LoadedIndex:
                 hits = [{"rank": r + 1, "id": doc, "score": float(score)}
                         for r, (doc, score) in enumerate(zip(ids[j][:n], np.asarray(scores[j])[:n]))]
                 answer: dict[str, Any] = {"query": queries[i].text, "hits": hits}
+                if lengths[j] > room:  # said, not silently answered for part of the query
+                    answer["truncated"] = f"the query was cut to {room} of its {lengths[j]} tokens"
                 if queries[i].explain and self.sparse:
                     self._explain(answer, vectors[j])
                 answers[i] = answer
@@ -162,11 +199,13 @@ class HybridIndex:
 
 
 def create_app(indexes: list[LoadedIndex], limits: Limits | None = None, token: str | None = None,
-               hybrids: dict[str, list[str]] | None = None) -> FastAPI:
+               hybrids: dict[str, list[str]] | None = None, hosts: set[str] | None = None,
+               bounds: Bounds | None = None) -> FastAPI:
     """The FastAPI app over ``indexes`` (names unique) and ``hybrids`` (name -> the served indexes it
-    fuses); ``token``: requests need ``Authorization: Bearer``."""
-    # long: the routes are closures over the served indexes, their limits and the token
-    limits = limits or Limits()
+    fuses); ``token``: every path but the page and /health needs ``Authorization: Bearer``; ``hosts``:
+    the Host names answered (:func:`llmret.serve.guard.hosts_for`; default the loopback names)."""
+    # long: the routes are closures over the served indexes and their limits
+    limits, bounds = limits or Limits(), bounds or Bounds()
     by_name: dict[str, LoadedIndex | HybridIndex] = {ix.name: ix for ix in indexes}
     if len(by_name) != len(indexes):
         raise InputError(f"index names must be unique: {', '.join(ix.name for ix in indexes)}")
@@ -176,25 +215,21 @@ def create_app(indexes: list[LoadedIndex], limits: Limits | None = None, token: 
             raise InputError(f"hybrid '{name}': its name must be new and its parts served indexes "
                              f"({', '.join(missing) or name} {'are' if missing else 'is'} not)")
         by_name[name] = HybridIndex(name, [by_name[p] for p in parts])  # type: ignore[misc]
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         for ix in indexes:
             ix.batcher.close()
 
-    app = FastAPI(title="llmret search", description="Search saved llmret indexes with their query encoders.",
-                  lifespan=lifespan)
+    app = FastAPI(title="llmret search", description="Search saved llmret indexes with their query encoders. "
+                  "Every error is {\"error\": \"...\"}.", lifespan=lifespan)
+    app.add_middleware(Guard, token=token, hosts=hosts or {"127.0.0.1", "localhost", "::1", "[::1]"},
+                       max_body_bytes=bounds.max_body_bytes)
 
-    def authorised(request: Request) -> None:
-        if token is None:
-            return
-        given = request.headers.get("authorization", "")
-        if not secrets.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            raise HTTPException(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)")
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
     async def bad_body(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -203,9 +238,9 @@ def create_app(indexes: list[LoadedIndex], limits: Limits | None = None, token: 
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "indexes": list(by_name)}
+        return {"status": "ok"}  # what is served is behind the token (/indexes)
 
-    @app.get("/indexes", dependencies=[Depends(authorised)])
+    @app.get("/indexes", responses=ERRORS)
     def list_indexes() -> list[dict[str, Any]]:
         return [ix.describe() for ix in by_name.values()]
 
@@ -213,7 +248,7 @@ def create_app(indexes: list[LoadedIndex], limits: Limits | None = None, token: 
     def page() -> str:
         return PAGE.read_text(encoding="utf-8")
 
-    @app.post("/search", dependencies=[Depends(authorised)])
+    @app.post("/search", responses=ERRORS)
     async def search(body: SearchRequest) -> dict[str, Any]:
         index = _pick(by_name, body.index)
         texts = _texts(body, limits)
@@ -229,14 +264,21 @@ def create_app(indexes: list[LoadedIndex], limits: Limits | None = None, token: 
                 results = await index.search(queries, limits.max_k)
             else:
                 results = await index.batcher.submit(queries)
-        except Exception as exc:  # noqa: BLE001 - one request failed inside the model; the service goes on
+        except RequestProblem as problem:
+            raise HTTPException(problem.status, str(problem)) from None
+        except Exception as exc:  # one request failed inside the model; the service goes on
             log.exception("search failed")
             raise HTTPException(500, f"search failed: {type(exc).__name__}: {exc}") from None
         if body.passages:
             for result in results:
                 for hit in result["hits"]:
-                    hit["text"] = index.corpus.get(hit["id"], "")  # type: ignore[union-attr]
+                    hit["text"] = index.corpus[hit["id"]]  # type: ignore[index]
         return {"index": index.name, "k": body.k, "results": results}
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("request failed")
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
 
     return app
 
@@ -249,6 +291,14 @@ def _pick(by_name: dict[str, LoadedIndex | HybridIndex], name: str | None) -> Lo
     if name not in by_name:
         raise HTTPException(404, f"no index '{name}' is loaded (loaded: {', '.join(by_name)})")
     return by_name[name]
+
+
+def _check_text(text: str, what: str) -> None:
+    """A text the tokenizer can read: JSON allows lone surrogates (``\\ud800``), UTF-8 does not."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise HTTPException(400, f"{what} is not valid Unicode: a lone surrogate at character {exc.start + 1}") from None
 
 
 def _texts(body: SearchRequest, limits: Limits) -> list[str]:
@@ -264,27 +314,111 @@ def _texts(body: SearchRequest, limits: Limits) -> list[str]:
             raise HTTPException(400, f"query {i + 1} is empty")
         if len(text) > limits.max_query_chars:
             raise HTTPException(413, f"query {i + 1} has {len(text)} characters; at most {limits.max_query_chars}")
+        _check_text(text, f"query {i + 1}")
+    if body.instruction is not None:
+        if len(body.instruction) > limits.max_instruction_chars:
+            raise HTTPException(413, f"the instruction has {len(body.instruction)} characters; at most "
+                                     f"{limits.max_instruction_chars}")
+        _check_text(body.instruction, "the instruction")
     return texts
 
 
-def serve(index_dirs: list[str | Path], *, corpora: dict[str, str] | None = None, hybrids: dict[str, list[str]] | None = None,
-          host: str = "127.0.0.1", port: int = 8000, token: str | None = None, batching: bool = True,
-          max_batch: int = 32, max_wait: float = 0.005, max_k: int = 1000) -> None:
-    """Serve saved indexes (each named by its folder) until stopped: ``corpora`` maps an index's name to its
-    corpus (a data spec: passage text in answers), ``hybrids`` a new name to the served indexes it fuses."""
+def bind_address(host: str) -> tuple[str, bool]:
+    """``host`` as an address to bind and whether it is loopback: an IP address, or a name resolved
+    now (before any model loads), so that a bad one is a one-line error at once."""
     import ipaddress
+    import socket
+
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            address = ipaddress.ip_address(socket.getaddrinfo(host, None)[0][4][0])
+        except (OSError, ValueError):
+            raise InputError(f"--host {host!r} is neither an IP address nor a name this machine resolves") from None
+    return host, address.is_loopback
+
+
+def read_token(token_file: str | Path | None) -> str | None:
+    """The bearer token from ``token_file`` (its first line) or from ``LLMRET_SERVE_TOKEN``: never from a
+    flag, which every user of the machine sees in the process list."""
+    import os
+
+    if token_file is not None:
+        try:
+            token = Path(token_file).read_text(encoding="utf-8").strip().split("\n")[0].strip()
+        except OSError as exc:
+            raise InputError(f"{token_file}: cannot read the token file ({exc.strerror})") from None
+        if not token:
+            raise InputError(f"{token_file}: the token file is empty")
+        return token
+    return os.environ.get("LLMRET_SERVE_TOKEN") or None
+
+
+def check_corpus(index: LoadedIndex, corpus: dict[str, str], source: str) -> None:
+    """Refuse a corpus that is not the index's: every indexed id must have its text there (a Seismic index
+    keeps no id list outside its own binary: there the corpus must hold at least as many documents)."""
+    if not all(hasattr(part, "ids") for part in index.searcher.indexes):
+        documents = int(index.searcher.meta.get("documents") or 0)
+        if len(corpus) < documents:
+            raise InputError(f"{source}: {len(corpus)} documents, fewer than the {documents} of index '{index.name}': "
+                             "it is not the corpus the index was built from")
+        return
+    ids = [doc for part in index.searcher.indexes for doc in part.ids]
+    missing = [doc for doc in ids if doc not in corpus]
+    if missing:
+        raise InputError(f"{source}: {len(missing)} of the {len(ids)} documents of index '{index.name}' are not in "
+                         f"this corpus (e.g. {', '.join(missing[:3])}): it is not the corpus the index was built from")
+
+
+def server_config(app: Any, host: str, port: int, bounds: Bounds | None = None) -> Any:
+    """uvicorn's configuration with llmret's bounds: each request within ``request_timeout``, at most
+    ``max_connections`` open (and fewer than the open-file limit allows; uvicorn's own 503 only past twice
+    that, as connections shed wait a loop turn to leave), keep-alive 5 s, and a flood of failed accepts
+    logged once a minute."""
+    import resource
 
     import uvicorn
 
+    from llmret.serve.guard import AcceptErrorsOnce, protocol_class
+
+    bounds = bounds or Bounds()
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    connections = min(bounds.max_connections, max(8, soft - 64))  # file handles left for the indexes and logs
+    logging.getLogger("asyncio").addFilter(AcceptErrorsOnce())
+    limited = Bounds(bounds.request_timeout, bounds.max_body_bytes, connections)
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", http=protocol_class(limited),
+                          timeout_keep_alive=5, limit_concurrency=2 * connections, h11_max_incomplete_event_size=16384)
+
+
+def serve(index_dirs: list[str | Path], *, corpora: dict[str, str] | None = None, hybrids: dict[str, list[str]] | None = None,
+          host: str = "127.0.0.1", port: int = 8000, token_file: str | Path | None = None, batching: bool = True,
+          max_batch: int = 32, max_wait: float = 0.005, max_k: int = 1000, allowed_hosts: list[str] | None = None,
+          bounds: Bounds | None = None) -> None:
+    """Serve saved indexes (each named by its folder) until stopped: ``corpora`` maps an index's name to its
+    corpus (a data spec: passage text in answers), ``hybrids`` a new name to the served indexes it fuses;
+    the token comes from ``token_file`` or ``LLMRET_SERVE_TOKEN``; ``allowed_hosts``: Host names answered
+    besides the bound one's own."""
+    import uvicorn
+
+    from llmret.serve.guard import hosts_for
+
+    host, loopback = bind_address(host)  # before any model loads
+    token = read_token(token_file)
     names = [Path(folder).resolve().name for folder in index_dirs]
     unknown = sorted(set(corpora or {}) - set(names))
     if unknown:
         raise InputError(f"a corpus is given for {', '.join(unknown)}, which is no served index ({', '.join(names)})")
+    if max_wait < 0:
+        raise InputError(f"the batch wait must be at least 0 ms, not {1000 * max_wait:g}")
     texts = {name: {doc.id: doc.full_text() for doc in load_corpus(spec)} for name, spec in (corpora or {}).items()}
     indexes = [LoadedIndex(name, Path(folder), texts.get(name), batching, max_batch, max_wait)
                for name, folder in zip(names, index_dirs)]
-    loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    for index in indexes:
+        if index.corpus is not None:
+            check_corpus(index, index.corpus, (corpora or {})[index.name])
     if not loopback and not token:
         log.warning("serving on %s without a token: anyone who can reach it can search", host)
-    app = create_app(indexes, Limits(max_k=max_k, max_batch=max_batch), token=token, hybrids=hybrids)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    app = create_app(indexes, Limits(max_k=max_k, max_batch=max_batch), token=token, hybrids=hybrids,
+                     hosts=hosts_for(host, allowed_hosts or ()), bounds=bounds)
+    uvicorn.Server(server_config(app, host, port, bounds)).run()

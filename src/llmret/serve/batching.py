@@ -40,10 +40,12 @@ class _Pending(Generic[Item]):
 
 
 class MicroBatcher(Generic[Item, Answer]):
-    """Run ``work(items) -> answers`` (one answer per item, in order) on batches of queued requests.
+    """Run ``work(items) -> (answers, timings)`` (one answer per item, in order; timings: named
+    durations added to :attr:`stats`) on batches of queued requests.
 
-    ``work`` may return ``(answers, timings)`` to add named durations to :attr:`stats`. An exception
-    fails only the requests of that batch; the worker goes on with the next.
+    A request fails alone: an answer that is an exception fails the request it belongs to, and when
+    ``work`` raises for a batch of several requests each is run again by itself, so only the one that
+    raises fails (one bad query never takes its batch-mates down). The worker goes on with the next.
     """
 
     def __init__(self, work: Callable[[list[Item]], tuple[list[Answer], dict[str, float]]], *, max_batch: int = 32,
@@ -92,14 +94,17 @@ class MicroBatcher(Generic[Item, Answer]):
         start = time.perf_counter()
         try:
             answers, timings = await loop.run_in_executor(self._thread, self.work, items)
-        except Exception as exc:  # noqa: BLE001 - the requests get it; the worker must keep serving
-            self.stats.failed += len(batch)
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(exc)
-            return
-        finally:
+        except Exception as exc:  # the requests get it, or each runs alone; the worker must keep serving
             self.stats.busy_seconds += time.perf_counter() - start
+            if len(batch) > 1:
+                for pending in batch:
+                    await self._run_batch(loop, [pending])
+                return
+            self.stats.failed += 1
+            if not batch[0].future.done():
+                batch[0].future.set_exception(exc)
+            return
+        self.stats.busy_seconds += time.perf_counter() - start
         self.stats.batches += 1
         self.stats.requests += len(batch)
         self.stats.queries += len(items)
@@ -107,10 +112,16 @@ class MicroBatcher(Generic[Item, Answer]):
             self.stats.timings[name] = self.stats.timings.get(name, 0.0) + seconds
         offset = 0
         for pending in batch:
-            n = len(pending.items)
-            if not pending.future.done():
-                pending.future.set_result(answers[offset:offset + n])
-            offset += n
+            mine = answers[offset:offset + len(pending.items)]
+            offset += len(pending.items)
+            if pending.future.done():
+                continue
+            problem = next((a for a in mine if isinstance(a, BaseException)), None)
+            if problem is not None:
+                self.stats.failed += 1
+                pending.future.set_exception(problem)
+            else:
+                pending.future.set_result(mine)
 
     def close(self) -> None:
         if self._worker is not None:
