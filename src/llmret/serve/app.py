@@ -35,7 +35,7 @@ from llmret.index.saved import search_all
 from llmret.index.sparse import SparseIndex
 from llmret.retrievers.searcher import Searcher
 from llmret.serve.batching import MicroBatcher
-from llmret.serve.guard import Bounds, Guard
+from llmret.serve.guard import AcceptErrorsOnce, Bounds, Guard, hosts_for, protocol_class
 from llmret.util.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -380,7 +380,6 @@ def server_config(app: Any, host: str, port: int, bounds: Bounds | None = None) 
 
     import uvicorn
 
-    from llmret.serve.guard import AcceptErrorsOnce, protocol_class
 
     bounds = bounds or Bounds()
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -401,7 +400,6 @@ def serve(index_dirs: list[str | Path], *, corpora: dict[str, str] | None = None
     besides the bound one's own."""
     import uvicorn
 
-    from llmret.serve.guard import hosts_for
 
     host, loopback = bind_address(host)  # before any model loads
     token = read_token(token_file)
