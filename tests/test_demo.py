@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from llmret import studies
+from llmret.cli import main
 from llmret.studies import presets
 from llmret.studies.demo import METRICS, demo_study, run_demo
 
@@ -43,8 +44,10 @@ def test_demo_runs_every_system_and_its_table_matches_the_metrics(tiny_bert: Pat
     table = (tmp_path / "demo" / "results.md").read_text()
     assert f"{100 * rows[0]['nDCG@10']:.2f}" in table and f"{100 * rows[0]['nDCG@10']:.2f}" in capsys.readouterr().out
     assert (tmp_path / "demo" / "report.md").is_file()
-    # a second run finds every cell done and trains nothing: the same rows, seconds included
-    assert run_demo(tmp_path / "demo", **options) == rows
+    # a second run, as the command line starts it, finds every cell done and trains nothing: the same rows
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--models", str(tiny_bert), "--tasks", "long",
+                 "--finetune", str(tiny_llama), "--train-steps", "2"]) == 0
+    assert json.loads((tmp_path / "demo" / "results.json").read_text()) == json.loads(json.dumps(rows))
 
 
 def test_the_demo_is_the_demo_preset_and_its_options_replace_parts_of_it(tmp_path: Path) -> None:

@@ -157,7 +157,22 @@ def test_a_categorical_axis_is_drawn_as_bars_of_the_metrics_files(study_file: Pa
     (lambda s: s["systems"].append({"name": "bm25", "retriever": "bm25"}), "must be unique"),
     (lambda s: s["systems"][2]["train"].update(max_step=3), "unknown setting"),
     (lambda s: s["systems"][1].pop("encoder"), "needs encoder.model"),
-    (lambda s: s.update(datasets=[{"data": "/nowhere", "irds": 5}]), "data and irds are strings, not '/nowhere' and 5"),
+    (lambda s: s.update(datasets=[{"data": "/nowhere", "irds": 5}]), "irds must be a string or null, not 5"),
+    # wrong types anywhere: one line naming the file, before any cell runs
+    (lambda s: s["systems"][0].pop("name"), "SystemSpec needs name"),
+    (lambda s: s.update(datasets=[5]), "DatasetSpec needs a mapping of settings, not 5"),
+    (lambda s: s.update(grid=[1, 2]), "grid must be a mapping, not \\[1, 2\\]"),
+    (lambda s: s.update(out=5), "out must be a string or null, not 5"),
+    (lambda s: s["systems"][2].update(bogus=1), "unknown setting\\(s\\) bogus for SystemSpec"),
+    (lambda s: s["systems"][2]["train"].update(batch_size="four"), "batch_size must be a whole number, not 'four'"),
+    (lambda s: s.update(alpha="five percent"), "alpha must be a number, not 'five percent'"),
+    (lambda s: s.update(alpha=5), "alpha must be between 0 and 1"),
+    (lambda s: s.update(correction="sidak"), "correction must be one of holm, bonferroni, none, not 'sidak'"),
+    (lambda s: s.update(measures=["nDCG@0"]), "cutoff after @ must be a whole number"),
+    (lambda s: s.update(measures="nDCG@10"), "measures must be a list of a string or null"),
+    (lambda s: s.update(systems=["bm25"]), "SystemSpec needs a mapping of settings, not 'bm25'"),
+    (lambda s: s["systems"].__setitem__(slice(1, 3), []), "grid axis 'train.max_steps' applies to no system"),
+    (lambda s: s.update(heldout={"data": "x", "queries": "all"}), "queries must be a whole number, not 'all'"),
 ])
 def test_bad_study_files_are_errors_naming_the_file(study_file: Path, change: object, message: str) -> None:
     spec = yaml.safe_load(study_file.read_text())

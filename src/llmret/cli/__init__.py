@@ -6,12 +6,15 @@ The command modules import the library they call when a command runs, not when t
 ``llmret --help``, every subcommand's help and every argument error answer without loading torch,
 transformers, faiss or ranx (tests/test_startup.py). Errors in what a user gave
 (:class:`~llmret.util.errors.InputError`: a setting, a name, a file, a line) are printed in one line
-with exit status 2; any other exception is a fault of llmret's and keeps its traceback.
+with exit status 2; a file that cannot be written (a full disk, a read-only folder) in one line naming
+it, status 1; Ctrl-C in one line, status 130, with what was finished kept; any other exception is a
+fault of llmret's and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 
@@ -20,6 +23,9 @@ from llmret.util.errors import InputError
 
 LAZY_IMPORTS = "commands import the library they call when they run: the parser must load no torch"
 COMMANDS = (models, indexing, evaluation, studies, serving, training)  # the order `llmret --help` lists them in
+# What the machine refuses, not what llmret got wrong: said in one line naming the file
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR,
+                errno.EEXIST, errno.ENAMETOOLONG}
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -42,6 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"llmret: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        pass  # said below, once the interrupted frames are gone: their progress bars print as they close
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRORS or not exc.filename:
+            raise
+        print(f"llmret: error: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 1
+    print("llmret: interrupted; what was finished is kept (embedding shards, checkpoints, study cells): "
+          "the same command resumes", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from llmret.cli.flags import encoder_flags, encoder_settings, positive_int, rules_flag
+from llmret.util.errors import InputError
 
 
 def register(sub: Any) -> None:
@@ -72,11 +73,11 @@ def evaluate(args: argparse.Namespace) -> int:
               f"own ids {'dropped' if rules.exclude_self else 'kept'})")
         return 0
     if not args.data:
-        raise SystemExit("llmret: error: evaluate needs --data (or --run with --qrels)")
+        raise InputError("evaluate needs --data (or --run with --qrels)")
     settings = None
     if args.retriever != "bm25":
         if not args.model and not getattr(args, "config", None):
-            raise SystemExit(f"llmret: error: --retriever {args.retriever} needs --model (or --config)")
+            raise InputError(f"--retriever {args.retriever} needs --model (or --config)")
         settings = encoder_settings(args)
     result, retriever, out = evaluate_on(args.retriever, args.data, args.split, settings=settings,
                                          convention=args.rules, exclude_self=args.exclude_self, measures=args.measures,

@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from llmret.cli.flags import data_flags, encoder_flags, encoder_settings, positive_int, rules_flag
+from llmret.util.errors import InputError
 
 INDEX_HELP = "dense: FAISS index_factory string (default Flat = exact); sparse: exact or seismic"
 
@@ -18,7 +19,8 @@ def register(sub: Any) -> None:
     parser.add_argument("--retriever", choices=["dense", "sparse"], default="dense")
     parser.add_argument("--what", choices=["corpus", "queries", "both"], default="both")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--shard-size", type=positive_int, default=50_000)
+    parser.add_argument("--shard-size", type=positive_int, default=2048,
+                        help="passages a shard file holds: an interrupted encode keeps every finished shard")
     parser.add_argument("--shard", type=int, help="encode this part of the corpus (0-based; with --num-shards) into "
                                                   "OUT/corpus/part-I-of-N; under torchrun/accelerate, RANK is used")
     parser.add_argument("--num-shards", type=positive_int, help="how many contiguous parts the corpus is split into")
@@ -71,13 +73,13 @@ def shard_of(args: argparse.Namespace) -> tuple[int, int]:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         return (int(os.environ.get("RANK", "0")), world) if world > 1 else (0, 1)
     if args.num_shards is None or args.shard is None:
-        raise SystemExit("llmret: error: --shard and --num-shards go together")
+        raise InputError("--shard and --num-shards go together")
     return args.shard, args.num_shards
 
 
 def needs_model(args: argparse.Namespace) -> None:
     if not args.model and not getattr(args, "config", None):
-        raise SystemExit(f"llmret: error: --retriever {args.retriever} needs --model (or --config)")
+        raise InputError(f"--retriever {args.retriever} needs --model (or --config)")
 
 
 def encode(args: argparse.Namespace) -> int:
@@ -104,7 +106,9 @@ def index(args: argparse.Namespace) -> int:
 
 def search(args: argparse.Namespace) -> int:
     from llmret.data.trec import write_run
+    from llmret.util.fileio import check_output
 
+    check_output(args.out, folder=False)  # before the search, not after it
     if args.index_dir and args.data:  # queries as text: encoded by the index's own encoder
         from llmret.evaluation.pipeline import search_saved
 
@@ -114,7 +118,7 @@ def search(args: argparse.Namespace) -> int:
 
         run = search_encoded(args.queries, args.k, index_dirs=args.index_dir, corpus=args.corpus, how=args.index)
     else:
-        raise SystemExit("llmret: error: search needs --queries with --corpus or --index-dir, or --index-dir with --data")
+        raise InputError("search needs --queries with --corpus or --index-dir, or --index-dir with --data")
     write_run(args.out, run, tag=args.tag, depth=args.k)  # ids dropped by the rules made room for one more
     print(f"run written to {args.out}")
     return 0
@@ -134,7 +138,7 @@ def inspect(args: argparse.Namespace) -> int:
                   f"{postings / max(report.rows, 1):.1f} terms a passage (add --queries for FLOPS)")
         return 0
     if not args.texts:
-        raise SystemExit("llmret: error: inspect needs texts, or --index-dir / --embeddings for a sparsity report")
+        raise InputError("inspect needs texts, or --index-dir / --embeddings for a sparsity report")
     from llmret.encoders.registry import load_encoder
 
     needs_model(args)

@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from llmret.util.errors import InputError
+
 
 def register(sub: Any) -> None:
     parser = sub.add_parser("study", help="run, plan, follow and report a study: a grid of systems x datasets from a "
@@ -46,7 +48,7 @@ def study(args: argparse.Namespace) -> int:
             print(f"{name:14s} {description}")
         return 0
     if args.target is None:
-        raise SystemExit(f"llmret: error: study {args.action} needs a study file, suite folder or preset name "
+        raise InputError(f"study {args.action} needs a study file, suite folder or preset name "
                          "(llmret study list)")
     suite = presets.load(args.target, args.out)
     if args.action == "plan":

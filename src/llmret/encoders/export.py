@@ -21,11 +21,12 @@ from llmret.encoders.settings import EncoderSettings
 from llmret.models import st_folder
 from llmret.models.saved import SavedModel
 from llmret.util.errors import InputError
-from llmret.util.fileio import atomic_dir, atomic_write
+from llmret.util.fileio import atomic_dir, atomic_write, check_output
 
 
 def export_model(model: str, out: str | Path) -> Path:
     """Merge and save ``model`` (an adapter folder, a trained folder, or any spec) into ``out``."""
+    check_output(out)
     saved = SavedModel.read(Path(model)) if Path(model).is_dir() else None
     retriever = saved.retriever if saved is not None else "dense"
     encoder = load_encoder(retriever, EncoderSettings(model=model), device="cpu")

@@ -16,6 +16,7 @@ from llmret.data.trec import Run, read_run, write_run
 from llmret.evaluation.conventions import rules_for_qrels
 from llmret.evaluation.measures import Evaluation
 from llmret.util.errors import InputError
+from llmret.util.fileio import check_output
 
 FUSION_METHODS = ("rrf", "linear")
 
@@ -49,6 +50,7 @@ def fuse_files(runs: Sequence[str | Path], out: str | Path, method: str = "rrf",
                rrf_k: int = 60, depth: int = 1000, qrels: str | Path | None = None, convention: str | None = None,
                measures: Sequence[str] | None = None) -> Evaluation | None:
     """Fuse TREC run files into ``out``; with ``qrels``, the fused run's scores by its dataset's rules."""
+    check_output(out, folder=False)
     run = fuse([read_run(r) for r in runs], method, weights=weights, k=rrf_k, depth=depth)
     write_run(out, run, tag=f"fused-{method}", depth=depth)
     if qrels is None:

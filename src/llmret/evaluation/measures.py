@@ -61,6 +61,9 @@ def parse_measures(names: Sequence[str], relevance_level: int = 1) -> list[Any]:
         except (NameError, ValueError, SyntaxError) as exc:
             raise InputError(f"unknown measure '{name}' ({exc}); known: {', '.join(_supported_names())}, "
                              "with @cutoff and (rel=N) where they apply, e.g. nDCG@10, RR(rel=2)@10, R@1000") from None
+        cutoff = measure.params.get("cutoff")
+        if cutoff is not None and (not isinstance(cutoff, int) or cutoff < 1):  # trec_eval aborts on @0
+            raise InputError(f"measure '{name}': the cutoff after @ must be a whole number of at least 1")
         if relevance_level != 1 and "rel" in measure.SUPPORTED_PARAMS and "rel" not in measure.params:
             measure = measure(rel=relevance_level)
         plain = measure.NAME == "RR" and "cutoff" in measure.params

@@ -22,7 +22,7 @@ from llmret.evaluation.measures import Evaluation, parse_measures
 from llmret.retrievers.base import Retriever
 from llmret.retrievers.factory import make_retriever
 from llmret.util.errors import InputError
-from llmret.util.fileio import write_json
+from llmret.util.fileio import check_output, write_json
 
 LAZY_IMPORTS = "scoring a run file or a saved run loads no encoder (torch); searching does"
 
@@ -123,6 +123,8 @@ def evaluate_on(retriever: str, data: str, split: str = "test", *, settings: Any
     if exclude_self:
         rules = replace(rules, exclude_self=True)
     parse_measures(measures or rules.measures, rules.relevance_level)
+    if out is not None:
+        check_output(out)
     made = make_retriever(retriever, settings, rules=rules, work_dir=out, index=index, bm25=bm25)
-    folder = Path(out) if out else Path("results") / f"{loaded.name}-{made.name}"
+    folder = check_output(Path(out) if out else Path("results") / f"{loaded.name}-{made.name}")
     return evaluate_retriever(made, loaded, folder, name=name, k=k, rules=rules, measures=measures), made, folder

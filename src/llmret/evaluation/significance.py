@@ -115,6 +115,8 @@ def compare_files(paths: Sequence[str | Path], measure: str, baseline: str | Non
                   correction: str = "holm", trials: int = 10_000) -> tuple[str, list[Comparison]]:
     """:func:`compare` over ``metrics.json`` files of ``llmret evaluate`` (named by their ``system``, else
     their folder); the baseline is the system named ``baseline``, else the first file's."""
+    if len(paths) < 2:
+        raise InputError(f"compare needs at least two metrics.json files (a baseline and a system), not {len(paths)}")
     per_query: dict[str, Mapping[str, float]] = {}
     for path in paths:
         data = read_json(path)

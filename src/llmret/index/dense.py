@@ -41,6 +41,23 @@ def to_gpus(index: Any) -> Any | None:
         return None
 
 
+def make_faiss_index(dim: int, factory: str) -> Any:
+    """FAISS's inner-product index for a factory string; a string FAISS cannot read (or one that does not
+    fit ``dim``) is an InputError naming it, not FAISS's C++ traceback."""
+    try:
+        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "not a factory string"
+        raise InputError(f"FAISS cannot make an index '{factory}' for {dim}-dimensional vectors: {reason} "
+                         "(see FAISS's index_factory: Flat, HNSW32, IVF1024,Flat, IVF1024,PQ48 ...)") from None
+
+
+def check_factory(factory: str) -> None:
+    """Refuse a factory string FAISS cannot read before any encoding: tried on a dimension that every
+    usual sub-quantizer count divides (the real dimension is checked again when the index is made)."""
+    make_faiss_index(3840, factory)
+
+
 class DenseIndex:
     """Vectors and their ids in a FAISS inner-product index.
 
@@ -51,7 +68,7 @@ class DenseIndex:
     def __init__(self, dim: int, factory: str = "Flat") -> None:
         self.dim = dim
         self.factory = factory
-        self.index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        self.index = make_faiss_index(dim, factory)
         self.ids: list[str] = []
         self._gpu: Any | None = None  # the GPU copy searches use, made at the first search after a change
 

@@ -19,7 +19,7 @@ from llmret.index.shards import EmbeddingShards, Shards, encoder_signature, open
 from llmret.index.sparse import SeismicSettings, SeismicSparseIndex, SparseIndex
 from llmret.index.sparsity import Sparsity, TermCounts, sparsity
 from llmret.util.errors import DataError, InputError
-from llmret.util.fileio import atomic_dir, read_json, write_json
+from llmret.util.fileio import atomic_dir, check_output, read_json, write_json
 
 Index = DenseIndex | SparseIndex | SeismicSparseIndex
 SPARSE_KINDS = ("exact", "seismic")
@@ -66,6 +66,7 @@ def save(index: Index, kind: str, folder: str | Path, signature: dict[str, Any],
 def build_and_save(embeddings: list[str | Path], out: str | Path, how: str | None = None) -> str:
     """Index corpus shard folders (the parts of one corpus) and save the index with its encoder's signature,
     and for a sparse one its term counts; returns the index's kind."""
+    check_output(out)
     shards = open_shards(embeddings)
     kind, index = build(shards, how)
     terms = TermCounts.of_shards(shards) if kind in SPARSE_KINDS else None

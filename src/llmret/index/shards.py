@@ -18,7 +18,7 @@ import scipy.sparse as sp
 
 from llmret.data.corpus import Corpus
 from llmret.util.errors import DataError, InputError
-from llmret.util.fileio import atomic_write, read_ids, read_json, write_ids, write_json
+from llmret.util.fileio import atomic_write, check_output, read_ids, read_json, write_ids, write_json
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,12 @@ def open_shards(folders: list[str | Path]) -> Shards:
     return EmbeddingShards(paths[0]) if len(paths) == 1 else ShardSet(paths)
 
 
-def encode_corpus(encoder: PassageEncoder, corpus: Corpus, folder: str | Path, *, shard_size: int = 50_000,
+# Passages a shard holds: small enough that an interrupted encode keeps most of its work (each finished
+# shard is kept), large enough that MS MARCO's 8.8M passages make a few thousand files.
+SHARD_SIZE = 2048
+
+
+def encode_corpus(encoder: PassageEncoder, corpus: Corpus, folder: str | Path, *, shard_size: int = SHARD_SIZE,
                   signature: dict[str, Any] | None = None, progress: bool = True,
                   replace_stale: bool = False) -> EmbeddingShards:
     """Encode ``corpus`` into shards under ``folder``, resuming from the shards already there.
@@ -123,6 +128,7 @@ def encode_corpus(encoder: PassageEncoder, corpus: Corpus, folder: str | Path, *
     ``signature`` (the encoder settings and the weights' fingerprint) is stored in meta.json. A folder
     made with another signature is never mixed with new vectors: it is refused, or, with
     ``replace_stale`` (a retriever's own cache folder), its shards are deleted and the corpus re-encoded.
+    A folder resumes with the shard size it was started with (the vectors do not depend on it).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -132,7 +138,8 @@ def encode_corpus(encoder: PassageEncoder, corpus: Corpus, folder: str | Path, *
     if meta_path.is_file():
         old = read_json(meta_path)
         changed = signature_differences(encoder_signature(old), signature)
-        stale = bool(changed) or old.get("shard_size") != shard_size
+        stale = bool(changed)
+        shard_size = int(old.get("shard_size") or shard_size)
         if stale and replace_stale:
             log.info("%s: made with other settings or weights; encoding again", folder)
             for item in folder.glob("shard-*"):
@@ -140,7 +147,7 @@ def encode_corpus(encoder: PassageEncoder, corpus: Corpus, folder: str | Path, *
             old = {}
         elif stale:
             raise DataError(meta_path, None, "embeddings here were made with other settings or weights "
-                                             f"({', '.join(changed) or 'shard_size'}); use another folder")
+                                             f"({', '.join(changed)}); use another folder")
         truncated = old.get("truncated", {})
     meta = {"signature": signature, "shard_size": shard_size, "complete": False, "truncated": truncated}
     write_json(meta_path, meta)
@@ -181,13 +188,13 @@ def save_vectors(folder: str | Path, ids: list[str], vectors: Vectors, signature
 
 
 def encode_data(encoder: Any, data: Any, out: str | Path, *, what: str = "both", part: int = 0, parts: int = 1,
-                shard_size: int = 50_000) -> None:
+                shard_size: int = SHARD_SIZE) -> None:
     """Encode ``data`` (a :class:`~llmret.data.dataset.RetrievalData`) into ``out``: the corpus into
     ``out/corpus`` (part ``part`` of ``parts`` into ``out/corpus/part-I-of-N``) and the queries into
     ``out/queries``, written once, by part 0. ``what``: corpus, queries or both."""
     if not 0 <= part < parts:
         raise InputError(f"part must be between 0 and {parts - 1}, not {part}")
-    out = Path(out)
+    out = check_output(out)
     if what in ("corpus", "both"):
         corpus = data.corpus if parts == 1 else data.corpus.part(part, parts)
         folder = out / "corpus" if parts == 1 else out / "corpus" / f"part-{part:03d}-of-{parts:03d}"

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from llmret.data.corpus import Corpus
 from llmret.data.trec import Run
 from llmret.encoders.base import TextEncoder
-from llmret.index.shards import EmbeddingShards, encode_corpus
+from llmret.index.shards import SHARD_SIZE, EmbeddingShards, encode_corpus
 from llmret.retrievers.base import Retriever
 
 
@@ -26,7 +26,7 @@ class EncoderRetriever(Retriever):
     """Bi-encoder retrieval. With ``work_dir`` the corpus encodings persist as shards there, so a rerun
     (or a killed run) reuses every shard already encoded."""
 
-    def __init__(self, encoder: TextEncoder, work_dir: str | Path | None = None, shard_size: int = 50_000,
+    def __init__(self, encoder: TextEncoder, work_dir: str | Path | None = None, shard_size: int = SHARD_SIZE,
                  progress: bool = True) -> None:
         self.encoder, self.shard_size, self.progress = encoder, shard_size, progress
         self.work_dir = Path(work_dir) if work_dir else None

@@ -34,6 +34,12 @@ def make_retriever(retriever: str, settings: EncoderSettings | None = None, *, r
         raise InputError(f"retriever must be one of {', '.join(RETRIEVERS)}, not '{retriever}'")
     if settings is None:
         raise InputError(f"a {retriever} retriever needs encoder settings (a model)")
+    if retriever == "sparse" and index not in (None, "exact", "seismic"):
+        raise InputError(f"a sparse retriever's index is exact or seismic, not '{index}'")
+    if retriever == "dense" and index is not None:
+        from llmret.index.dense import check_factory
+
+        check_factory(index)  # before the model loads and the corpus is encoded
     encoder = load_encoder(retriever, settings, dataset=rules.encoder_layer() if rules is not None else None)
     if retriever == "sparse":
         from llmret.retrievers.sparse import SparseRetriever

@@ -75,9 +75,10 @@ def _fine_tuned(system: SystemSpec, model: str | None, steps: int | None) -> Sys
     return replace(system, name=name, encoder=encoder, train=train)
 
 
-def run_demo(out: Path, **options: Any) -> list[dict[str, object]]:
+def run_demo(out: str | Path, **options: Any) -> list[dict[str, object]]:
     """Run the demo study (``options``: those of :func:`demo_study`), write its report and the table,
     print the table and return its rows."""
+    out = Path(out)
     spec = demo_study(out, **options)
     records = run(spec)
     report(spec)

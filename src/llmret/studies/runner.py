@@ -36,7 +36,7 @@ from llmret.training.mntp import run_mntp
 from llmret.training.settings import TrainSettings
 from llmret.training.train import train
 from llmret.util.errors import InputError
-from llmret.util.fileio import read_json, write_json
+from llmret.util.fileio import check_output, file_lock, held_alone, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +58,13 @@ def trained_model(spec: StudySpec, cell: Cell) -> str | None:
         return None
     folder = train_folder(spec, cell)
     final = folder / "final"
-    if not (final / "llmret.json").is_file():
-        stage = run_stage(spec, cell)
-        log.info("training %s into %s", cell.label, folder)
-        train(cell.train_settings(folder, stage), resume=(folder / "train_config.yaml").is_file())
+    # studies of one suite share trainings: one that finds another process training the same folder
+    # waits for it and uses its model (the lock lives inside the folder, so a listing shows trainings only)
+    with file_lock(folder / ".lock"):
+        if not (final / "llmret.json").is_file():
+            stage = run_stage(spec, cell)
+            log.info("training %s into %s", cell.label, folder)
+            train(cell.train_settings(folder, stage), resume=(folder / "train_config.yaml").is_file())
     if spec.heldout is not None and not heldout_file(spec, cell).is_file():
         h = spec.heldout
         result = heldout_loss(final, h.data, h.split, TrainSettings.saved(folder), h.queries)
@@ -131,14 +134,15 @@ def run(spec: StudySpec, *, on_cell: Callable[[Cell, DatasetSpec], None] | None 
     """
     if executor not in EXECUTORS:
         raise InputError(f"executor must be one of {', '.join(EXECUTORS)}, not '{executor}'")
+    if on_cell is not None and executor != "local":
+        raise InputError("on_cell runs in this process: it needs the local executor")
     spec.check_data()
     units = work_units(spec)
-    if executor == "local":
-        records = [r for unit in units for r in run_cells(spec, unit, on_cell)]
-    else:
-        if on_cell is not None:
-            raise InputError("on_cell runs in this process: it needs the local executor")
-        records = _run_on_ray(spec, units, ray_address, cpus_per_cell, gpus_per_cell)
+    with held_alone(spec.folder / ".run.lock", f"a run of the study in {spec.folder}"):
+        if executor == "local":
+            records = [r for unit in units for r in run_cells(spec, unit, on_cell)]
+        else:
+            records = _run_on_ray(spec, units, ray_address, cpus_per_cell, gpus_per_cell)
     order = {(c.label, d.label): i for i, (c, d, _) in enumerate(status(spec))}
     return sorted(records, key=lambda r: order[(r["cell"], r["dataset"])])
 
@@ -183,5 +187,8 @@ def run_suite(suite: Any, **executor: Any) -> None:
     (``executor``: :func:`llmret.studies.runner.run`'s options)."""
     for spec in suite.studies:
         spec.check_data()
+        check_output(spec.folder)
+        if spec.train_dir is not None:
+            check_output(spec.train_dir)
     for spec in suite.studies:
         run(spec, **executor)

@@ -28,9 +28,11 @@ from typing import Any
 
 from llmret.data import irds
 from llmret.data.spec import resolve_folder
+from llmret.evaluation.measures import parse_measures
+from llmret.evaluation.significance import CORRECTIONS
 from llmret.studies.systems import SystemSpec
 from llmret.training.settings import TrainSettings, resolve_temperatures
-from llmret.util.errors import DataError
+from llmret.util.errors import DataError, InputError
 from llmret.util.settings import from_dict, load_config
 
 AXIS_SECTIONS = ("train", "encoder")
@@ -126,6 +128,12 @@ class StudySpec:
                                             "or null (the final model)")
         if spec.baseline is not None and spec.baseline not in names:
             raise DataError(path, None, f"baseline '{spec.baseline}' is not one of the systems: {', '.join(names)}")
+        spec.check_reporting(path)
+        applied = {axis for cell in cells(spec) for axis in cell.axes}
+        for axis in spec.grid:
+            if axis not in applied:
+                raise DataError(path, None, f"grid axis '{axis}' applies to no system (train.* and checkpoint: "
+                                            "trained systems; encoder.*: dense and sparse ones)")
         for cell in cells(spec):  # every cell's settings are checked before anything runs
             try:
                 cell.system.encoder_settings()
@@ -135,6 +143,18 @@ class StudySpec:
                 message = str(exc).removeprefix("<input>: ")
                 raise DataError(path, None, f"system '{cell.label}': {message}") from None
         return spec
+
+    def check_reporting(self, path: str | Path) -> None:
+        """Measures, significance level and correction, checked when the file is read: not after its
+        cells have run, when the report needs them."""
+        if not 0 < self.alpha < 1:
+            raise DataError(path, None, f"alpha must be between 0 and 1, not {self.alpha}")
+        if self.correction not in CORRECTIONS:
+            raise DataError(path, None, f"correction must be one of {', '.join(CORRECTIONS)}, not '{self.correction}'")
+        try:
+            parse_measures(self.measures or [])
+        except InputError as exc:
+            raise DataError(path, None, str(exc)) from None
 
     def changed(self, **changes: Any) -> StudySpec:
         """A copy with ``changes`` that still names the file it was read from, so that its errors do."""
@@ -187,8 +207,6 @@ class StudySpec:
 
 def _local_or_irds(dataset: Any, path: str | Path) -> Any:
     """A dataset or held-out spec reading its ir_datasets id where its local ``data`` is not there."""
-    if not isinstance(dataset.data, str) or not isinstance(dataset.irds, (str, type(None))):
-        raise DataError(path, None, f"a dataset's data and irds are strings, not {dataset.data!r} and {dataset.irds!r}")
     if dataset.irds and not Path(dataset.data).exists():
         return replace(dataset, data=irds.PREFIX + dataset.irds)
     return dataset

@@ -23,7 +23,7 @@ from llmret.training.settings import TeacherSettings
 from llmret.training.teachers import Teacher, load_teacher, score_pairs
 from llmret.util.cache import cache_dir
 from llmret.util.errors import DataError, InputError
-from llmret.util.fileio import atomic_write
+from llmret.util.fileio import atomic_write, check_output
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,7 @@ def annotate_file(source: str | Path, out: str | Path, teacher: str, *, corpus: 
     scoring = scoring or TeacherSettings()
     if not Path(source).is_file():
         raise DataError(source, None, "file not found")
+    check_output(out, folder=False)
     judge = load_teacher(teacher, prompt=scoring.prompt, max_length=scoring.max_length)
     passages = Corpus.from_file(corpus) if corpus else None
     return judge.name, annotate(source, out, judge, corpus=passages, batch_size=scoring.batch_size, by_id=by_id)

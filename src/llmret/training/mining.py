@@ -29,7 +29,7 @@ from llmret.training.settings import MiningSettings, TeacherSettings
 from llmret.training.teachers import Teacher, load_teacher, score_pairs
 from llmret.util.cache import cache_dir
 from llmret.util.errors import InputError
-from llmret.util.fileio import build_once
+from llmret.util.fileio import build_once, check_output
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,7 @@ def mine_file(data: str, split: str, run: str | Path, out: str | Path, settings:
     from a TREC ``run`` (scored by the ``teacher`` spec when given); the number of queries written and
     the counts of what was dropped and why. Bad input fails before a teacher loads."""
     scoring = scoring or TeacherSettings()
+    check_output(out, folder=False)
     dataset = load_dataset(resolve_folder(data, split), split)
     ranked = read_run(run)
     judge = load_teacher(teacher, prompt=scoring.prompt, max_length=scoring.max_length) if teacher else None

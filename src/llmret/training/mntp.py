@@ -40,7 +40,7 @@ from llmret.models.saved import SavedModel
 from llmret.training.loop import Trainer, mixed_precision, run_loop
 from llmret.training.settings import LoopSettings, MNTPSettings
 from llmret.util.errors import InputError
-from llmret.util.fileio import atomic_dir
+from llmret.util.fileio import atomic_dir, check_output
 from llmret.util.settings import bookkeeping, to_dict
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,7 @@ def run_mntp(settings: MNTPSettings, *, resume: bool = False, force: bool = Fals
     accelerator = Accelerator(mixed_precision=mixed_precision(settings.mixed_precision),
                               gradient_accumulation_steps=settings.grad_accum)
     set_seed(settings.seed)
+    check_output(settings.output_dir)
     texts = corpus_texts(settings.data)  # bad data fails before the model loads
     if settings.batch_size % accelerator.num_processes:
         raise InputError(f"batch_size {settings.batch_size} does not split evenly over {accelerator.num_processes} processes")

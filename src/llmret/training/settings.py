@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from llmret.encoders.recipes import RECIPES, recipe_values
 from llmret.encoders.settings import EncoderSettings
-from llmret.util.errors import DataError
+from llmret.util.errors import DataError, InputError
 from llmret.util.layers import merge
 from llmret.util.settings import from_dict, load_config, option, with_defaults
 
@@ -276,6 +276,10 @@ class TeacherSettings:
                                           "a passage (default the model's)")
     batch_size: int = option(32, "pairs scored at once")
 
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or (self.max_length is not None and self.max_length < 2):
+            raise InputError("batch_size must be at least 1 and max_length at least 2")
+
 
 @dataclass
 class MiningSettings:
@@ -286,3 +290,10 @@ class MiningSettings:
     count: int = option(20, "negatives kept per query")
     margin: float | None = option(None, "drop candidates scored above (weakest positive - margin)")
     max_teacher_score: float | None = option(None, "drop candidates the teacher scores above this")
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise InputError(f"count must be at least 1 negative a query, not {self.count}")
+        if not 0 <= self.depth_from < self.depth_to:
+            raise InputError(f"the candidate ranks must satisfy 0 <= depth_from < depth_to, not {self.depth_from} "
+                             f"and {self.depth_to}")

@@ -66,7 +66,7 @@ from llmret.training.settings import (
 )
 from llmret.training.steps import Batch, Criterion, Regularizer, cached_step, plain_step
 from llmret.util.errors import DataError, InputError
-from llmret.util.fileio import atomic_dir, read_json
+from llmret.util.fileio import atomic_dir, check_output, read_json
 from llmret.util.settings import bookkeeping, to_dict
 
 log = logging.getLogger(__name__)
@@ -245,7 +245,9 @@ def continue_lora(model: torch.nn.Module, adapter: Path) -> torch.nn.Module:
 
 
 def check_settings(settings: TrainSettings, processes: int) -> None:
-    """Refuse settings that cannot train, before any data or model loads."""
+    """Refuse settings that cannot train, and an output folder that cannot be written, before any data or
+    model loads."""
+    check_output(settings.output_dir)
     if settings.batch_size % processes:
         # Every process must run as many forward passes as the others, or DDP's collectives deadlock.
         raise InputError(f"batch_size {settings.batch_size} does not split evenly over {processes} processes")

@@ -1,23 +1,40 @@
 """Atomic writes and tolerant-but-strict line reading shared by every data format.
 
 Why atomic: a killed run must never leave a half-written run file, shard or manifest that a later
-step would read as complete. Everything is written to a temporary sibling and renamed into place.
+step would read as complete. Everything is written to a temporary sibling and renamed into place,
+with the permissions the user's umask gives a new file (the temporary file's own are owner-only), and a
+failed write names the file it was for, not the temporary sibling.
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import json
 import os
 import shutil
 import tempfile
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from llmret.util.errors import DataError
+from llmret.util.errors import DataError, InputError
+
+
+@functools.cache
+def umask() -> int:
+    """The process's umask (read once: reading it means setting it, briefly)."""
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+def _failed_write(exc: OSError, path: Path) -> OSError:
+    """``exc`` naming ``path`` (a full disk's error names no file; mkstemp's names the temporary one)."""
+    return OSError(exc.errno, exc.strerror or str(exc), str(path))
 
 
 @contextmanager
@@ -27,9 +44,13 @@ def atomic_write(path: str | Path, mode: str = "w", encoding: str = "utf-8") -> 
     A ``.gz`` suffix compresses transparently (with a fixed mtime, so equal content gives equal bytes).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _failed_write(exc, path) from exc
+    try:
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as raw:
             stream: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if path.suffix == ".gz" else raw
             if "b" in mode:
@@ -44,6 +65,11 @@ def atomic_write(path: str | Path, mode: str = "w", encoding: str = "utf-8") -> 
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.filename not in (None, tmp):  # the block's own error about another file
+            raise
+        raise _failed_write(exc, path) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -57,8 +83,12 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     either the old complete folder or the new one, never a half-written one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        tmp.chmod(0o777 & ~umask())
+    except OSError as exc:
+        raise _failed_write(exc, path) from exc
     try:
         yield tmp
         old = path.with_name(f".{path.name}.old")
@@ -93,6 +123,22 @@ def file_lock(path: str | Path) -> Iterator[None]:
 
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         yield  # closing the file releases the lock
+
+
+@contextmanager
+def held_alone(path: str | Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` for the block, or refuse at once (an InputError naming ``what``)
+    when another process holds it: for work that a second copy would only do twice (a study's run)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        import fcntl
+
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"{what} is already running (lock {path}): wait for it or stop it first") from None
+        yield
 
 
 def build_once(path: str | Path, build: Callable[[Path], None], done: str | None = None) -> Path:
@@ -154,6 +200,16 @@ def open_text(path: str | Path) -> IO[bytes]:
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
+def _lines(handle: IO[bytes], path: str | Path) -> Iterator[tuple[int, bytes]]:
+    """Numbered raw lines; a gzip file cut short or corrupt is a DataError naming the line it broke at."""
+    number = 0
+    try:
+        for number, raw in enumerate(handle, start=1):
+            yield number, raw
+    except (EOFError, OSError, zlib.error) as exc:  # gzip: EOFError when cut short, BadGzipFile / zlib.error when corrupt
+        raise DataError(path, number + 1, f"the compressed file is cut short or corrupt ({exc})") from None
+
+
 def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, text)`` for the non-blank lines of a file, streaming.
 
@@ -161,7 +217,7 @@ def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
     byte sequence be reported with its line number instead of a bare codec error.
     """
     with open_text(path) as handle:
-        for number, raw in enumerate(handle, start=1):
+        for number, raw in _lines(handle, path):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -197,3 +253,24 @@ def require_str(obj: dict[str, Any], key: str, path: str | Path, line: int, *, a
     if not allow_empty and not value.strip():
         raise DataError(path, line, f"field '{key}' is empty")
     return value
+
+
+def check_output(path: str | Path, *, folder: bool = True, min_free: int = 1 << 20) -> Path:
+    """Refuse, before any work, an output location that cannot be written: a file where a folder is
+    wanted (or the reverse), a parent that is a file, no write permission, or a full disk (less than
+    ``min_free`` bytes free). A disk that fills during the work is still said in one line naming the
+    file (:func:`atomic_write`)."""
+    path = Path(path)
+    want = "folder" if folder else "file"
+    if path.exists() and path.is_dir() != folder:
+        raise InputError(f"{path}: the output {want} is a {'file' if folder else 'folder'}")
+    existing = path if path.exists() else path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{path}: cannot create the output {want}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{path}: cannot write the output {want}: {existing} is not writable")
+    if shutil.disk_usage(existing).free < min_free:
+        raise InputError(f"{path}: cannot write the output {want}: no space left on the device of {existing}")
+    return path

@@ -7,6 +7,8 @@ and the run would silently use a default, which is exactly the silent wrong resu
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,12 +31,86 @@ def option(default: Any, help: str, **extra: Any) -> Any:  # noqa: A002 - argpar
 
 
 def from_dict(cls: type[T], data: dict[str, Any], source: str | Path | None = None) -> T:
-    """Build dataclass ``cls`` from ``data``, rejecting keys it does not have."""
+    """Build dataclass ``cls`` from ``data``, rejecting keys it does not have, required keys missing,
+    values of another type than the field declares (``alpha: "five percent"``) and values outside a
+    field's ``choices``: every one an error naming ``source`` before anything runs."""
+    if not isinstance(data, dict):
+        raise DataError(source, None, f"{cls.__name__} needs a mapping of settings, not {_shown(data)}")
     known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - known)
     if unknown:
-        raise DataError(source, None, f"unknown setting(s) {', '.join(unknown)} for {cls.__name__}; known: {', '.join(sorted(known))}")
+        raise DataError(source, None, f"unknown setting(s) {', '.join(map(str, unknown))} for {cls.__name__}; known: "
+                                      f"{', '.join(sorted(known))}")
+    required = [f.name for f in fields(cls) if f.default is dataclasses.MISSING  # type: ignore[arg-type]
+                and f.default_factory is dataclasses.MISSING and f.name not in data]
+    if required:
+        raise DataError(source, None, f"{cls.__name__} needs {', '.join(required)}")
+    hints, data = typing.get_type_hints(cls), dict(data)
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.name not in data:
+            continue
+        value = data[f.name] = _number(data[f.name], hints[f.name])
+        if not _matches(value, hints[f.name]):
+            raise DataError(source, None, f"{f.name} must be {_described(hints[f.name])}, not {_shown(value)}")
+        choices = f.metadata.get("choices")
+        if choices and value is not None and value not in choices:
+            raise DataError(source, None, f"{f.name} must be one of {', '.join(map(str, choices))}, not {_shown(value)}")
     return cls(**data)
+
+
+def _number(value: Any, hint: Any) -> Any:
+    """``1e-3`` as a float where a float is declared: YAML 1.1 (PyYAML) reads exponents without a dot as
+    strings, and a config writing ``learning_rate: 1e-3`` means the number."""
+    wants_float = hint is float or float in typing.get_args(hint)
+    if wants_float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a value read from YAML/JSON fits a field's declared type (an int fits a float; a mapping fits a
+    settings dataclass, whose own keys are checked where it is built)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        return isinstance(value, list) and all(_matches(v, args[0]) for v in value) if args else isinstance(value, list)
+    if origin is dict:
+        return isinstance(value, dict) and (not args or all(_matches(k, args[0]) and _matches(v, args[1])
+                                                            for k, v in value.items()))
+    if dataclasses.is_dataclass(hint):
+        return isinstance(value, (hint, dict))
+    return isinstance(value, origin or hint)
+
+
+def _described(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_described(a) for a in args)
+    if hint is type(None):
+        return "null"
+    if origin is list:
+        return f"a list of {_described(args[0])}" if args else "a list"
+    if origin is dict:
+        return "a mapping"
+    names = {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}
+    return names.get(hint, f"a {getattr(hint, '__name__', hint)}")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
