@@ -117,6 +117,54 @@ def test_slow_clients_are_cut_off_while_prompt_ones_are_served(indexes: dict[str
         assert httpx.get(f"{url}/health").status_code == 200
 
 
+def _ask(conn: socket.socket, query: str) -> bytes:
+    """One search over a kept-alive raw connection; the status line and headers of its answer."""
+    body = json.dumps({"index": "dense", "query": query, "k": 3}).encode()
+    conn.sendall(b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return answer  # closed by the server
+        answer += chunk
+    head, rest = answer.split(b"\r\n\r\n", 1)
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    while len(rest) < length:
+        rest += conn.recv(65536)
+    return head
+
+
+def test_a_prompt_client_between_requests_is_never_dropped_for_slow_ones(indexes: dict[str, Path]) -> None:  # noqa: F811
+    """Slow connections newer than a kept-alive prompt one, past the connection limit: the slow ones
+    are dropped (the one sending longest first), the prompt one keeps its connection."""
+    bounds = Bounds(request_timeout=30, max_body_bytes=1 << 20, max_connections=10)
+    with serving(create_app(_load(indexes)), bounds) as url:
+        prompt = socket.create_connection(("127.0.0.1", _port(url)), timeout=30)
+        assert _ask(prompt, "alpha").startswith(b"HTTP/1.1 200")
+        slow = []
+        for _ in range(25):  # two and a half times the limit, each a half-sent header
+            s = socket.create_connection(("127.0.0.1", _port(url)))
+            s.sendall(b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            slow.append(s)
+            time.sleep(0.02)
+        time.sleep(0.5)
+        for _ in range(3):  # the same connection, three more requests: it was kept
+            assert _ask(prompt, "beta").startswith(b"HTTP/1.1 200")
+        closed = []
+        for s in slow:
+            s.settimeout(0.5)
+            try:
+                closed.append(s.recv(1) == b"")
+            except TimeoutError:
+                closed.append(False)
+            except OSError:
+                closed.append(True)
+            s.close()
+        prompt.close()
+        assert all(closed[:15]) and not any(closed[-9:])  # the oldest slow ones went; the newest stay
+
+
 def test_bodies_are_bounded_and_the_token_is_checked_before_a_body_is_read(indexes: dict[str, Path]) -> None:  # noqa: F811
     bounds = Bounds(request_timeout=10, max_body_bytes=4096, max_connections=64)
     with serving(create_app(_load(indexes), token="s3cret", bounds=bounds), bounds) as url:

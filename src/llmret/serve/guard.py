@@ -58,8 +58,9 @@ def protocol_class(bounds: Bounds) -> type[H11Protocol]:
 class GuardedH11Protocol(H11Protocol):
     """An HTTP/1.1 connection whose request (headers and body) must arrive within ``request_timeout``
     seconds of its first byte, or of the connection for the first request; a connection over
-    ``max_connections`` drops the oldest one still sending its request (a slow client never holds a
-    place a prompt one needs)."""
+    ``max_connections`` drops the one that has been sending its request longest (a slow client never
+    holds a place a prompt one needs), and only when none is sending one, the oldest idle kept-alive
+    connection: a prompt client between two requests is never dropped for a slow one."""
 
     request_timeout = 10.0
     max_connections = 512
@@ -67,12 +68,14 @@ class GuardedH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._opened = time.monotonic()
+        self._started: float | None = self._opened  # when the request being received began; None between requests
         self._deadline: asyncio.TimerHandle | None = self.loop.call_later(self.request_timeout, self._too_slow)
         open_ = [c for c in self.connections if not c.transport.is_closing()]  # closed ones leave on the next turn
         if len(open_) > self.max_connections:
             waiting = [c for c in open_ if isinstance(c, GuardedH11Protocol) and c is not self and c._receiving()]
-            if waiting:
-                oldest = min(waiting, key=lambda c: c._opened)
+            sending = [c for c in waiting if c._started is not None]
+            if sending or waiting:
+                oldest = min(sending, key=lambda c: c._started) if sending else min(waiting, key=lambda c: c._opened)
                 oldest.transport.close()
                 shed("connections over the limit of %d: the oldest still sending its request was dropped",
                      self.max_connections)
@@ -83,10 +86,11 @@ class GuardedH11Protocol(H11Protocol):
     def data_received(self, data: bytes) -> None:
         if self._deadline is None and self.conn.their_state is h11.IDLE:  # the next request on a kept-alive connection
             self._deadline = self.loop.call_later(self.request_timeout, self._too_slow)
+            self._started = time.monotonic()
         super().data_received(data)
         if self._deadline is not None and self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):
             self._deadline.cancel()  # the whole request is in
-            self._deadline = None
+            self._deadline = self._started = None
 
     def _too_slow(self) -> None:
         self._deadline = None
