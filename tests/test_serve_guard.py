@@ -17,6 +17,7 @@ import pytest
 from llmret.cli import main
 from llmret.serve.app import Limits, create_app
 from llmret.serve.guard import Bounds
+from llmret.util.errors import InputError
 from test_serve import _load, indexes, serving  # noqa: F401 - the module's fixture, shared
 
 
@@ -225,3 +226,43 @@ def test_serve_refuses_bad_options_before_loading_anything(indexes: dict[str, Pa
     other.write_text("".join(json.dumps({"_id": f"x{i}", "text": "t"}) + "\n" for i in range(40)))
     assert main(["serve", str(indexes["dense"]), "--corpus", f"dense={other}"]) == 2
     assert "40 documents of index 'dense' are not in this corpus" in capsys.readouterr().err
+
+
+def test_the_token_comes_from_a_file_or_the_environment_never_a_flag(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmret.serve.app import read_token
+
+    (tmp_path / "token").write_text("s3cret\nignored second line\n")
+    monkeypatch.setenv("LLMRET_SERVE_TOKEN", "from-env")
+    assert read_token(tmp_path / "token") == "s3cret"  # the file wins over the environment
+    assert read_token(None) == "from-env"
+    monkeypatch.delenv("LLMRET_SERVE_TOKEN")
+    assert read_token(None) is None
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(InputError, match="the token file is empty"):
+        read_token(tmp_path / "empty")
+    with pytest.raises(SystemExit):
+        main(["serve", "index", "--token", "s3cret"])  # no such flag: it would show in the process list
+
+
+def test_a_flood_is_logged_once_a_minute_with_its_count(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from llmret.serve.guard import AcceptErrorsOnce, _Shedding
+
+    shed = _Shedding(every=60.0)
+    with caplog.at_level(logging.WARNING, logger="llmret.serve.guard"):
+        for _ in range(1000):
+            shed("requests not sent within %.0f s were dropped", 10.0)
+    assert len(caplog.records) == 1 and "(1 since the last such line)" in caplog.records[0].getMessage()
+    accept = AcceptErrorsOnce(every=60.0)
+    try:
+        raise OSError(24, "Too many open files")
+    except OSError:
+        import sys
+
+        exc_info = sys.exc_info()
+    records = [logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "socket.accept() out of system resource",
+                                 (), exc_info) for _ in range(500)]
+    passed = [r for r in records if accept.filter(r)]
+    assert len(passed) == 1 and passed[0].exc_info is None  # one line, no traceback

@@ -17,6 +17,7 @@ import argparse
 import errno
 import logging
 import sys
+from typing import Any
 
 from llmret.cli import evaluation, indexing, models, serving, studies, training
 from llmret.util.errors import InputError
@@ -28,8 +29,18 @@ WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPE
                 errno.EEXIST, errno.ENAMETOOLONG}
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse without prefix matching, for every command and subcommand: an abbreviation that works today
+    breaks a user's script when a flag sharing its prefix is added, and a removed flag must be an error, not
+    taken as the flag it begins (``serve --token SECRET`` would be read as ``--token-file SECRET``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llmret", description="LLMs as retrievers: train, encode, index, search, "
+    parser = Parser(prog="llmret", description="LLMs as retrievers: train, encode, index, search, "
                                                                 "evaluate.")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
