@@ -15,7 +15,7 @@ import llmret
 from llmret.cli import main, make_parser
 
 outcomes = {}
-commands = [["--help"]]
+commands = [["--help"], ["--version"]]
 for action in make_parser()._subparsers._group_actions[0].choices:
     commands.append([action, "--help"])
 commands += [["evaluate", "--k", "0"], ["train", "--max-steps", "many"], ["study"], ["serve"], ["nope"]]
@@ -44,4 +44,12 @@ def test_help_and_argument_errors_load_no_deep_learning_library() -> None:
             assert code == 0 and printed > 50, argv  # the usage line at least
     assert outcomes["evaluate --k 0"][0] == 2 and "must be at least 1" in outcomes["evaluate --k 0"][2]
     assert outcomes["train --max-steps many"][0] == 2 and "invalid int value" in outcomes["train --max-steps many"][2]
+    assert outcomes["--version"][0] == 0 and outcomes["--version"][1] > len("llmret ")
     assert outcomes["nope"][0] == 2 and "choose from" in outcomes["nope"][2]
+
+
+def test_version_is_the_installed_distributions() -> None:
+    import importlib.metadata
+
+    done = subprocess.run([sys.executable, "-m", "llmret.cli", "--version"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == f"llmret {importlib.metadata.version('llmret')}"

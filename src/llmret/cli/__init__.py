@@ -19,6 +19,7 @@ import logging
 import sys
 from typing import Any
 
+from llmret import __version__
 from llmret.cli import evaluation, indexing, models, serving, studies, training
 from llmret.util.errors import InputError
 
@@ -43,6 +44,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="llmret", description="LLMs as retrievers: train, encode, index, search, "
                                                                 "evaluate.")
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--version", action="version", version=f"llmret {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for module in COMMANDS:
         module.register(sub)

