@@ -76,7 +76,7 @@ def _lora_encoder(model: Path, sparse: bool, dropout: float):
     cls = SparseEncoder if sparse else DenseEncoder
     encoder = cls.load(EncoderSettings(model=str(model), query_max_length=12, passage_max_length=20), "cpu")
     torch.manual_seed(1)
-    encoder.model = _wrap_lora(encoder.model, LoraSettings(lora_r=4, lora_dropout=dropout))
+    encoder.model = _wrap_lora(encoder.model, LoraSettings(lora_r=4, lora_dropout=dropout), seed=0)
     for name, param in encoder.model.named_parameters():  # LoRA B starts at zero: make the adapter matter
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.2)

@@ -139,9 +139,11 @@ def run_mntp(settings: MNTPSettings, *, resume: bool = False, force: bool = Fals
     if per_epoch == 0:
         raise InputError(f"{settings.data}: {len(units)} {'blocks' if settings.pack else 'texts'} are fewer than one "
                          f"step's {settings.batch_size * settings.grad_accum}")
+    torch.manual_seed(settings.seed)  # the adapters drawn from the seed alone, however the model loaded
     model = get_peft_model(encoder.model, LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha,
                                                      lora_dropout=settings.lora_dropout,
                                                      target_modules=settings.lora_target_modules, bias="none"))
+    set_seed(settings.seed)  # and the run's random numbers too
     model.train()
     world, rank = accelerator.num_processes, accelerator.process_index
 

@@ -181,8 +181,9 @@ def _term_bias(encoder: TextEncoder, examples: list[TrainExample], settings: Tra
     return TermBias(bias.to(encoder.device))
 
 
-def _wrap_lora(model: torch.nn.Module, settings: LoraSettings, lora_layers: int | None = None) -> torch.nn.Module:
-    """``model`` with fresh trainable LoRA adapters (on its top ``lora_layers`` layers only, if given)."""
+def _wrap_lora(model: torch.nn.Module, settings: LoraSettings, seed: int, lora_layers: int | None = None) -> torch.nn.Module:
+    """``model`` with fresh trainable LoRA adapters (on its top ``lora_layers`` layers only, if given),
+    drawn from ``seed`` alone."""
     from peft import LoraConfig, get_peft_model
 
     targets = settings.lora_target_modules
@@ -197,6 +198,10 @@ def _wrap_lora(model: torch.nn.Module, settings: LoraSettings, lora_layers: int 
                    and int(m.group(1)) in keep and (wanted is None or name.rsplit(".", 1)[-1] in wanted)]
     config = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
                         target_modules=targets, bias="none")
+    # The adapters' initial values must not depend on what ran before them: converting a GGUF file on
+    # first use draws random numbers that loading the cached conversion does not, and the same command
+    # trained to a different model on an empty cache.
+    torch.manual_seed(seed)
     return get_peft_model(model, config)
 
 
@@ -302,7 +307,7 @@ def trainable_model(encoder: TextEncoder, settings: TrainSettings, stage: SavedM
     if stage is not None:
         model = continue_lora(model, Path(settings.encoder.model) / ADAPTER)
     elif settings.lora:
-        model = _wrap_lora(model, settings.part(LoraSettings), settings.lora_layers)
+        model = _wrap_lora(model, settings.part(LoraSettings), settings.seed, settings.lora_layers)
     if bias is not None:
         model.term_bias = bias
         encoder.term_bias = bias.bias
@@ -345,6 +350,7 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
     encoder, stage = load_student(settings, accelerator.device)
     used = {**to_dict(settings), "encoder": {"model": settings.encoder.model, **to_dict(encoder.settings)}}
     model = trainable_model(encoder, settings, stage, _term_bias(encoder, examples, settings))
+    set_seed(settings.seed, device_specific=True)  # again: how the model loaded (converted now or cached) drew numbers
 
     sizes = [len(task) for task in tasks]
     steps_per_epoch = len(batch_plan(sizes, settings.batch_size, 0, settings.seed)) // settings.grad_accum
