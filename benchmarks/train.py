@@ -77,7 +77,7 @@ def run_trainer(args: argparse.Namespace) -> dict[str, float]:
     batches = [list(range(i * args.batch_size, (i + 1) * args.batch_size)) for i in range(args.steps + 1)]
     cached = args.trainer.endswith("GradCache")
     if args.trainer.startswith("llmret"):
-        encoder.model = _wrap_lora(encoder.model, settings)
+        encoder.model = _wrap_lora(encoder.model, settings, settings.seed, settings.lora_layers)
         model = encoder.model
         criterion = Criterion(Objective("cl", InfoNCELoss(settings.temperature), ListwiseKDLoss()))
 
@@ -95,7 +95,7 @@ def run_trainer(args: argparse.Namespace) -> dict[str, float]:
         )
 
         st = sentence_transformer(encoder, args.passage_max_length)
-        st[0].auto_model = _wrap_lora(st[0].auto_model, settings)
+        st[0].auto_model = _wrap_lora(st[0].auto_model, settings, settings.seed, settings.lora_layers)
         model = st
         scale = 1 / settings.temperature
         loss_fn = (CachedMultipleNegativesRankingLoss(st, scale=scale, mini_batch_size=args.chunk) if cached

@@ -115,7 +115,9 @@ def test_two_processes_train_the_single_process_adapter(tiny_llama: Path, tmp_pa
     assert [r["loss"] for r in logs[1]] == pytest.approx([r["loss"] for r in logs[0]], rel=1e-5)
     moved = 0
     for key in one:
-        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-6, msg=key)
+        # atol 1e-5: Adam divides each gradient element by its own size, so the all-reduce's summation order
+        # shows in an element whose gradient is near zero (weights here are ~0.1)
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
         moved += int(one[key].abs().sum() > 0)
     assert moved == len(one)  # lora_B left zero would make equality trivial
 

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,8 +23,19 @@ def run_example(name: str, *args: str, cwd: Path) -> str:
     return done.stdout
 
 
+def import_example(name: str) -> Any:
+    """An example script as a module, to check its output against what it names."""
+    import importlib
+
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(EXAMPLES))
+
+
 def test_every_example_is_tested() -> None:
-    tested = {"search_texts.py", "compare_on_a_benchmark.py", "train_then_evaluate.py"}
+    tested = {"search_texts.py", "compare_on_a_benchmark.py", "train_then_evaluate.py", "langchain_vector_store.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -35,11 +47,7 @@ def test_search_texts_ranks_each_query_and_matches_the_encoder(tiny_bert: Path, 
     out = run_example("search_texts.py", str(tiny_bert), cwd=tmp_path)
     assert out.count("\n") == 2 and "which method weighs words" in out
     # the scores printed are the encoder's inner products (a random model: order is arbitrary, values are not)
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        import search_texts
-    finally:
-        sys.path.remove(str(EXAMPLES))
+    search_texts = import_example("search_texts")
     encoder = llmret.load_encoder(str(tiny_bert))
     docs = encoder.encode(list(search_texts.TEXTS.values()), query=False)
     query = encoder.encode([search_texts.QUERIES["q1"]], query=True)
@@ -105,3 +113,24 @@ def test_an_index_built_on_disk_searches_as_brute_force_over_the_encoders_vector
         # each hit scored as by hand, and the five best by hand (a random model's near-ties may swap order)
         assert [run[qid][d] for d in run[qid]] == pytest.approx([by_id[d] for d in run[qid]], abs=1e-4)
         assert sorted(run[qid].values(), reverse=True) == pytest.approx(sorted(scores)[::-1][:5], abs=1e-4)
+
+
+def test_langchain_vector_store_ranks_by_the_served_models_cosine(tiny_bert: Path, tmp_path: Path) -> None:
+    """LangChain's stock OpenAIEmbeddings through `llmret serve`: its ranking is the cosine of llmret's own
+    passage and query vectors (a random model: the order is arbitrary, the values are not)."""
+    import numpy as np
+
+    import llmret
+
+    out = run_example("langchain_vector_store.py", str(tiny_bert), cwd=tmp_path)
+    example = import_example("langchain_vector_store")
+    encoder = llmret.load_encoder(str(tiny_bert))
+    docs = encoder.encode(list(example.TEXTS.values()), query=False)
+    docs = docs / np.linalg.norm(docs, axis=1, keepdims=True)
+    for line, query in zip(out.splitlines(), example.QUERIES):
+        vector = encoder.encode([query], query=True)[0]
+        cosine = docs @ (vector / np.linalg.norm(vector))
+        by_id = dict(zip(example.TEXTS, cosine))
+        printed = [hit.rsplit(" ", 1) for hit in line.removeprefix(f"{query!r}: ").split(", ")]
+        assert len(printed) == 2 and all(abs(float(score) - by_id[doc]) < 1e-3 for doc, score in printed)
+        assert min(by_id[doc] for doc, _ in printed) >= np.sort(cosine)[-2] - 1e-6  # the top two (up to ties)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -207,6 +208,17 @@ def _chromium() -> str:
     return found
 
 
+def _search_on_page(page: Any, index: str, query: str, k: int) -> list[str]:
+    """Pick ``index`` once the page lists it, search ``query`` for ``k`` hits; the hit ids shown."""
+    page.wait_for_selector(f"#index option[value={index}]", state="attached")
+    page.select_option("#index", index)
+    page.fill("#query", query)
+    page.fill("#k", str(k))
+    page.click("#search button")
+    page.wait_for_selector("#hits li")
+    return page.locator("#hits li strong").all_inner_texts()
+
+
 def test_search_page_in_a_headless_browser(indexes: dict[str, Path]) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -216,13 +228,7 @@ def test_search_page_in_a_headless_browser(indexes: dict[str, Path]) -> None:
         browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
         page = browser.new_page()
         page.goto(url)
-        page.wait_for_selector("#index option[value=sparse]", state="attached")
-        page.select_option("#index", "sparse")
-        page.fill("#query", "alpha beta")
-        page.fill("#k", "5")
-        page.click("#search button")
-        page.wait_for_selector("#hits li")
-        ids = page.locator("#hits li strong").all_inner_texts()
+        ids = _search_on_page(page, "sparse", "alpha beta", 5)
         assert ids == [h["id"] for h in expected["results"][0]["hits"]]
         assert page.locator("#query-terms span").count() > 0 and page.locator("#hits li pre").count() == 5
         page.fill("#query", " ")
@@ -230,3 +236,72 @@ def test_search_page_in_a_headless_browser(indexes: dict[str, Path]) -> None:
         page.wait_for_selector("#status.error")
         assert "empty" in page.inner_text("#status")
         browser.close()
+
+
+def test_the_page_asks_for_the_token_marks_hybrid_sources_and_cuts_long_passages(indexes: dict[str, Path]) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from llmret.data.spec import load_corpus
+
+    executable = _chromium()
+    texts = {d.id: (d.full_text() + " ") * 60 for d in load_corpus(str(indexes["data"]))}  # each over 600 characters
+    loaded = [LoadedIndex(name, indexes[name], texts, True, 32, 0.02) for name in ("dense", "sparse")]
+    app = create_app(loaded, token="s3cret", hybrids={"both": ["dense", "sparse"]})
+    with serving(app) as url, sync_playwright() as p:
+        auth = {"Authorization": "Bearer s3cret"}
+        expected = httpx.post(f"{url}/search", json={"index": "both", "query": "alpha beta", "k": 5},
+                              headers=auth).json()["results"][0]["hits"]
+        assert all(set(h["found_by"]) <= {"dense", "sparse"} and h["found_by"] for h in expected)
+        browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(url)
+        page.wait_for_selector("#auth:not([hidden])")  # 401 from /indexes: the page asks
+        assert "needs a token" in page.inner_text("#status")
+        page.fill("#token", "s3cret")
+        page.click("#auth button")
+        assert _search_on_page(page, "both", "alpha beta", 5) == [h["id"] for h in expected]
+        marks = [m.strip() for m in page.locator("#hits li .found-by").all_inner_texts()]
+        assert marks == ["found by " + ", ".join(f"{part} #{rank}" for part, rank in h["found_by"].items())
+                         for h in expected]
+        for snippet, hit in zip(page.locator("#hits li pre").all_inner_texts(), expected):
+            assert snippet.endswith(" …") and len(snippet) <= 602 and texts[hit["id"]].startswith(snippet[:-2])
+        browser.close()
+
+
+def test_serve_says_where_it_listens_and_logs_each_request_unless_quiet(indexes: dict[str, Path]) -> None:
+    import subprocess
+    import sys
+
+    for quiet in (False, True):
+        server = subprocess.Popen([sys.executable, "-m", "llmret.cli", "serve", str(indexes["dense"]), "--port", "0",
+                                   *(["--quiet"] if quiet else [])], stderr=subprocess.PIPE, text=True)
+        try:
+            deadline, url = time.monotonic() + 120, None
+            while url is None:
+                line = server.stderr.readline()
+                assert line and time.monotonic() < deadline, "the server stopped without saying where it listens"
+                if "listening on http://127.0.0.1:" in line:
+                    url = line.split("listening on ")[1].split()[0]
+            assert httpx.get(f"{url}/health").status_code == 200
+            assert httpx.post(f"{url}/search", json={"query": ""}).status_code == 400
+        finally:
+            server.terminate()
+            _, rest = server.communicate(timeout=30)
+        logged = [line for line in rest.splitlines() if "[llmret.serve.access]" in line]
+        if quiet:
+            assert logged == []
+        else:
+            assert len(logged) == 2 and " GET /health 200 " in logged[0] and logged[0].endswith(" ms")
+            assert " POST /search 400 " in logged[1]
+
+
+def test_serve_without_its_extra_says_what_to_install_in_one_line() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import sys; sys.modules['fastapi'] = None\n"
+                           "from llmret.cli import main; sys.exit(main(['serve', 'some-index']))"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("llmret: error: llmret serve needs fastapi")
+    assert "pip install fastapi uvicorn" in done.stderr

@@ -38,6 +38,8 @@ def register(sub: Any) -> None:
     parser.add_argument("--max-wait-ms", type=non_negative_float, default=5.0,
                         help="how long a batch waits for more queries")
     parser.add_argument("--max-k", type=positive_int, default=1000, help="largest k a request may ask for")
+    parser.add_argument("--quiet", action="store_true", help="no access log (a line per request: method, path, "
+                                                            "status, ms)")
     parser.set_defaults(func=serve)
 
 
@@ -52,9 +54,18 @@ def pairs(entries: list[str] | None, flag: str, form: str, sep: str = "=") -> di
     return out
 
 
+SERVE_EXTRA = ("fastapi", "uvicorn", "starlette", "h11", "pydantic")
+
+
 def serve(args: argparse.Namespace) -> int:
-    from llmret.serve.app import serve as run
-    from llmret.serve.guard import Bounds
+    try:
+        from llmret.serve.app import serve as run
+        from llmret.serve.guard import Bounds
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in SERVE_EXTRA:
+            raise
+        raise InputError(f"llmret serve needs {exc.name}, which is not installed: pip install fastapi uvicorn "
+                         "(the 'serve' extra: pip install -e '.[serve]' in a checkout)") from None
 
     hybrids = pairs(args.hybrid, "--hybrid", "NAME=A+B (served index names joined by +)")
     if any("+" not in parts for parts in hybrids.values()):
@@ -63,5 +74,5 @@ def serve(args: argparse.Namespace) -> int:
         hybrids={name: parts.split("+") for name, parts in hybrids.items()}, host=args.host, port=args.port,
         token_file=args.token_file, batching=not args.no_batching, max_batch=args.max_batch,
         max_wait=args.max_wait_ms / 1000, max_k=args.max_k, allowed_hosts=args.allowed_host,
-        bounds=Bounds(args.request_timeout, args.max_body_kb * 1024, args.max_connections))
+        bounds=Bounds(args.request_timeout, args.max_body_kb * 1024, args.max_connections), quiet=args.quiet)
     return 0

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -34,7 +35,10 @@ from llmret.data.spec import load_corpus
 from llmret.index.saved import search_all
 from llmret.index.sparse import SparseIndex
 from llmret.retrievers.searcher import Searcher
+from llmret.serve.access import AccessLog
 from llmret.serve.batching import MicroBatcher
+from llmret.serve.checks import check_text, error_body
+from llmret.serve.embeddings import Text, add_embedding_routes, encode_texts
 from llmret.serve.guard import AcceptErrorsOnce, Bounds, Guard, hosts_for, protocol_class
 from llmret.util.errors import InputError
 
@@ -100,13 +104,18 @@ class LoadedIndex:
         self.sparse = self.searcher.meta.get("encoder", {}).get("retriever") == "sparse"
         self.batcher: MicroBatcher[Query, dict[str, Any]] = MicroBatcher(self._work, max_batch=max_batch,
                                                                          max_wait=max_wait, enabled=batching)
+        # the embedding APIs' texts, batched apart from queries but encoded in the same thread: one forward at a time
+        self.embedder: MicroBatcher[Text, tuple[Any, int]] = MicroBatcher(
+            lambda items: encode_texts(self.searcher.encoder, items), max_batch=max_batch, max_wait=max_wait,
+            enabled=batching, executor=self.batcher.executor)
         self._columns: dict[str, int] | None = None
 
     def describe(self) -> dict[str, Any]:
         meta = self.searcher.meta
         return {"name": self.name, "kind": meta.get("kind"), "documents": meta.get("documents"),
                 "retriever": "sparse" if self.sparse else "dense", "corpus": self.corpus is not None,
-                "encoder": meta.get("encoder"), "batching": self.batcher.describe()}
+                "encoder": meta.get("encoder"), "batching": self.batcher.describe(),
+                "embedding": self.embedder.describe()}
 
     def _work(self, queries: list[Query]) -> tuple[list[dict[str, Any]], dict[str, float]]:
         """Encode and search one batch (in the batcher's thread): queries sharing an instruction are
@@ -189,21 +198,24 @@ class HybridIndex:
         results = []
         for i, query in enumerate(queries):
             fused: dict[str, float] = {}
-            for answer in answers:
+            found: dict[str, dict[str, int]] = {}  # per hit, its rank in each part that found it
+            for part, answer in zip(self.parts, answers):
                 for hit in answer[i]["hits"]:
                     fused[hit["id"]] = fused.get(hit["id"], 0.0) + 1.0 / (self.rrf_k + hit["rank"])
+                    found.setdefault(hit["id"], {})[part.name] = hit["rank"]
             best = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:query.k]
-            results.append({"query": query.text, "hits": [{"rank": r + 1, "id": d, "score": s}
+            results.append({"query": query.text, "hits": [{"rank": r + 1, "id": d, "score": s, "found_by": found[d]}
                                                           for r, (d, s) in enumerate(best)]})
         return results
 
 
 def create_app(indexes: list[LoadedIndex], limits: Limits | None = None, token: str | None = None,
                hybrids: dict[str, list[str]] | None = None, hosts: set[str] | None = None,
-               bounds: Bounds | None = None) -> FastAPI:
+               bounds: Bounds | None = None, access_log: bool = False) -> FastAPI:
     """The FastAPI app over ``indexes`` (names unique) and ``hybrids`` (name -> the served indexes it
     fuses); ``token``: every path but the page and /health needs ``Authorization: Bearer``; ``hosts``:
-    the Host names answered (:func:`llmret.serve.guard.hosts_for`; default the loopback names)."""
+    the Host names answered (:func:`llmret.serve.guard.hosts_for`; default the loopback names);
+    ``access_log``: a line per request (:mod:`llmret.serve.access`)."""
     # long: the routes are closures over the served indexes and their limits
     limits, bounds = limits or Limits(), bounds or Bounds()
     by_name: dict[str, LoadedIndex | HybridIndex] = {ix.name: ix for ix in indexes}
@@ -220,21 +232,24 @@ def create_app(indexes: list[LoadedIndex], limits: Limits | None = None, token: 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         for ix in indexes:
+            ix.embedder.close()
             ix.batcher.close()
 
     app = FastAPI(title="llmret search", description="Search saved llmret indexes with their query encoders. "
                   "Every error is {\"error\": \"...\"}.", lifespan=lifespan)
     app.add_middleware(Guard, token=token, hosts=hosts or {"127.0.0.1", "localhost", "::1", "[::1]"},
                        max_body_bytes=bounds.max_body_bytes)
+    if access_log:
+        app.add_middleware(AccessLog)  # added last, so outermost: the guard's refusals are logged too
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+        return JSONResponse(error_body(request.url.path, exc.status_code, str(exc.detail)), status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
     async def bad_body(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
-        return JSONResponse({"error": f"bad request body: {problems}"}, status_code=422)
+        return JSONResponse(error_body(request.url.path, 422, f"bad request body: {problems}"), status_code=422)
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -275,10 +290,12 @@ def create_app(indexes: list[LoadedIndex], limits: Limits | None = None, token: 
                     hit["text"] = index.corpus[hit["id"]]  # type: ignore[index]
         return {"index": index.name, "k": body.k, "results": results}
 
+    add_embedding_routes(app, {ix.name: ix for ix in indexes}, limits, ERRORS)
+
     @app.exception_handler(Exception)
     async def failed(request: Request, exc: Exception) -> JSONResponse:
         log.exception("request failed")
-        return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
+        return JSONResponse(error_body(request.url.path, 500, f"internal error: {type(exc).__name__}"), status_code=500)
 
     return app
 
@@ -291,14 +308,6 @@ def _pick(by_name: dict[str, LoadedIndex | HybridIndex], name: str | None) -> Lo
     if name not in by_name:
         raise HTTPException(404, f"no index '{name}' is loaded (loaded: {', '.join(by_name)})")
     return by_name[name]
-
-
-def _check_text(text: str, what: str) -> None:
-    """A text the tokenizer can read: JSON allows lone surrogates (``\\ud800``), UTF-8 does not."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise HTTPException(400, f"{what} is not valid Unicode: a lone surrogate at character {exc.start + 1}") from None
 
 
 def _texts(body: SearchRequest, limits: Limits) -> list[str]:
@@ -314,12 +323,12 @@ def _texts(body: SearchRequest, limits: Limits) -> list[str]:
             raise HTTPException(400, f"query {i + 1} is empty")
         if len(text) > limits.max_query_chars:
             raise HTTPException(413, f"query {i + 1} has {len(text)} characters; at most {limits.max_query_chars}")
-        _check_text(text, f"query {i + 1}")
+        check_text(text, f"query {i + 1}")
     if body.instruction is not None:
         if len(body.instruction) > limits.max_instruction_chars:
             raise HTTPException(413, f"the instruction has {len(body.instruction)} characters; at most "
                                      f"{limits.max_instruction_chars}")
-        _check_text(body.instruction, "the instruction")
+        check_text(body.instruction, "the instruction")
     return texts
 
 
@@ -378,9 +387,6 @@ def server_config(app: Any, host: str, port: int, bounds: Bounds | None = None) 
     logged once a minute."""
     import resource
 
-    import uvicorn
-
-
     bounds = bounds or Bounds()
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     connections = min(bounds.max_connections, max(8, soft - 64))  # file handles left for the indexes and logs
@@ -393,14 +399,11 @@ def server_config(app: Any, host: str, port: int, bounds: Bounds | None = None) 
 def serve(index_dirs: list[str | Path], *, corpora: dict[str, str] | None = None, hybrids: dict[str, list[str]] | None = None,
           host: str = "127.0.0.1", port: int = 8000, token_file: str | Path | None = None, batching: bool = True,
           max_batch: int = 32, max_wait: float = 0.005, max_k: int = 1000, allowed_hosts: list[str] | None = None,
-          bounds: Bounds | None = None) -> None:
+          bounds: Bounds | None = None, quiet: bool = False) -> None:
     """Serve saved indexes (each named by its folder) until stopped: ``corpora`` maps an index's name to its
     corpus (a data spec: passage text in answers), ``hybrids`` a new name to the served indexes it fuses;
     the token comes from ``token_file`` or ``LLMRET_SERVE_TOKEN``; ``allowed_hosts``: Host names answered
-    besides the bound one's own."""
-    import uvicorn
-
-
+    besides the bound one's own; ``quiet``: no access log."""
     host, loopback = bind_address(host)  # before any model loads
     token = read_token(token_file)
     names = [Path(folder).resolve().name for folder in index_dirs]
@@ -418,5 +421,19 @@ def serve(index_dirs: list[str | Path], *, corpora: dict[str, str] | None = None
     if not loopback and not token:
         log.warning("serving on %s without a token: anyone who can reach it can search", host)
     app = create_app(indexes, Limits(max_k=max_k, max_batch=max_batch), token=token, hybrids=hybrids,
-                     hosts=hosts_for(host, allowed_hosts or ()), bounds=bounds)
-    uvicorn.Server(server_config(app, host, port, bounds)).run()
+                     hosts=hosts_for(host, allowed_hosts or ()), bounds=bounds, access_log=not quiet)
+    Server(server_config(app, host, port, bounds)).run()
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, saying where it listens once it does (uvicorn's own line sits behind its log
+    level, kept at warnings to hide the rest of its start-up chatter)."""
+
+    async def startup(self, sockets: list[Any] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            for server in self.servers:
+                for sock in server.sockets:
+                    host, port = sock.getsockname()[:2]
+                    shown = f"[{host}]" if ":" in host else host
+                    log.info("listening on http://%s:%d (the search page at /, the API's schema at /docs)", shown, port)

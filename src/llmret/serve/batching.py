@@ -49,12 +49,13 @@ class MicroBatcher(Generic[Item, Answer]):
     """
 
     def __init__(self, work: Callable[[list[Item]], tuple[list[Answer], dict[str, float]]], *, max_batch: int = 32,
-                 max_wait: float = 0.005, enabled: bool = True) -> None:
+                 max_wait: float = 0.005, enabled: bool = True, executor: ThreadPoolExecutor | None = None) -> None:
         self.work, self.max_batch, self.max_wait, self.enabled = work, max_batch, max_wait, enabled
         self.stats = Stats()
         self._queue: asyncio.Queue[_Pending[Item]] | None = None
         self._worker: asyncio.Task | None = None
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmret-encode")
+        # one thread, which batchers of one model share (``executor``): one forward pass at a time
+        self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmret-encode")
 
     async def submit(self, items: list[Item]) -> list[Answer]:
         """The answers for ``items`` once their batch has run (raises what the batch raised)."""
@@ -93,7 +94,7 @@ class MicroBatcher(Generic[Item, Answer]):
         items = [item for pending in batch for item in pending.items]
         start = time.perf_counter()
         try:
-            answers, timings = await loop.run_in_executor(self._thread, self.work, items)
+            answers, timings = await loop.run_in_executor(self.executor, self.work, items)
         except Exception as exc:  # the requests get it, or each runs alone; the worker must keep serving
             self.stats.busy_seconds += time.perf_counter() - start
             if len(batch) > 1:
@@ -126,7 +127,7 @@ class MicroBatcher(Generic[Item, Answer]):
     def close(self) -> None:
         if self._worker is not None:
             self._worker.cancel()
-        self._thread.shutdown(wait=False, cancel_futures=True)
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
     def describe(self) -> dict[str, Any]:
         return {"micro_batching": self.enabled, "max_batch": self.max_batch, "max_wait_ms": 1000 * self.max_wait,

@@ -24,6 +24,8 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from llmret.serve.checks import error_body
+
 log = logging.getLogger(__name__)
 
 Scope = dict[str, Any]
@@ -176,17 +178,17 @@ class Guard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         host = _host_name(headers.get("host", ""))
         if "*" not in self.hosts and host.lower() not in self.hosts:
-            await error(send, 421, f"this service does not answer for host '{host}' (it answers "
+            await error(send, scope, 421, f"this service does not answer for host '{host}' (it answers "
                                    f"{', '.join(sorted(self.hosts))}; llmret serve --allowed-host adds one)")
             return
         if self.token is not None and scope["path"] not in OPEN_PATHS:
             given = headers.get("authorization", "")
             if not secrets.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
-                await error(send, 401, "missing or wrong bearer token (Authorization: Bearer TOKEN)")
+                await error(send, scope, 401, "missing or wrong bearer token (Authorization: Bearer TOKEN)")
                 return
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
-            await error(send, 413, f"request body over {self.max_body_bytes} bytes")
+            await error(send, scope, 413, f"request body over {self.max_body_bytes} bytes")
             return
         body, more, received = [], True, 0
         while more and scope["method"] in ("POST", "PUT", "PATCH"):
@@ -195,7 +197,7 @@ class Guard:
                 return
             received += len(message.get("body", b""))
             if received > self.max_body_bytes:  # chunked: no length given up front
-                await error(send, 413, f"request body over {self.max_body_bytes} bytes")
+                await error(send, scope, 413, f"request body over {self.max_body_bytes} bytes")
                 return
             body.append(message.get("body", b""))
             more = message.get("more_body", False)
@@ -215,9 +217,9 @@ class Guard:
         await self.app(scope, replay, send)
 
 
-async def error(send: Send, status: int, message: str) -> None:
-    """Answer ``{"error": message}`` with ``status``: the one error format of the service."""
-    body = json.dumps({"error": message}).encode()
+async def error(send: Send, scope: Scope, status: int, message: str) -> None:
+    """Answer ``message`` with ``status`` in the service's error format (:func:`~llmret.serve.checks.error_body`)."""
+    body = json.dumps(error_body(scope["path"], status, message)).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
