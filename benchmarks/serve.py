@@ -10,11 +10,14 @@ the mean batch size, and failed requests; then the throughput ratio of micro-bat
 Then the same good clients, micro-batching on, run again beside hostile ones (a separate process, so
 the good clients' own timing is not slowed by the attack's bookkeeping): ``--slow`` connections that
 send half a request a byte at a time (more than the server's connection bound, each reopened when
-the server cuts it), clients sending bad requests without pause (a lone surrogate in the query,
-invalid JSON, a negative k, an unknown index) and clients sending huge ones (an 8 MB body with and
-without a length, a 200,000-character instruction). Printed: the good clients' figures under attack,
-their p99 against the clean run (target: within 2x) and their failures (target: none), and what the
-attackers got back.
+the server cuts it), clients sending bad requests (a lone surrogate in the query, invalid JSON, a
+negative k, an unknown index) and clients sending huge ones (an 8 MB body with and without a length, a
+200,000-character instruction), each at ``--attack-rate`` requests a second. Printed: the good clients'
+figures under attack, their p99 against the clean run (target: within 2x) and their failures (target:
+none), and what the attackers got back.
+
+Last, the embedding endpoint (``POST /v1/embeddings``, one passage of the corpus a request) with
+micro-batching on and off: the same figures, and its throughput ratio.
 
     python benchmarks/serve.py [--clients 16] [--seconds 20] [--slow 600]
     python benchmarks/serve.py --smoke      # a tiny random model, seconds: checks that it runs
@@ -40,8 +43,9 @@ from typing import Any
 import numpy as np
 
 
-def build_index(folder: Path, smoke: bool) -> tuple[Path, list[str]]:
-    """Encode a corpus and save its index; return the index folder and the queries to send."""
+def build_index(folder: Path, smoke: bool) -> tuple[Path, list[str], list[str]]:
+    """Encode a corpus and save its index; return the index folder, the queries to send and passages
+    (for the embedding endpoint)."""
     from llmret.cli import main
 
     if smoke:
@@ -70,7 +74,10 @@ def build_index(folder: Path, smoke: bool) -> tuple[Path, list[str]]:
     if main([*args, "--data", data]) != 0 or main(["index", "--embeddings", str(emb / "corpus"),
                                                    "--out", str(folder / "index")]) != 0:
         raise SystemExit("could not build the index")
-    return folder / "index", queries
+    from llmret.data.spec import load_corpus
+
+    passages = [doc.full_text() for _, doc in zip(range(200), load_corpus(data))]
+    return folder / "index", queries, passages
 
 
 def start(index: Path, batching: bool) -> tuple[subprocess.Popen, str]:
@@ -95,8 +102,10 @@ def start(index: Path, batching: bool) -> tuple[subprocess.Popen, str]:
     raise SystemExit("the server did not start within 120 s")
 
 
-async def load(url: str, queries: list[str], clients: int, seconds: float) -> tuple[list[float], int, Counter]:
-    """(latencies of successful requests, requests sent, failed requests by status or error) over ``seconds``."""
+async def load(url: str, queries: list[str], clients: int, seconds: float,
+               embed: bool = False) -> tuple[list[float], int, Counter]:
+    """(latencies of successful requests, requests sent, failed requests by status or error) over ``seconds``:
+    each a search for one of ``queries``, or with ``embed`` the vector of one of them (OpenAI's API)."""
     import httpx
 
     latencies: list[float] = []
@@ -108,12 +117,13 @@ async def load(url: str, queries: list[str], clients: int, seconds: float) -> tu
         nonlocal sent, failed
         n = i
         while time.monotonic() < stop:
-            body = {"query": queries[n % len(queries)], "k": 10}
+            text = queries[n % len(queries)]
+            body = {"input": text, "model": "index"} if embed else {"query": text, "k": 10}
             n += clients
             start = time.perf_counter()
             sent += 1
             try:
-                r = await http.post(f"{url}/search", json=body)
+                r = await http.post(f"{url}/v1/embeddings" if embed else f"{url}/search", json=body)
                 if r.status_code == 200:
                     latencies.append(time.perf_counter() - start)
                 else:
@@ -201,22 +211,23 @@ def attack(url: str, seconds: float, slow: int, rate: float, kinds: list[str]) -
 
 
 def measure(index: Path, queries: list[str], batching: bool, clients: int, seconds: float,
-            hostile: list[str] | None = None) -> dict[str, Any]:
+            hostile: list[str] | None = None, embed: bool = False) -> dict[str, Any]:
     """The good clients' figures; with ``hostile`` (``--attack``'s arguments) beside hostile clients in
-    another process."""
+    another process; with ``embed``, ``queries`` are passages sent to the embedding endpoint."""
     import httpx
 
     server, url = start(index, batching)
     attacker = None
     try:
-        asyncio.run(load(url, queries, clients, min(2.0, seconds)))  # warm-up: first batches, allocator
-        before = httpx.get(f"{url}/indexes").json()[0]["batching"]
+        asyncio.run(load(url, queries, clients, min(2.0, seconds), embed))  # warm-up: first batches, allocator
+        stats = "embedding" if embed else "batching"
+        before = httpx.get(f"{url}/indexes").json()[0][stats]
         if hostile:
             attacker = subprocess.Popen([sys.executable, __file__, "--attack", url, "--seconds", str(seconds + 2),
                                          *hostile], stdout=subprocess.PIPE, text=True)
             time.sleep(2.0)  # the slow connections are open before the good clients start
-        latencies, sent, failed = asyncio.run(load(url, queries, clients, seconds))
-        after = httpx.get(f"{url}/indexes").json()[0]["batching"]
+        latencies, sent, failed = asyncio.run(load(url, queries, clients, seconds, embed))
+        after = httpx.get(f"{url}/indexes").json()[0][stats]
         attacked = json.loads(attacker.communicate(timeout=120)[0]) if attacker else {}
     finally:
         if attacker is not None and attacker.poll() is None:
@@ -225,7 +236,8 @@ def measure(index: Path, queries: list[str], batching: bool, clients: int, secon
         server.wait(30)
     ms = 1000 * np.array(latencies or [float("nan")])
     busy = after["busy_seconds"] - before["busy_seconds"]
-    encode = after["timings"].get("encode", 0) - before["timings"].get("encode", 0)
+    part = "embed" if embed else "encode"
+    encode = after["timings"].get(part, 0) - before["timings"].get(part, 0)
     search = after["timings"].get("search", 0) - before["timings"].get("search", 0)
     batches = after["batches"] - before["batches"]
     return {"rps": len(latencies) / seconds, "p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
@@ -261,9 +273,11 @@ def main() -> None:
         args.clients, args.seconds, args.slow = 4, 2.0, 40
     hostile = ["--slow", str(args.slow), "--attack-rate", str(args.attack_rate), "--attackers", ",".join(kinds)]
     with tempfile.TemporaryDirectory(prefix="llmret-serve-") as tmp:
-        index, queries = build_index(Path(tmp), args.smoke)
+        index, queries, passages = build_index(Path(tmp), args.smoke)
         rows = {mode: measure(index, queries, mode != "off", args.clients, args.seconds,
                               hostile if mode == "under attack" else None) for mode in ("on", "off", "under attack")}
+        rows |= {f"embed {mode}": measure(index, passages, mode == "on", args.clients, args.seconds, embed=True)
+                 for mode in ("on", "off")}
     print(f"\nllmret serve, {args.clients} concurrent clients x {args.seconds:g} s, one query per request, k 10 "
           f"({'smoke: tiny random model' if args.smoke else 'minilm-l6, built-in code corpus, exact FAISS'}; "
           f"{os.cpu_count()} CPUs)")
@@ -273,6 +287,8 @@ def main() -> None:
         print(f"{mode:<15}{r['rps']:>8.1f}{r['p50']:>9.1f}{r['p95']:>9.1f}{r['p99']:>9.1f}{r['encode']:>8.0%}"
               f"{r['search']:>8.0%}{r['batch']:>7.1f}{r['sent']:>7d}{sum(r['failed'].values()):>7d}")
     print(f"micro-batching throughput ratio (on / off): {rows['on']['rps'] / max(rows['off']['rps'], 1e-9):.2f}x")
+    print(f"embedding (POST /v1/embeddings, one passage a request) micro-batching throughput ratio (on / off): "
+          f"{rows['embed on']['rps'] / max(rows['embed off']['rps'], 1e-9):.2f}x")
     attacked = rows["under attack"]
     pace = f"{args.attack_rate:g} requests/s each" if args.attack_rate else "without pause"
     print(f"under attack (micro-batching on; {args.slow if 'slow' in kinds else 0} slow connections, "

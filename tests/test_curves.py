@@ -36,6 +36,19 @@ def test_curves_draw_each_runs_logged_values(tmp_path: Path, capsys: pytest.Capt
     assert (tmp_path / "cli.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_default_keys_fit_any_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --keys: the loss and its parts for a dense run, and the non-zero counts too for a sparse one."""
+    dense = _log(tmp_path / "dense", [{"step": s, "loss": 3.0 / s, "ranking_loss": 2.0 / s, "kd_loss": 1.0 / s,
+                                       "lr": 1e-3, "tokens_per_s": 90.0} for s in (1, 2)])
+    sparse = _log(tmp_path / "sparse", [{"step": s, "loss": 9.0 - s, "ranking_loss": 5.0 - s, "reg_loss": 4.0,
+                                         "q_nonzero": 12.0, "p_nonzero": 30.0} for s in (1, 2)])
+    assert list(plot_curves([dense], tmp_path / "d.png")["dense"]) == ["loss", "ranking_loss", "kd_loss"]
+    assert list(plot_curves([sparse], tmp_path / "s.png")["sparse"]) == ["loss", "ranking_loss", "reg_loss",
+                                                                          "q_nonzero", "p_nonzero"]
+    assert main(["curves", str(dense), "--out", str(tmp_path / "cli.png")]) == 0
+    assert "dense: loss 1.5 at step 2, ranking_loss 1 at step 2, kd_loss 0.5 at step 2" in capsys.readouterr().out
+
+
 def test_bad_logs_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = _log(tmp_path / "run", [{"step": 1, "loss": 2.0}, {"step": 2, "loss": "nan?"}])
     with pytest.raises(DataError, match=r"log.jsonl:2: 'loss' is not a number"):

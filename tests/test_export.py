@@ -51,6 +51,53 @@ def test_sentence_transformers_reproduces_exported_vectors(model: str, pooling: 
     reloaded = DenseEncoder.load(EncoderSettings(model=str(exported)), "cpu")  # and llmret reads its export back
     np.testing.assert_allclose(reloaded.encode_queries(texts), ours.encode_queries(texts), atol=1e-5)
     assert "Dense retriever" in (exported / "README.md").read_text()
+    assert tei_pooling(exported) == ours.info.pooling
+    meta = card_metadata(exported)
+    assert (meta["library_name"], meta["pipeline_tag"]) == ("sentence-transformers", "sentence-similarity")
+    assert "llmret" in meta["tags"] and "base_model" not in meta  # a local folder is no Hub id
+
+
+def card_metadata(folder: Path) -> dict:
+    """The Hub's metadata block at the top of an export's model card."""
+    import yaml
+
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+def test_the_card_names_the_hub_model_a_zoo_name_stands_for(tmp_path: Path) -> None:
+    from llmret.models import zoo
+
+    assert zoo.hub_id("smollm2-135m") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert zoo.hub_id("minilm-l6") == "sentence-transformers/all-MiniLM-L6-v2"
+    assert zoo.hub_id("BAAI/bge-base-en-v1.5") == "BAAI/bge-base-en-v1.5"
+    assert zoo.hub_id(str(tmp_path)) is None and zoo.hub_id("runs/code/final") is None
+    assert all(entry.hub_id.count("/") == 1 for entry in zoo.ZOO.values())
+
+
+def tei_pooling(folder: Path) -> str:
+    """The pooling text-embeddings-inference takes from ``1_Pooling/config.json``, as its source reads it
+    (huggingface/text-embeddings-inference, router/src/lib.rs: ``PoolConfig``, whose flags for CLS, mean, max
+    and mean-sqrt-len are required, and its conversion: CLS, else mean, else last token, else refused;
+    the newest releases first try a ``pooling_mode`` string of cls, mean or lasttoken)."""
+    import json
+
+    config = json.loads((folder / "1_Pooling" / "config.json").read_text())
+    for flag in ("pooling_mode_cls_token", "pooling_mode_mean_tokens", "pooling_mode_max_tokens",
+                 "pooling_mode_mean_sqrt_len_tokens"):
+        assert isinstance(config.get(flag), bool), f"TEI's older releases cannot parse a config without {flag}"
+    by_string = {"cls": "cls", "mean": "mean", "lasttoken": "last", "last_token": "last"}.get(config.get("pooling_mode"))
+    if config["pooling_mode_cls_token"]:
+        by_flags = "cls"
+    elif config["pooling_mode_mean_tokens"]:
+        by_flags = "mean"
+    elif config.get("pooling_mode_lasttoken", False):
+        by_flags = "last"
+    else:
+        raise AssertionError(f"TEI refuses the pooling config {config}")
+    assert by_string in (None, by_flags), "TEI releases would disagree on this pooling"
+    return by_flags
 
 
 def test_sparse_export_keeps_the_head_and_the_settings(tiny_bert: Path, train_file: Path, tmp_path: Path) -> None:
@@ -62,5 +109,8 @@ def test_sparse_export_keeps_the_head_and_the_settings(tiny_bert: Path, train_fi
     assert plain.settings.logit_scale == 0.5 and not (exported / "adapter_config.json").exists()
     np.testing.assert_allclose(plain.encode_passages(texts).toarray(), adapter.toarray(), atol=1e-5)
     assert "Learned-sparse retriever" in (exported / "README.md").read_text()
+    meta = card_metadata(exported)
+    assert (meta["library_name"], meta["pipeline_tag"]) == ("transformers", "feature-extraction")
+    assert {"llmret", "learned-sparse-retrieval"} <= set(meta["tags"])
     with pytest.raises(ValueError, match="was trained as a sparse retriever; load it with --retriever sparse"):
         DenseEncoder.load(EncoderSettings(model=str(exported)), "cpu")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import types
 import typing
 from dataclasses import fields
 from typing import Any
@@ -28,7 +29,8 @@ def settings_flags(parser: argparse.ArgumentParser | Any, cls: type, skip: tuple
         if f.name in skip or dataclasses.is_dataclass(hints[f.name]) or (only is not None and not only(f)):
             continue
         kind = hints[f.name]
-        args = [a for a in typing.get_args(kind) if a is not type(None)] or [kind]
+        union = typing.get_origin(kind) in (typing.Union, types.UnionType)  # X | None, list[str] | str
+        args = [a for a in typing.get_args(kind) if a is not type(None)] if union else [kind]
         flag, extra = f"--{f.name.replace('_', '-')}", {"dest": f.name, "default": None, "help": f.metadata.get("help")}
         if "choices" in f.metadata:
             extra["choices"] = list(f.metadata["choices"])

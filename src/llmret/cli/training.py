@@ -53,13 +53,12 @@ def register(sub: Any) -> None:
     parser.add_argument("--out", required=True)
     parser.set_defaults(func=export)
 
-    from llmret.training.curves import DEFAULT_KEYS  # light: matplotlib is imported only when drawing
-
     parser = sub.add_parser("curves", help="training curves: log.jsonl values against steps, runs side by side, as a "
                                            "PNG")
     parser.add_argument("runs", nargs="+", help="training output folders (or their log.jsonl)")
     parser.add_argument("--out", required=True, help="the PNG to write")
-    parser.add_argument("--keys", nargs="+", default=list(DEFAULT_KEYS), help="log keys, one panel each")
+    parser.add_argument("--keys", nargs="+", help="log keys, one panel each (default: the loss, each part of it the "
+                                                  "runs logged and, for sparse runs, q_nonzero and p_nonzero)")
     parser.add_argument("--labels", nargs="+", help="a name per run (default: the folder names)")
     parser.add_argument("--linear", action="store_true", help="linear value axes (default: log where all values > 0)")
     parser.set_defaults(func=curves)

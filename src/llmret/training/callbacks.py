@@ -46,11 +46,11 @@ class Callback:
 
 
 class LogCallback(Callback):
-    """``log.jsonl`` (and TensorBoard) every ``every`` steps: loss parts, lr, tokens/s, cumulative FLOPs."""
+    """``log.jsonl`` (and the run's experiment trackers) every ``every`` steps: loss parts, lr, tokens/s,
+    cumulative FLOPs."""
 
-    def __init__(self, every: int, tensorboard: bool, bar: Any, flops_done: float = 0.0) -> None:
+    def __init__(self, every: int, bar: Any, flops_done: float = 0.0) -> None:
         self.every, self.bar, self.flops = every, bar, flops_done
-        self.tensorboard, self.writer = tensorboard, None
         self.tokens, self.clock = 0, time.perf_counter()
 
     def on_step(self, state: LoopState) -> None:
@@ -68,14 +68,7 @@ class LogCallback(Callback):
         if state.is_main:
             with open(state.out / "log.jsonl", "a") as handle:
                 handle.write(json.dumps(record) + "\n")
-            if self.tensorboard:
-                if self.writer is None:
-                    from torch.utils.tensorboard import SummaryWriter
-
-                    self.writer = SummaryWriter(str(state.out / "tensorboard"))
-                for key, value in record.items():
-                    if key != "step":
-                        self.writer.add_scalar(f"train/{key}", value, state.step)
+        state.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=state.step)  # trackers, if any
         self.tokens, self.clock = 0, time.perf_counter()
 
 

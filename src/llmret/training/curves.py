@@ -13,7 +13,18 @@ from pathlib import Path
 from llmret.util.errors import DataError, InputError
 from llmret.util.fileio import atomic_write, iter_jsonl
 
-DEFAULT_KEYS = ("loss", "q_nonzero", "p_nonzero")
+SPARSITY_KEYS = ("q_nonzero", "p_nonzero")
+
+
+def default_keys(logs: Sequence[Path]) -> list[str]:
+    """What a run is read by: its loss, each named part of it (``ranking_loss``, ``kd_loss``, ``reg_loss``
+    ...) and, for sparse runs, the non-zero terms per query and passage; those any of ``logs`` logged."""
+    seen: dict[str, None] = {}
+    for log in logs:
+        for _, record in iter_jsonl(log):
+            seen.update(dict.fromkeys(record))
+    parts = [key for key in seen if key.endswith("_loss")]
+    return ["loss", *parts, *(key for key in SPARSITY_KEYS if key in seen)]
 
 
 def read_curves(log: Path, keys: Sequence[str]) -> dict[str, list[tuple[int, float]]]:
@@ -42,9 +53,10 @@ def _log_of(run: Path) -> Path:
     return log
 
 
-def plot_curves(runs: Sequence[Path], out: Path, keys: Sequence[str] = DEFAULT_KEYS,
+def plot_curves(runs: Sequence[Path], out: Path, keys: Sequence[str] | None = None,
                 labels: Sequence[str] | None = None, log_scale: bool = True) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """Draw ``keys`` against steps for each run into the PNG ``out``; return what was drawn, per run label.
+    """Draw ``keys`` (by default :func:`default_keys`) against steps for each run into the PNG ``out``;
+    return what was drawn, per run label.
 
     ``log_scale`` puts the values on a log axis: non-zero counts and a FLOPS loss span orders of magnitude.
     A key no run logged is an error (a misspelt key would otherwise give an empty panel).
@@ -57,7 +69,9 @@ def plot_curves(runs: Sequence[Path], out: Path, keys: Sequence[str] = DEFAULT_K
     labels = list(labels) if labels else [Path(r).name for r in runs]
     if len(labels) != len(runs):
         raise InputError(f"{len(labels)} labels for {len(runs)} runs")
-    drawn = {label: read_curves(_log_of(Path(run)), keys) for label, run in zip(labels, runs)}
+    logs = [_log_of(Path(run)) for run in runs]
+    keys = list(keys) if keys else default_keys(logs)
+    drawn = {label: read_curves(log, keys) for label, log in zip(labels, logs)}
     missing = [key for key in keys if not any(curves[key] for curves in drawn.values())]
     if missing:
         raise InputError(f"no run logged {', '.join(missing)}")

@@ -24,6 +24,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from llmret.training import trackers
 from llmret.training.callbacks import Callback, CheckpointCallback, LogCallback, LoopState
 from llmret.training.settings import LoopSettings
 from llmret.util.errors import InputError
@@ -237,7 +238,8 @@ def run_loop(accelerator: Any, model: torch.nn.Module, micro_step: MicroStep, to
         save_checkpoint(folder, accelerator.unwrap_model(model), optimizer, scheduler, state.step, accelerator)
 
     bar = tqdm(total=total, initial=start, desc=trainer.name, disable=not accelerator.is_main_process)
-    loop = [LogCallback(settings.logging_steps, settings.tensorboard, bar, _logged_flops(out / "log.jsonl") if start else 0.0),
+    trackers.start(accelerator, settings.report_to, out.name, used)
+    loop = [LogCallback(settings.logging_steps, bar, _logged_flops(out / "log.jsonl") if start else 0.0),
             CheckpointCallback(settings.save_steps, save_state), *callbacks]
     def save_loadable(folder: Path) -> None:  # called on every process: gathering shards is a collective
         state_dict = accelerator.get_state_dict(model) if sharded(accelerator) else None
@@ -269,4 +271,5 @@ def run_loop(accelerator: Any, model: torch.nn.Module, micro_step: MicroStep, to
     final = out / "final"
     state.save_model(final)
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # closes the trackers (none: nothing to do)
     return final

@@ -37,6 +37,7 @@ from llmret.encoders.sparse import SparseEncoder
 from llmret.encoders.vocab_head import head_detached
 from llmret.models.backbone import load_backbone
 from llmret.models.saved import SavedModel
+from llmret.training import trackers
 from llmret.training.loop import Trainer, mixed_precision, run_loop
 from llmret.training.settings import LoopSettings, MNTPSettings
 from llmret.util.errors import InputError
@@ -116,7 +117,8 @@ def run_mntp(settings: MNTPSettings, *, resume: bool = False, force: bool = Fals
     from peft import LoraConfig, get_peft_model
 
     accelerator = Accelerator(mixed_precision=mixed_precision(settings.mixed_precision),
-                              gradient_accumulation_steps=settings.grad_accum)
+                              gradient_accumulation_steps=settings.grad_accum,
+                              **trackers.accelerator_options(settings.report_to, settings.output_dir))
     set_seed(settings.seed)
     check_output(settings.output_dir)
     texts = corpus_texts(settings.data)  # bad data fails before the model loads

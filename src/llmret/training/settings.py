@@ -66,7 +66,9 @@ class LoopSettings:
     seed: int = option(42, "seeds data order, negatives, subsets, masks and initialisation")
     save_steps: int = option(0, "full training state every N steps, for --resume (0: none)", bookkeeping=True)
     logging_steps: int = option(10, "log.jsonl record every N steps", bookkeeping=True)
-    tensorboard: bool = option(False, "also log to OUTPUT/tensorboard", bookkeeping=True)
+    report_to: list[str] = option([], "experiment trackers that also get every log record: tensorboard (in "
+                                      "OUTPUT/llmret), trackio, wandb, mlflow (offline unless configured)",
+                                  bookkeeping=True)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from llmret.data import hf_datasets
 from llmret.data.corpus import Corpus
 from llmret.data.sampling import epoch_order, sample_group
 from llmret.data.spec import resolve_folder
@@ -48,7 +49,7 @@ from llmret.models import st_folder
 from llmret.models.backbone import load_backbone
 from llmret.models.saved import SavedModel
 from llmret.retrievers.factory import make_retriever
-from llmret.training import budget
+from llmret.training import budget, trackers
 from llmret.training.annotate import scored_by
 from llmret.training.callbacks import (
     Callback,
@@ -112,10 +113,13 @@ def task_instructions(settings: TrainSettings) -> list[str]:
 
 
 def load_examples(settings: TrainSettings, spec: str | None = None) -> list[TrainExample]:
-    """Training examples from a JSONL file, a BEIR folder (BM25-mined negatives) or a built-in task."""
+    """Training examples from a JSONL file, a BEIR folder (BM25-mined negatives), a built-in task or a
+    Hugging Face dataset (:mod:`llmret.data.hf_datasets`)."""
     spec = spec or settings.sources[0]
     path = resolve_folder(spec, "train")
-    if path.is_dir() and (path / "train.jsonl").is_file():
+    if hf_datasets.is_dataset(spec):
+        examples = hf_datasets.read_dataset(spec)
+    elif path.is_dir() and (path / "train.jsonl").is_file():
         examples = read_training(path / "train.jsonl", Corpus.from_file(path / "corpus.jsonl"))
     elif path.is_dir():
         examples = mined_examples(path)
@@ -335,7 +339,8 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
     from accelerate.utils import set_seed
 
     accelerator = Accelerator(mixed_precision=mixed_precision(settings.mixed_precision),
-                              gradient_accumulation_steps=settings.grad_accum)
+                              gradient_accumulation_steps=settings.grad_accum,
+                              **trackers.accelerator_options(settings.report_to, settings.output_dir))
     set_seed(settings.seed, device_specific=True)  # each process draws its own dropout masks
     check_backend(settings, accelerator)
     check_settings(settings, accelerator.num_processes)
