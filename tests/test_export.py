@@ -66,6 +66,23 @@ def card_metadata(folder: Path) -> dict:
     return yaml.safe_load(card.split("---\n")[1])
 
 
+def test_sentence_transformers_sparse_encoder_reproduces_a_splade_export(tiny_bert: Path, train_file: Path,
+                                                                         tmp_path: Path) -> None:
+    from sentence_transformers import SparseEncoder as STSparseEncoder
+
+    final = trained(tiny_bert, train_file, tmp_path / "run", "sparse", query_prefix="q: ")
+    exported = export_model(str(final), tmp_path / "exported")
+    ours = SparseEncoder.load(EncoderSettings(model=str(final)), "cpu")
+    theirs = STSparseEncoder(str(exported), device="cpu")
+    texts = random_texts(6, seed=8, min_words=2, max_words=12)
+    for mine, st in ((ours.encode_queries(texts), theirs.encode_query(texts)),
+                     (ours.encode_passages(texts), theirs.encode_document(texts))):
+        st = st.to_dense().numpy() if hasattr(st, "to_dense") else np.asarray(st)
+        np.testing.assert_allclose(mine.toarray(), st, rtol=1e-4, atol=1e-5)
+    meta = card_metadata(exported)
+    assert meta["library_name"] == "sentence-transformers" and "sparse-encoder" in meta["tags"]
+
+
 def test_the_card_names_the_hub_model_a_zoo_name_stands_for(tmp_path: Path) -> None:
     from llmret.models import zoo
 
@@ -112,5 +129,7 @@ def test_sparse_export_keeps_the_head_and_the_settings(tiny_bert: Path, train_fi
     meta = card_metadata(exported)
     assert (meta["library_name"], meta["pipeline_tag"]) == ("transformers", "feature-extraction")
     assert {"llmret", "learned-sparse-retrieval"} <= set(meta["tags"])
+    assert "cannot reproduce logits scaled by 0.5" in (exported / "README.md").read_text()
+    assert not (exported / "modules.json").exists()  # no SparseEncoder files it would misread
     with pytest.raises(ValueError, match="was trained as a sparse retriever; load it with --retriever sparse"):
         DenseEncoder.load(EncoderSettings(model=str(exported)), "cpu")

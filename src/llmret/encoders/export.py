@@ -33,7 +33,8 @@ def export_model(model: str, out: str | Path) -> Path:
     encoder = load_encoder(retriever, EncoderSettings(model=model), device="cpu")
     out = Path(out)
     dense = retriever == "dense"
-    prompts = _prompts(encoder) if dense else {}
+    unsupported = [] if dense else sparse_encoder_gaps(encoder)
+    prompts = _prompts(encoder) if dense or not unsupported else {}
     with atomic_dir(out) as tmp:
         encoder.model.save_pretrained(tmp)
         tokenizer = encoder.tokenizer
@@ -48,9 +49,29 @@ def export_model(model: str, out: str | Path) -> Path:
             st_folder.write(tmp, pooling=info.pooling, normalize=info.normalize, max_length=encoder.passage_max_length,
                             dim=int(encoder.model.config.hidden_size), lowercase=info.lowercase, head=encoder.head,
                             prompts=prompts)
+        elif not unsupported:
+            st_folder.write_sparse(tmp, pooling=encoder.info.pooling, max_length=encoder.passage_max_length,
+                                   vocab_size=int(encoder.dim), lowercase=encoder.info.lowercase, prompts=prompts)
         with atomic_write(tmp / "README.md") as handle:
-            handle.write(_card(encoder, saved, model, out.name, prompts))
+            handle.write(_card(encoder, saved, model, out.name, prompts, unsupported))
     return out
+
+
+def sparse_encoder_gaps(encoder: TextEncoder) -> list[str]:
+    """What of a sparse encoder's behaviour sentence-transformers' SparseEncoder (a masked-LM head, log(1 +
+    ReLU), max or sum pooling) cannot reproduce: an export writes its files only when this is empty."""
+    s, info = encoder.settings, encoder.info
+    gaps = [what for what, present in (
+        ("a decoder's LM head (SparseEncoder reads masked-LM models)", info.kind != "encoder"),
+        (f"{info.pooling} pooling", info.pooling not in ("max", "sum")),
+        (f"logits scaled by {s.logit_scale}", (s.logit_scale or 1.0) != 1.0),
+        ("a calibrated term bias", getattr(encoder, "term_bias", None) is not None),
+        ("special tokens' terms zeroed", bool(s.zero_special_terms)),
+        ("only the text's own terms", bool(s.input_terms_only)),
+        ("top-k term cuts", bool(s.query_top_k or s.passage_top_k)),
+        ("quantised weights", bool(s.quantize)),
+        ("a suffix after the text", bool(s.query_suffix or s.passage_suffix))) if present]
+    return gaps
 
 
 def _prompts(encoder: TextEncoder) -> dict[str, str]:
@@ -93,7 +114,8 @@ def _with_llmret_specials(encoder: TextEncoder) -> PreTrainedTokenizerBase:
     return tok
 
 
-def _card(encoder: TextEncoder, saved: SavedModel | None, model: str, name: str, prompts: dict[str, str]) -> str:
+def _card(encoder: TextEncoder, saved: SavedModel | None, model: str, name: str, prompts: dict[str, str],
+          unsupported: list[str]) -> str:
     """The model card: the Hub's metadata block (base model, library, pipeline, tags), then how it encodes."""
     info, s = encoder.info, encoder.settings
     base = saved.base_model if saved else model
@@ -101,9 +123,11 @@ def _card(encoder: TextEncoder, saved: SavedModel | None, model: str, name: str,
     hub_base = zoo.hub_id(base)
     tags = ["llmret", "sentence-transformers" if dense else "transformers", "retrieval",
             "dense-retrieval" if dense else "learned-sparse-retrieval", *(["splade"] if not dense else [])]
+    st = dense or not unsupported  # sentence-transformers loads it (SentenceTransformer or SparseEncoder)
     meta = {**({"base_model": hub_base} if hub_base else {}),
-            "library_name": "sentence-transformers" if dense else "transformers",
-            "pipeline_tag": "sentence-similarity" if dense else "feature-extraction", "tags": tags}
+            "library_name": "sentence-transformers" if st else "transformers",
+            "pipeline_tag": "sentence-similarity" if dense else "feature-extraction",
+            "tags": [*tags, *(["sparse-encoder"] if st and not dense else [])]}
     named = f"`{hub_base}`" + (f" (llmret zoo: `{base}`)" if base in zoo.ZOO else "") if hub_base else f"`{base}`"
     lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "",
              f"# {'Dense' if dense else 'Learned-sparse'} retriever exported by llmret", "",
@@ -120,4 +144,9 @@ def _card(encoder: TextEncoder, saved: SavedModel | None, model: str, name: str,
         lines += ["", "With sentence-transformers: `SentenceTransformer(folder).encode_query(...)` and "
                       f"`.encode_document(...)` (prompts {sorted(prompts) or 'none'}); it truncates queries at the "
                       "passage length, llmret at the query length."]
+    elif st:
+        lines += ["", "With sentence-transformers: `SparseEncoder(folder).encode_query(...)` and `.encode_document(...)` "
+                      f"(prompts {sorted(prompts) or 'none'})."]
+    else:
+        lines += ["", "No sentence-transformers SparseEncoder files: it cannot reproduce " + "; ".join(unsupported) + "."]
     return "\n".join(lines) + "\n"

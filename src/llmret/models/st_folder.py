@@ -223,3 +223,22 @@ def write(folder: Path, *, pooling: str, normalize: bool, max_length: int, dim: 
     write_json(folder / "sentence_bert_config.json", {"max_seq_length": max_length, "do_lower_case": lowercase})
     write_json(folder / "config_sentence_transformers.json", {
         "similarity_fn_name": "cosine" if normalize else "dot", "prompts": prompts or {}, "default_prompt_name": None})
+
+
+def write_sparse(folder: Path, *, pooling: str, max_length: int, vocab_size: int, lowercase: bool = False,
+                 prompts: dict[str, str] | None = None) -> None:
+    """Write the module files that make sentence-transformers' ``SparseEncoder(folder)`` encode as llmret
+    does a masked-LM SPLADE model: the LM head's logits, log(1 + ReLU), max- or sum-pooled (the caller
+    checks that nothing else of llmret's applies). Module names are sentence-transformers 5's, which 6
+    still reads."""
+    if pooling not in ("max", "sum"):
+        raise InputError(f"a SparseEncoder pools by max or sum, not {pooling}")
+    write_json(folder / "modules.json", [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.sparse_encoder.models.MLMTransformer"},
+        {"idx": 1, "name": "1", "path": "1_SpladePooling",
+         "type": "sentence_transformers.sparse_encoder.models.SpladePooling"}])
+    write_json(folder / "1_SpladePooling" / "config.json", {"pooling_strategy": pooling, "activation_function": "relu",
+                                                            "word_embedding_dimension": vocab_size})
+    write_json(folder / "sentence_bert_config.json", {"max_seq_length": max_length, "do_lower_case": lowercase})
+    write_json(folder / "config_sentence_transformers.json", {
+        "model_type": "SparseEncoder", "similarity_fn_name": "dot", "prompts": prompts or {}, "default_prompt_name": None})
