@@ -49,6 +49,16 @@ def scifact_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+def same_up_to_ties(got: dict[str, float], want: dict[str, float], what: str) -> None:
+    """The same ranking, score for score; two documents may trade places only where their scores are equal
+    to float32's precision (a random model makes such ties now and then, and sums in another order
+    break them either way: no fault of sharding)."""
+    assert list(got.values()) == pytest.approx(list(want.values()), rel=1e-5), what
+    for rank, ((doc, score), (wanted, wanted_score)) in enumerate(zip(got.items(), want.items()), start=1):
+        if doc != wanted:
+            assert score == pytest.approx(wanted_score, rel=1e-6), f"{what}: {doc} for {wanted} at rank {rank}"
+
+
 @pytest.mark.parametrize("retriever", ["dense", "sparse"])
 def test_two_processes_encode_halves_whose_indexes_search_as_one(scifact_bert: Path, tmp_path: Path,
                                                                  retriever: str) -> None:
@@ -92,10 +102,10 @@ def test_two_processes_encode_halves_whose_indexes_search_as_one(scifact_bert: P
         got = read_run(tmp_path / name)
         assert got.keys() == whole.keys()
         for qid in whole:
-            assert list(got[qid]) == list(whole[qid]), (name, qid)
-            assert list(got[qid].values()) == pytest.approx(list(whole[qid].values()), rel=1e-5)
+            same_up_to_ties(got[qid], whole[qid], f"{name} query {qid}")
     # text queries through the saved part indexes (the encoder the parts were built with)
     assert main(["search", "--index-dir", str(tmp_path / "ix0"), str(tmp_path / "ix1"), "--data", str(SCIFACT),
                  "--k", "10", "--out", str(tmp_path / "text.trec")]) == 0
     text = read_run(tmp_path / "text.trec")
-    assert all(list(text[q]) == list(whole[q]) for q in whole)
+    for qid in whole:
+        same_up_to_ties(text[qid], whole[qid], f"text.trec query {qid}")
