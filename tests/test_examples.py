@@ -35,7 +35,7 @@ def import_example(name: str) -> Any:
 
 
 def test_every_example_is_tested() -> None:
-    tested = {"search_texts.py", "compare_on_a_benchmark.py", "train_then_evaluate.py", "langchain_vector_store.py"}
+    tested = {"search_texts.py", "compare_on_a_benchmark.py", "train_then_evaluate.py", "vector_stores.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -115,22 +115,25 @@ def test_an_index_built_on_disk_searches_as_brute_force_over_the_encoders_vector
         assert sorted(run[qid].values(), reverse=True) == pytest.approx(sorted(scores)[::-1][:5], abs=1e-4)
 
 
-def test_langchain_vector_store_ranks_by_the_served_models_cosine(tiny_bert: Path, tmp_path: Path) -> None:
-    """LangChain's stock OpenAIEmbeddings through `llmret serve`: its ranking is the cosine of llmret's own
-    passage and query vectors (a random model: the order is arbitrary, the values are not)."""
+def test_vector_stores_rank_by_the_served_models_cosine(tiny_bert: Path, tmp_path: Path) -> None:
+    """LangChain's and LlamaIndex's stock OpenAI-compatible embedding classes through `llmret serve`: each
+    store's ranking is the cosine of llmret's own passage and query vectors (a random model: the order is
+    arbitrary, the values are not)."""
     import numpy as np
 
     import llmret
 
-    out = run_example("langchain_vector_store.py", str(tiny_bert), cwd=tmp_path)
-    example = import_example("langchain_vector_store")
+    out = run_example("vector_stores.py", str(tiny_bert), cwd=tmp_path)
+    example = import_example("vector_stores")
     encoder = llmret.load_encoder(str(tiny_bert))
     docs = encoder.encode(list(example.TEXTS.values()), query=False)
     docs = docs / np.linalg.norm(docs, axis=1, keepdims=True)
-    for line, query in zip(out.splitlines(), example.QUERIES):
+    lines = out.splitlines()
+    assert len(lines) == 2 * len(example.QUERIES)
+    for line, (library, query) in zip(lines, [(lib, q) for lib in ("langchain", "llamaindex") for q in example.QUERIES]):
         vector = encoder.encode([query], query=True)[0]
         cosine = docs @ (vector / np.linalg.norm(vector))
         by_id = dict(zip(example.TEXTS, cosine))
-        printed = [hit.rsplit(" ", 1) for hit in line.removeprefix(f"{query!r}: ").split(", ")]
+        printed = [hit.rsplit(" ", 1) for hit in line.removeprefix(f"{library} {query!r}: ").split(", ")]
         assert len(printed) == 2 and all(abs(float(score) - by_id[doc]) < 1e-3 for doc, score in printed)
         assert min(by_id[doc] for doc, _ in printed) >= np.sort(cosine)[-2] - 1e-6  # the top two (up to ties)
