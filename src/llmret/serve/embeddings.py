@@ -15,6 +15,7 @@ thread, beside its searches.
 from __future__ import annotations
 
 import base64
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -39,8 +40,6 @@ class Text:
 def encode_texts(encoder: Any, items: list[Text]) -> tuple[list[tuple[Any, int]], dict[str, float]]:
     """Each item's vector (a dense row, or a sparse CSR row) and the tokens the model read for it, the
     queries and passages of a batch encoded apart (run in the index's encoding thread)."""
-    import time
-
     answers: list[tuple[Any, int] | None] = [None] * len(items)
     start = time.perf_counter()
     for query in (True, False):
@@ -123,7 +122,7 @@ def add_embedding_routes(app: FastAPI, indexes: dict[str, LoadedIndex], limits: 
             raise HTTPException(400, f"model '{body.model}': after ':' comes 'query' or 'passage'")
         index = served(name, sparse=False)
         query = (body.input_type or side or "passage") == "query"
-        texts = [body.input] if isinstance(body.input, str) else body.input
+        texts = _listed(body.input)
         if body.dimensions is not None and body.dimensions != index.searcher.encoder.dim:
             raise HTTPException(400, f"index '{name}' gives {index.searcher.encoder.dim} dimensions, not {body.dimensions}")
         encoded = await embed(index, texts, query)
@@ -138,7 +137,7 @@ def add_embedding_routes(app: FastAPI, indexes: dict[str, LoadedIndex], limits: 
 
     async def tei_dense(body: TEIRequest, name: str | None) -> list[list[float]]:
         _tei_checks(body)
-        texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
+        texts = _listed(body.inputs)
         encoded = await embed(served(name, sparse=False), texts, body.prompt_name == "query")
         vectors = np.stack([np.asarray(v, dtype=np.float32) for v, _ in encoded])
         if body.normalize:
@@ -147,7 +146,7 @@ def add_embedding_routes(app: FastAPI, indexes: dict[str, LoadedIndex], limits: 
 
     async def tei_sparse(body: TEIRequest, name: str | None) -> list[list[dict[str, Any]]]:
         _tei_checks(body)
-        texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
+        texts = _listed(body.inputs)
         encoded = await embed(served(name, sparse=True), texts, body.prompt_name == "query")
         return [[{"index": int(i), "value": float(v)} for i, v in zip(row.indices, row.data)] for row, _ in encoded]
 
@@ -166,6 +165,11 @@ def add_embedding_routes(app: FastAPI, indexes: dict[str, LoadedIndex], limits: 
     @app.post("/indexes/{name}/embed_sparse", responses=errors)
     async def tei_embed_sparse_named(name: str, body: TEIRequest) -> list[list[dict[str, Any]]]:
         return await tei_sparse(body, name)
+
+
+def _listed(texts: str | list[str]) -> list[str]:
+    """Both APIs take one text or a list of them."""
+    return [texts] if isinstance(texts, str) else texts
 
 
 def _tei_checks(body: TEIRequest) -> None:
