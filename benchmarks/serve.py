@@ -84,7 +84,8 @@ def start(index: Path, batching: bool) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "llmret.cli", "serve", str(index), "--port", str(port), "--max-wait-ms", "5"]
+    # --quiet: nobody reads the access log here, and an undrained pipe would stall the server
+    cmd = [sys.executable, "-m", "llmret.cli", "serve", str(index), "--port", str(port), "--max-wait-ms", "5", "--quiet"]
     server = subprocess.Popen(cmd + ([] if batching else ["--no-batching"]), stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     import httpx
