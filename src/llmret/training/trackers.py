@@ -3,7 +3,8 @@ log record (each loss part, the learning rate, tokens/s, FLOPs) also reaches the
 
 Each tracker's package is checked before any data or model loads: a missing one is one line saying what
 to install, never a failure after the first step. Weights & Biases and MLflow run offline unless the
-user configured them (``WANDB_MODE``, ``MLFLOW_TRACKING_URI``), writing under the output folder.
+user configured them (``WANDB_MODE``, ``MLFLOW_TRACKING_URI``), writing under the output folder; Trackio
+writes where its own dashboard (``trackio show``) looks, ``TRACKIO_DIR`` or the Hugging Face cache.
 """
 
 from __future__ import annotations
@@ -40,8 +41,12 @@ def accelerator_options(names: list[str], output_dir: str) -> dict[str, Any]:
     if "wandb" in names:
         os.environ.setdefault("WANDB_MODE", "offline")
         os.environ.setdefault("WANDB_DIR", str(out))
-    if "mlflow" in names:
-        os.environ.setdefault("MLFLOW_TRACKING_URI", (out / "mlruns").as_uri())
+    if "mlflow" in names and "MLFLOW_TRACKING_URI" not in os.environ:
+        # MLflow 3 refuses its file store unless allowed; we allow it because the alternative (SQLite)
+        # needs SQLAlchemy and Alembic, which mlflow-skinny lacks, and `mlflow ui --backend-store-uri
+        # OUTPUT/mlruns` reads the folder as it is.
+        os.environ["MLFLOW_TRACKING_URI"] = (out / "mlruns").as_uri()
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     return {"log_with": list(names), "project_dir": str(out)}
 
 
@@ -60,4 +65,5 @@ def start(accelerator: Any, names: list[str], run: str, settings: dict[str, Any]
             flat[prefix] = value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
 
     walk("", settings)
-    accelerator.init_trackers(PROJECT, config=flat, init_kwargs={"wandb": {"name": run}, "mlflow": {"run_name": run}})
+    accelerator.init_trackers(PROJECT, config=flat, init_kwargs={"wandb": {"name": run}, "mlflow": {"run_name": run},
+                                                                   "trackio": {"name": run}})
