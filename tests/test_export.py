@@ -25,7 +25,7 @@ def train_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained(model: Path, data: Path, out: Path, retriever: str = "dense", **encoder: object) -> Path:
     return train(TrainSettings(retriever=retriever, train_data=str(data), output_dir=str(out), batch_size=4,
                                group_size=2, max_steps=2, lora_r=4, learning_rate=5e-2,
-                               encoder=EncoderSettings(model=str(model), passage_max_length=40, **encoder)))  # type: ignore[arg-type]
+                               encoder=EncoderSettings(**{"model": str(model), "passage_max_length": 40, **encoder})))  # type: ignore[arg-type]
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -66,14 +66,44 @@ def card_metadata(folder: Path) -> dict:
     return yaml.safe_load(card.split("---\n")[1])
 
 
-def test_sentence_transformers_sparse_encoder_reproduces_a_splade_export(tiny_bert: Path, train_file: Path,
-                                                                         tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def tiny_gemma3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random Gemma 3 (sliding-window and full layers, its own bidirectional config flag) on the tiny
+    Llama's tokenizer; its 64-token window holds every test text."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from helpers import tiny_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer, folder = tiny_tokenizer("llama"), tmp_path_factory.mktemp("tiny-gemma3")
+    Gemma3ForCausalLM(Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=128, sliding_window=64,
+        layer_types=["sliding_attention", "full_attention"], bos_token_id=1, eos_token_id=2,
+        pad_token_id=0)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+LION = {"bidirectional": True, "add_bos": True, "append_eos": False}
+
+
+@pytest.mark.parametrize("model, encoder", [("tiny_bert", {}), ("tiny_llama", LION), ("tiny_llama", {"bidirectional": False}),
+                                            ("tiny_gemma3", LION)])
+def test_sentence_transformers_sparse_encoder_reproduces_a_splade_export(model: str, encoder: dict, train_file: Path,
+                                                                         tmp_path: Path,
+                                                                         request: pytest.FixtureRequest) -> None:
+    """Masked-LM SPLADE, a Lion-style decoder (LM head, bidirectional attention, BOS and no EOS) and a causal
+    one: sentence-transformers' own SparseEncoder gives llmret's vectors."""
     from sentence_transformers import SparseEncoder as STSparseEncoder
 
-    final = trained(tiny_bert, train_file, tmp_path / "run", "sparse", query_prefix="q: ")
+    final = trained(request.getfixturevalue(model), train_file, tmp_path / "run", "sparse", query_prefix="q: ",
+                    **encoder)
     exported = export_model(str(final), tmp_path / "exported")
     ours = SparseEncoder.load(EncoderSettings(model=str(final)), "cpu")
     theirs = STSparseEncoder(str(exported), device="cpu")
+    assert ours.info.bidirectional is encoder.get("bidirectional", ours.info.bidirectional)
     texts = random_texts(6, seed=8, min_words=2, max_words=12)
     for mine, st in ((ours.encode_queries(texts), theirs.encode_query(texts)),
                      (ours.encode_passages(texts), theirs.encode_document(texts))):
@@ -81,6 +111,14 @@ def test_sentence_transformers_sparse_encoder_reproduces_a_splade_export(tiny_be
         np.testing.assert_allclose(mine.toarray(), st, rtol=1e-4, atol=1e-5)
     meta = card_metadata(exported)
     assert meta["library_name"] == "sentence-transformers" and "sparse-encoder" in meta["tags"]
+
+
+def test_a_bidirectional_export_past_the_sliding_window_gets_no_sparse_encoder_files(
+        tiny_gemma3: Path, train_file: Path, tmp_path: Path) -> None:
+    final = trained(tiny_gemma3, train_file, tmp_path / "run", "sparse", **{**LION, "passage_max_length": 96})
+    exported = export_model(str(final), tmp_path / "exported")
+    assert not (exported / "modules.json").exists()
+    assert "bidirectional attention past the 64-token sliding window" in (exported / "README.md").read_text()
 
 
 def test_the_card_names_the_hub_model_a_zoo_name_stands_for(tmp_path: Path) -> None:

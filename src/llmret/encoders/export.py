@@ -5,7 +5,9 @@ same behaviour) and a model card. A dense export also gets sentence-transformers
 make ``SentenceTransformer(folder)`` encode queries and passages exactly as llmret does: pooling, Dense
 head and normalisation as modules, the query prefix and instruction and the passage prefix as the
 ``query`` and ``document`` prompts, and, for decoders, the appended EOS (and BOS choice) in the
-exported tokenizer's post-processor. A sparse export keeps the vocabulary head.
+exported tokenizer's post-processor. A sparse export keeps the vocabulary head, and gets
+``SparseEncoder`` files when sentence-transformers can reproduce it (masked LMs, and decoders such as the
+Lion models, bidirectional ones through the exported config).
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from llmret.encoders.base import TextEncoder
 from llmret.encoders.registry import load_encoder
 from llmret.encoders.settings import EncoderSettings
 from llmret.models import st_folder, zoo
+from llmret.models.backbone import is_seq2seq
 from llmret.models.saved import SavedModel
 from llmret.util.errors import InputError
-from llmret.util.fileio import atomic_dir, atomic_write, check_output
+from llmret.util.fileio import atomic_dir, atomic_write, check_output, read_json, write_json
 
 
 def export_model(model: str, out: str | Path) -> Path:
@@ -38,8 +41,10 @@ def export_model(model: str, out: str | Path) -> Path:
     with atomic_dir(out) as tmp:
         encoder.model.save_pretrained(tmp)
         tokenizer = encoder.tokenizer
-        if dense and encoder.info.kind == "decoder":
+        if encoder.info.kind == "decoder" and (dense or not unsupported):
             tokenizer = _with_llmret_specials(encoder)
+        if encoder.info.kind == "decoder" and encoder.info.bidirectional:
+            _config_bidirectional(tmp)
         tokenizer.model_max_length = encoder.passage_max_length
         tokenizer.save_pretrained(tmp)
         SavedModel(base_model=saved.base_model if saved else model, retriever=encoder.retriever, lora=False,
@@ -51,18 +56,26 @@ def export_model(model: str, out: str | Path) -> Path:
                             prompts=prompts)
         elif not unsupported:
             st_folder.write_sparse(tmp, pooling=encoder.info.pooling, max_length=encoder.passage_max_length,
-                                   vocab_size=int(encoder.dim), lowercase=encoder.info.lowercase, prompts=prompts)
+                                   vocab_size=int(encoder.dim), lowercase=encoder.info.lowercase, prompts=prompts,
+                                   causal_lm=encoder.info.kind == "decoder")
         with atomic_write(tmp / "README.md") as handle:
             handle.write(_card(encoder, saved, model, out.name, prompts, unsupported))
     return out
 
 
 def sparse_encoder_gaps(encoder: TextEncoder) -> list[str]:
-    """What of a sparse encoder's behaviour sentence-transformers' SparseEncoder (a masked-LM head, log(1 +
-    ReLU), max or sum pooling) cannot reproduce: an export writes its files only when this is empty."""
+    """What of a sparse encoder's behaviour sentence-transformers' SparseEncoder (a masked-LM or causal-LM
+    head, log(1 + ReLU), max or sum pooling) cannot reproduce: an export writes its files only when this is
+    empty."""
     s, info = encoder.settings, encoder.info
+    config = encoder.model.config
+    window = getattr(config.get_text_config() if hasattr(config, "get_text_config") else config, "sliding_window", None)
     gaps = [what for what, present in (
-        ("a decoder's LM head (SparseEncoder reads masked-LM models)", info.kind != "encoder"),
+        ("an encoder-decoder's LM head", is_seq2seq(config)),
+        # llmret's bidirectional mask opens sliding-window layers fully; transformers' bidirectional
+        # config keeps their window (both ways), so the two agree only on texts that fit in it
+        (f"bidirectional attention past the {window}-token sliding window",
+         bool(info.bidirectional and window and window < max(s.query_max_length, encoder.passage_max_length))),
         (f"{info.pooling} pooling", info.pooling not in ("max", "sum")),
         (f"logits scaled by {s.logit_scale}", (s.logit_scale or 1.0) != 1.0),
         ("a calibrated term bias", getattr(encoder, "term_bias", None) is not None),
@@ -72,6 +85,18 @@ def sparse_encoder_gaps(encoder: TextEncoder) -> list[str]:
         ("quantised weights", bool(s.quantize)),
         ("a suffix after the text", bool(s.query_suffix or s.passage_suffix))) if present]
     return gaps
+
+
+def _config_bidirectional(folder: Path) -> None:
+    """Mark the exported decoder's config bidirectional the two ways transformers reads (5.2 and later):
+    ``is_causal`` false for every decoder, and Gemma 3's own ``use_bidirectional_attention`` where the
+    config has it, so that a plain transformers or sentence-transformers load attends as llmret did."""
+    config = read_json(folder / "config.json")
+    config["is_causal"] = False
+    for part in (config, config.get("text_config") or {}):
+        if "use_bidirectional_attention" in part:
+            part["use_bidirectional_attention"] = True
+    write_json(folder / "config.json", config)
 
 
 def _prompts(encoder: TextEncoder) -> dict[str, str]:

@@ -226,19 +226,27 @@ def write(folder: Path, *, pooling: str, normalize: bool, max_length: int, dim: 
 
 
 def write_sparse(folder: Path, *, pooling: str, max_length: int, vocab_size: int, lowercase: bool = False,
-                 prompts: dict[str, str] | None = None) -> None:
+                 prompts: dict[str, str] | None = None, causal_lm: bool = False) -> None:
     """Write the module files that make sentence-transformers' ``SparseEncoder(folder)`` encode as llmret
-    does a masked-LM SPLADE model: the LM head's logits, log(1 + ReLU), max- or sum-pooled (the caller
-    checks that nothing else of llmret's applies). Module names are sentence-transformers 5's, which 6
-    still reads."""
+    does a SPLADE-style model: the LM head's logits, log(1 + ReLU), max- or sum-pooled (the caller checks
+    that nothing else of llmret's applies). A masked LM gets sentence-transformers 5's module names, which 6
+    still reads. A decoder (``causal_lm``) needs sentence-transformers 6's Transformer in its text-generation
+    task, told to keep every position's logits (it keeps only the last by default) and to hand them to the
+    pooling under the name it reads; its attention (causal or not) is the exported config's."""
     if pooling not in ("max", "sum"):
         raise InputError(f"a SparseEncoder pools by max or sum, not {pooling}")
+    transformer = ("sentence_transformers.base.modules.transformer.Transformer" if causal_lm
+                   else "sentence_transformers.sparse_encoder.models.MLMTransformer")
     write_json(folder / "modules.json", [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.sparse_encoder.models.MLMTransformer"},
+        {"idx": 0, "name": "0", "path": "", "type": transformer},
         {"idx": 1, "name": "1", "path": "1_SpladePooling",
          "type": "sentence_transformers.sparse_encoder.models.SpladePooling"}])
     write_json(folder / "1_SpladePooling" / "config.json", {"pooling_strategy": pooling, "activation_function": "relu",
                                                             "word_embedding_dimension": vocab_size})
-    write_json(folder / "sentence_bert_config.json", {"max_seq_length": max_length, "do_lower_case": lowercase})
+    causal = {"transformer_task": "text-generation", "module_output_name": "token_embeddings",
+              "modality_config": {"text": {"method": "forward", "method_output_name": "logits"}},
+              "processing_kwargs": {"text": {"logits_to_keep": 0}}} if causal_lm else {}
+    write_json(folder / "sentence_bert_config.json", {"max_seq_length": max_length, "do_lower_case": lowercase,
+                                                      **causal})
     write_json(folder / "config_sentence_transformers.json", {
         "model_type": "SparseEncoder", "similarity_fn_name": "dot", "prompts": prompts or {}, "default_prompt_name": None})
