@@ -7,11 +7,18 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from llmret import studies
 from llmret.cli import main
+from llmret.data.corpus import Corpus, Document
+from llmret.data.dataset import load_dataset
+from llmret.data.training import read_training
 from llmret.studies import presets
 from llmret.studies.demo import METRICS, demo_study, run_demo
+from llmret.training.pseudo_queries import pseudo_query_data
+
+from helpers import SCIFACT, random_texts, write_beir_folder
 
 
 def test_demo_runs_every_system_and_its_table_matches_the_metrics(tiny_bert: Path, tiny_llama: Path,
@@ -67,3 +74,88 @@ def test_the_demo_is_the_demo_preset_and_its_options_replace_parts_of_it(tmp_pat
     assert [s.name for s in trained] == ["/models/my llama (LoRA+InfoNCE)", "/models/my llama (sparse LoRA+InfoNCE+FLOPS)"]
     assert {s.encoder["model"] for s in trained} == {"/models/my llama"} and {s.train["max_steps"] for s in trained} == {3}
     assert other.source == plain.source == presets.PRESETS / "demo.yaml"  # errors still name the preset file
+
+
+def _users_folder(folder: Path, splits: list[str]) -> Path:
+    """A BEIR folder that is not built in: 30 passages of three sentences, a query per passage (its first
+    words) judged in one of ``splits`` (round robin), written with the splits' judgments only."""
+    docs = {f"d{i}": ". ".join(random_texts(3, seed=100 + i, min_words=5, max_words=9)) + "." for i in range(30)}
+    queries = {f"q{i}": " ".join(docs[f"d{i}"].split()[:4]) for i in range(30)}
+    write_beir_folder(folder, docs, queries, {f"q{i}": {f"d{i}": 1} for i in range(0, 30, len(splits))}, splits[0])
+    for n, split in enumerate(splits[1:], start=1):
+        with open(folder / "qrels" / f"{split}.tsv", "w") as f:
+            f.write("query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(n, 30, len(splits))))
+    return folder
+
+
+@pytest.mark.parametrize("splits, source", [(["test", "train"], "train"), (["test", "dev"], "dev"),
+                                            (["test"], "pseudo"), (["dev"], "pseudo")])
+def test_the_demo_trains_and_evaluates_on_a_users_folder_never_on_the_queries_it_evaluates(
+        splits: list[str], source: str, tiny_bert: Path, tiny_llama: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    folder = _users_folder(tmp_path / "my-corpus", splits)
+    out = tmp_path / "demo"
+    rows = run_demo(out, models=[str(tiny_bert)], finetune=str(tiny_llama), finetune_as=["dense"], train_steps=2,
+                    data=str(folder))
+    assert [(r["task"], r["system"]) for r in rows] == [("my-corpus", "bm25"), ("my-corpus", f"{tiny_bert} (zero-shot)"),
+                                                        ("my-corpus", f"{tiny_llama} (LoRA+InfoNCE)")]
+    eval_split = "test" if "test" in splits else "dev"
+    evaluated = set(load_dataset(folder, eval_split).queries.values())
+    spec = demo_study(out, models=[str(tiny_bert)], finetune=str(tiny_llama), finetune_as=["dense"], train_steps=2,
+                      data=str(folder))
+    assert [(d.data, d.split) for d in spec.datasets] == [(str(folder.resolve()), eval_split)]
+    trained = next(c for c in studies.cells(spec) if c.system.train is not None)
+    config = yaml.safe_load((studies.train_folder(spec, trained) / "train_config.yaml").read_text())
+    if source == "train":
+        assert config["train_data"] == str(folder.resolve())
+        return
+    assert config["train_data"] == str(out / "train-data" / f"{source}.jsonl")
+    queries = [e.query for e in read_training(config["train_data"])]
+    assert queries and not set(queries) & evaluated
+    if source == "dev":
+        assert set(queries) == set(load_dataset(folder, "dev").queries.values())
+    else:
+        corpus_text = (folder / "corpus.jsonl").read_text()
+        assert all(q in corpus_text for q in queries)  # sentences of the passages
+    said = capsys.readouterr().out
+    assert ("dev split" if source == "dev" else "pseudo-queries") in said
+    assert ("dev split" if source == "dev" else "pseudo-queries") in (out / "results.md").read_text()
+
+
+def test_pseudo_queries_are_sentences_taken_out_of_their_passage() -> None:
+    docs = [Document(f"d{i}", ". ".join(random_texts(3, seed=i, min_words=4, max_words=8)) + ".", title=f"t{i}")
+            for i in range(12)] + [Document("short", "one sentence only")]
+    data = pseudo_query_data(Corpus.from_documents(docs), count=8, seed=3)
+    assert len(data.queries) == 8 and data.queries == pseudo_query_data(Corpus.from_documents(docs), 8, 3).queries
+    passages = {d.id: d for d in data.corpus}
+    originals = {d.id: d for d in docs}
+    for qid, query in data.queries.items():
+        (did,) = data.qrels[qid]
+        assert did != "short" and query in originals[did].text and query not in passages[did].text
+        assert passages[did].title == originals[did].title
+        assert sorted((passages[did].text + " " + query).split()) == sorted(originals[did].text.split())
+    assert sum(passages[d.id].text != d.text for d in docs) == 8  # only the drawn passages lose a sentence
+
+
+def test_the_demo_names_a_folder_it_cannot_use(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not a folder"):
+        demo_study(tmp_path, data=str(tmp_path / "missing"))
+    folder = _users_folder(tmp_path / "only-train", ["train"])
+    with pytest.raises(ValueError, match="evaluates the test or dev split; judgments found: train"):
+        demo_study(tmp_path, data=str(folder))
+    with pytest.raises(ValueError, match="give one"):
+        demo_study(tmp_path, data=str(folder), tasks=["code"])
+
+
+@pytest.mark.slow
+def test_the_demo_command_on_beir_scifact(tiny_bert: Path, tiny_llama: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A real BEIR folder that is not built in, through the command line: trained on its train split, its
+    BM25 row what Pyserini publishes for SciFact (flat index, 67.89)."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--data", str(SCIFACT), "--out", str(out), "--models", str(tiny_bert), "--finetune",
+                 str(tiny_llama), "--finetune-as", "dense", "--train-steps", "2"]) == 0
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["task"] for r in rows] == ["scifact"] * 3
+    assert abs(100 * rows[0]["nDCG@10"] - 67.89) < 1.0
+    assert "trained on the judged queries of scifact's train split" in capsys.readouterr().out

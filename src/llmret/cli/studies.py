@@ -33,6 +33,9 @@ def register(sub: Any) -> None:
     parser.add_argument("--out", default="results/demo")
     parser.add_argument("--models", nargs="+", help="models evaluated zero-shot (preset: minilm-l6)")
     parser.add_argument("--tasks", nargs="+", help="built-in tasks evaluated (preset: code docs long)")
+    parser.add_argument("--data", help="a BEIR folder of your own instead of the built-in tasks: trained on its train "
+                                       "split (else its dev split's judged queries, else pseudo-queries), evaluated "
+                                       "on its test split (else dev)")
     parser.add_argument("--finetune", help="model to fine-tune (preset: smollm2-135m; '' to skip training)")
     parser.add_argument("--finetune-as", nargs="+", choices=["dense", "sparse"],
                         help="train the fine-tuned model as these retrievers, each on the same budget (preset: both)")
@@ -101,5 +104,5 @@ def demo(args: argparse.Namespace) -> int:
     from llmret.studies.demo import run_demo
 
     run_demo(args.out, models=args.models, tasks=args.tasks, finetune=args.finetune, train_steps=args.train_steps,
-             finetune_as=args.finetune_as)
+             finetune_as=args.finetune_as, data=args.data)
     return 0

@@ -6,7 +6,7 @@ once dense and once sparse on the same batches, each evaluated on every task's t
 on a laptop CPU in about ten minutes and 4 GB; the zoo models install and convert on first use, and
 the built-in dataset builds from this Python's standard library. The options replace parts of the
 preset (which models run zero-shot, which is fine-tuned, as what, for how many steps, on which
-tasks). Finished cells are skipped and a killed training resumes, as in every study; the table goes
+tasks); ``data`` puts a user's BEIR folder in place of the built-in tasks (:func:`user_data`). Finished cells are skipped and a killed training resumes, as in every study; the table goes
 to ``results.md`` and ``results.json``, the study's report beside them.
 """
 
@@ -14,30 +14,98 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from llmret.studies.presets import PRESETS
 from llmret.studies.reporting import report
 from llmret.studies.runner import run
-from llmret.studies.spec import StudySpec
+from llmret.studies.spec import DatasetSpec, StudySpec
 from llmret.studies.systems import SystemSpec
-from llmret.util.errors import InputError
+from llmret.util.errors import DataError, InputError
 from llmret.util.fileio import atomic_write, write_json
 from llmret.util.tables import format_table
 
+PSEUDO_QUERIES = 1000  # ICT pairs drawn when a folder has no judged queries to train on: several demo runs' worth
 COLUMNS = ["task", "system", "nDCG@10", "RR@10", "R@100", "terms/q", "terms/p", "seconds"]
 METRICS = ["nDCG@10", "RR@10", "R@100"]
 FINETUNE_AS = ("dense", "sparse")
 
 
+@dataclass(frozen=True)
+class UserData:
+    """Where the demo trains and evaluates on a user's BEIR folder, and what it says about it."""
+
+    folder: Path
+    eval_split: str  # test, else dev
+    train_source: str  # train: the folder itself (its judged train queries); dev or pseudo: a file the demo writes
+    train_file: Path | None  # the training file to write first (dev or pseudo sources), None for the train split
+
+    def describe(self) -> str:
+        if self.train_source == "train":
+            return f"trained on the judged queries of {self.folder.name}'s train split, BM25-mined negatives"
+        if self.train_source == "dev":
+            return (f"trained on the judged queries of {self.folder.name}'s dev split (it has no train split), "
+                    f"BM25-mined negatives; evaluated on its test split")
+        return (f"trained on pseudo-queries (Inverse Cloze Task: a sentence of a passage as the query, the passage "
+                f"without it as the positive, BM25-mined negatives): {self.folder.name} has no judged queries "
+                f"besides its {self.eval_split} split's")
+
+    @property
+    def train_data(self) -> str:
+        return str(self.folder) if self.train_file is None else str(self.train_file)
+
+
+def user_data(folder: str | Path, out: Path) -> UserData:
+    """How the demo uses a BEIR folder: it evaluates on the test split (else dev) and trains on the train
+    split; with none, on the dev split's judged queries when the test split is evaluated; else on
+    pseudo-queries drawn from the corpus. Never on the queries it evaluates."""
+    folder = Path(folder).expanduser().resolve()
+    if not folder.is_dir():
+        raise DataError(folder, None, "demo --data: not a folder (a BEIR folder: corpus.jsonl, queries.jsonl, "
+                                      "qrels/SPLIT.tsv)")
+    splits = {p.stem for p in (folder / "qrels").glob("*.tsv")}
+    if not splits & {"test", "dev"}:
+        raise DataError(folder / "qrels", None, f"demo --data evaluates the test or dev split; judgments found: "
+                                                f"{', '.join(sorted(splits)) or 'none'}")
+    eval_split = "test" if "test" in splits else "dev"
+    if "train" in splits:
+        return UserData(folder, eval_split, "train", None)
+    source = "dev" if eval_split == "test" and "dev" in splits else "pseudo"
+    return UserData(folder, eval_split, source, out / "train-data" / f"{source}.jsonl")
+
+
+def prepare_training(data: UserData, seed: int = 42) -> None:
+    """Write the training file a dev or pseudo-query source needs (once: a resumed demo reuses it)."""
+    if data.train_file is None or data.train_file.is_file():
+        return
+    from llmret.data.corpus import Corpus
+    from llmret.data.training import write_training
+    from llmret.training.mining import mined_examples
+    from llmret.training.pseudo_queries import pseudo_query_examples
+
+    if data.train_source == "dev":
+        examples = mined_examples(data.folder, "dev")
+    else:
+        corpus = Corpus.from_file(next(p for p in (data.folder / "corpus.jsonl", data.folder / "corpus.jsonl.gz")
+                                       if p.is_file()))
+        examples = pseudo_query_examples(corpus, PSEUDO_QUERIES, seed)
+        if not examples:
+            raise DataError(data.folder, None, "demo --data: no passage of two or more sentences to draw "
+                                               "pseudo-queries from, and no train or dev judgments")
+    data.train_file.parent.mkdir(parents=True, exist_ok=True)
+    write_training(data.train_file, examples)
+
+
 def demo_study(out: Path, models: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
                finetune: str | None = None, train_steps: int | None = None,
-               finetune_as: Sequence[str] | None = None) -> StudySpec:
+               finetune_as: Sequence[str] | None = None, data: str | Path | None = None) -> StudySpec:
     """The demo preset with the options applied (None keeps the preset's choice; ``finetune=""``
-    trains nothing)."""
+    trains nothing; ``data``: a BEIR folder instead of the built-in tasks, see :func:`user_data`)."""
     spec = StudySpec.read(PRESETS / "demo.yaml")
+    if data is not None and tasks is not None:
+        raise InputError("demo: --tasks picks built-in tasks, --data a folder of your own; give one")
     unknown = set(finetune_as or ()) - set(FINETUNE_AS)
     if unknown:
         raise InputError(f"finetune_as takes {', '.join(FINETUNE_AS)}, not {', '.join(sorted(unknown))}")
@@ -50,6 +118,10 @@ def demo_study(out: Path, models: Sequence[str] | None = None, tasks: Sequence[s
         trained = []
     trained = [_fine_tuned(s, finetune, train_steps) for s in trained
                if finetune_as is None or s.retriever in finetune_as]
+    if data is not None:
+        mine = user_data(data, out)
+        trained = [replace(s, train={**(s.train or {}), "train_data": mine.train_data}) for s in trained]
+        spec = spec.changed(datasets=[DatasetSpec(str(mine.folder), mine.eval_split)])
     systems = [s for s in spec.systems if s.retriever == "bm25"] + zero_shot + trained
     datasets = spec.datasets
     if tasks is not None:
@@ -80,9 +152,13 @@ def run_demo(out: str | Path, **options: Any) -> list[dict[str, object]]:
     print the table and return its rows."""
     out = Path(out)
     spec = demo_study(out, **options)
+    mine = user_data(options["data"], out) if options.get("data") is not None else None
+    if mine is not None:
+        prepare_training(mine)
+        print(f"{mine.folder}: {mine.describe()}")
     records = run(spec)
     report(spec)
-    tasks = {d.label: d.data.removeprefix("builtin:") for d in spec.datasets}
+    tasks = {d.label: d.data.removeprefix("builtin:") if mine is None else mine.folder.name for d in spec.datasets}
     rows: list[dict[str, object]] = []
     for r in sorted(records, key=lambda r: list(tasks).index(r["dataset"])):
         row: dict[str, object] = {"task": tasks[r["dataset"]], "system": r["cell"],
@@ -94,7 +170,9 @@ def run_demo(out: str | Path, **options: Any) -> list[dict[str, object]]:
     table = format_table(rows, COLUMNS, percent=METRICS)
     write_json(out / "results.json", rows)
     with atomic_write(out / "results.md") as handle:
-        handle.write("Built-in test splits (metrics x100; terms/q, terms/p: a sparse row's average non-zero terms per "
+        where = ("Built-in test splits" if mine is None
+                 else f"{mine.folder.name}, {mine.eval_split} split ({mine.describe()})")
+        handle.write(f"{where} (metrics x100; terms/q, terms/p: a sparse row's average non-zero terms per "
                      "query and per passage; seconds include loading, and training on the first task)\n\n"
                      "```\n" + table + "\n```\n")
     print(table)
