@@ -18,11 +18,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from llmret.data.corpus import Corpus
+from llmret.data.training import write_training
 from llmret.studies.presets import PRESETS
 from llmret.studies.reporting import report
 from llmret.studies.runner import run
 from llmret.studies.spec import DatasetSpec, StudySpec
 from llmret.studies.systems import SystemSpec
+from llmret.training.mining import mined_examples
+from llmret.training.pseudo_queries import pseudo_query_examples
 from llmret.util.errors import DataError, InputError
 from llmret.util.fileio import atomic_write, write_json
 from llmret.util.tables import format_table
@@ -80,11 +84,6 @@ def prepare_training(data: UserData, seed: int = 42) -> None:
     """Write the training file a dev or pseudo-query source needs (once: a resumed demo reuses it)."""
     if data.train_file is None or data.train_file.is_file():
         return
-    from llmret.data.corpus import Corpus
-    from llmret.data.training import write_training
-    from llmret.training.mining import mined_examples
-    from llmret.training.pseudo_queries import pseudo_query_examples
-
     if data.train_source == "dev":
         examples = mined_examples(data.folder, "dev")
     else:
