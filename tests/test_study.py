@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import statistics
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,37 @@ def test_report_tables_significance_and_plot_come_from_the_metrics_files(study_f
     assert [r["cell"] for r in rows] == list(cells) and rows[2]["train.max_steps"] == "1"
     assert (spec.folder / "nDCG-10-vs-train.max_steps.png").read_bytes()[:4] == b"\x89PNG"
     assert "![nDCG@10 against train.max_steps]" in text
+
+
+def test_a_seed_axis_reports_mean_and_spread_over_the_seeds(study_file: Path) -> None:
+    data = yaml.safe_load(study_file.read_text())
+    data["grid"] = {"train.seed": [1, 2, 3]}
+    data["systems"][2]["train"]["max_steps"] = 2
+    import shutil
+
+    other = shutil.copytree(data["datasets"][0]["data"], study_file.parent / "other")  # a second dataset
+    judged = (other / "qrels" / "test.tsv").read_text().splitlines(True)
+    (other / "qrels" / "test.tsv").write_text("".join(judged[:7]))  # its first six queries
+    data["datasets"].append({"data": str(other), "split": "test"})
+    study_file.write_text(yaml.safe_dump(data))
+    spec = studies.StudySpec.read(study_file)
+    assert main(["study", "run", str(study_file)]) == 0
+    values: dict[str, list[float]] = {}
+    for cell in studies.cells(spec):
+        if cell.system.train is not None:
+            for dataset in spec.datasets:
+                folder = studies.eval_folder(spec.folder, cell, dataset, spec.measures)
+                values.setdefault(dataset.label, []).append(
+                    100 * json.loads((folder / "metrics.json").read_text())["aggregate"]["nDCG@10"])
+    assert len({tuple(v) for v in values.values()}) == 2 and all(len(v) == 3 for v in values.values())
+    text = (spec.folder / "report.md").read_text()
+    section = text.split("over seeds")[1]
+    row = next(line for line in section.splitlines() if line.startswith("| llama |")).split("|")
+    first, second = values.values()
+    means = [(a + b) / 2 for a, b in zip(first, second)]
+    expected = [f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" for v in (first, second, means)]
+    assert [c.strip() for c in row[2:6]] == ["3", *expected]
+    assert next(line for line in section.splitlines() if line.startswith("| bm25 |")).split("|")[2].strip() == "1"
 
 
 @pytest.mark.slow  # a killed process

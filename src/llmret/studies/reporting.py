@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from llmret.studies.plots import plot_axis
 from llmret.studies.spec import StudySpec, eval_folder, status
 from llmret.util.errors import InputError
 from llmret.util.fileio import atomic_write, read_json
+
+SEED = "train.seed"  # the grid axis whose values are repeats of one training, summarised by seed_section
 
 
 def finished_rows(spec: StudySpec) -> list[dict[str, Any]]:
@@ -77,11 +80,38 @@ def report(spec: StudySpec) -> Path:
         figure = plot_axis(root, axis, spec.grid[axis], rows, measures[0], datasets)
         if figure is not None:
             lines += ["", f"![{measures[0]} against {axis}]({figure.name})"]
+    lines += seed_section(spec, rows, measures[0])
     if spec.fits:
         lines += scaling_section(spec, rows, measures[0], datasets)
     with atomic_write(root / "report.md") as handle:
         handle.write("\n".join(lines) + "\n")
     return root / "report.md"
+
+
+def seed_section(spec: StudySpec, rows: list[dict[str, Any]], measure: str) -> list[str]:
+    """With a ``train.seed`` axis: each system's mean and sample standard deviation over the seeds, per
+    dataset and for the mean over datasets, so that a difference can be read against the noise of
+    training alone (the seed draws the adapters and the batches)."""
+    if SEED not in spec.grid:
+        return []
+    datasets = [d.label for d in spec.datasets]
+    groups: dict[str, dict[Any, dict[str, float]]] = {}
+    for r in rows:
+        rest = ", ".join(f"{a}={v}" for a, v in r["axes"].items() if a != SEED)
+        label = r["system"] + (f" ({rest})" if rest else "")
+        groups.setdefault(label, {}).setdefault(r["axes"].get(SEED), {})[r["dataset"]] = 100 * r["aggregate"][measure]
+
+    def spread(values: list[float]) -> str:
+        sd = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+        return f"{statistics.fmean(values):.2f}{sd}" if values else "-"
+
+    lines = ["", f"## {measure} (x100) over seeds: mean ± sample standard deviation", "",
+             "| system | seeds | " + " | ".join(datasets) + " | mean |", "| --- | --- |" + " --- |" * (len(datasets) + 1)]
+    for label, by_seed in groups.items():
+        shown = [spread([v[d] for v in by_seed.values() if d in v]) for d in datasets]
+        means = [statistics.fmean(v[d] for d in datasets) for v in by_seed.values() if len(v) == len(datasets)]
+        lines.append(f"| {label} | {len(by_seed)} | " + " | ".join(shown) + f" | {spread(means)} |")
+    return lines
 
 
 def significance_marks(spec: StudySpec, rows: list[dict[str, Any]], measures: list[str]) -> dict[tuple[str, str, str], str]:
