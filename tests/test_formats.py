@@ -127,6 +127,12 @@ def test_run_roundtrip_ranks_like_trec_eval(tmp_path: Path) -> None:
     assert read_run(tmp_path / "run.trec") == run
 
 
+def test_a_run_tag_with_spaces_is_still_one_field(tmp_path: Path) -> None:
+    write_run(tmp_path / "run.trec", {"q1": {"a": 1.0}}, tag="minilm-l6 (zero-shot) [seed=1]")
+    assert (tmp_path / "run.trec").read_text().split() == ["q1", "Q0", "a", "1", "1.000000", "minilm-l6_(zero-shot)_[seed=1]"]
+    assert read_run(tmp_path / "run.trec") == {"q1": {"a": 1.0}}
+
+
 @pytest.mark.parametrize(
     "row, problem",
     [("q1 Q0 d1 1 0.5", "expected 6 fields"), ("q1 Q0 d1 1 high t", "score 'high' is not a number"),

@@ -14,6 +14,7 @@ import yaml
 
 from llmret import studies
 from llmret.cli import main
+from llmret.data.trec import read_run
 from llmret.evaluation.significance import compare
 from llmret.util.errors import DataError
 
@@ -87,6 +88,42 @@ def test_report_tables_significance_and_plot_come_from_the_metrics_files(study_f
     assert [r["cell"] for r in rows] == list(cells) and rows[2]["train.max_steps"] == "1"
     assert (spec.folder / "nDCG-10-vs-train.max_steps.png").read_bytes()[:4] == b"\x89PNG"
     assert "![nDCG@10 against train.max_steps]" in text
+
+
+def test_a_hybrid_system_fuses_its_parts_runs_by_reciprocal_rank_fusion(study_file: Path) -> None:
+    """A fusion system's cell per value of its parts' axes; its run is RRF of theirs, computed here by
+    the formula (score = sum over runs of 1 / (60 + rank)); a changed part reruns the hybrid."""
+    data = yaml.safe_load(study_file.read_text())
+    data["systems"] += [{"name": "bm25 + llama", "retriever": "fusion", "fuse": ["bm25", "llama"]},
+                        {"name": "bm25 + bert", "retriever": "fusion", "fuse": ["bm25", "bert"],
+                         "fusion": {"method": "rrf", "k": 10}}]
+    study_file.write_text(yaml.safe_dump(data))
+    spec = studies.StudySpec.read(study_file)
+    assert [c.label for c in studies.cells(spec)][-3:] == ["bm25 + llama [max_steps=1]", "bm25 + llama [max_steps=2]",
+                                                          "bm25 + bert"]
+    records = studies.run(spec)
+    folders = {c.label: studies.eval_folder(spec.folder, c, spec.datasets[0], spec.measures) for c in studies.cells(spec)}
+    for hybrid, parts, k in (("bm25 + llama [max_steps=2]", ["bm25", "llama [max_steps=2]"], 60),
+                             ("bm25 + bert", ["bm25", "bert"], 10)):
+        runs = [read_run(folders[p] / "run.trec") for p in parts]
+        fused = read_run(folders[hybrid] / "run.trec")
+        for qid in fused:
+            expected: dict[str, float] = {}
+            for run in runs:
+                ranked = sorted(run[qid].items(), key=lambda kv: (kv[1], kv[0]), reverse=True)  # trec_eval: ties by id, descending
+                for rank, (doc, _) in enumerate(ranked, start=1):
+                    expected[doc] = expected.get(doc, 0.0) + 1 / (k + rank)
+            assert fused[qid] == pytest.approx(expected, abs=1e-6)  # run files keep six decimals
+        record = next(r for r in records if r["cell"] == hybrid)
+        metrics = json.loads((folders[hybrid] / "metrics.json").read_text())
+        assert record["metrics"] == metrics["aggregate"]
+    # a changed part (llama's learning rate) reruns it and its hybrids; bert's hybrid stays done
+    data["systems"][2]["train"]["learning_rate"] = 2e-3
+    study_file.write_text(yaml.safe_dump(data))
+    ran: list[str] = []
+    studies.run(studies.StudySpec.read(study_file), on_cell=lambda cell, dataset: ran.append(cell.label))
+    assert ran == ["llama [max_steps=1]", "llama [max_steps=2]", "bm25 + llama [max_steps=1]",
+                   "bm25 + llama [max_steps=2]"]
 
 
 def test_a_seed_axis_reports_mean_and_spread_over_the_seeds(study_file: Path) -> None:
@@ -202,6 +239,15 @@ def test_a_categorical_axis_is_drawn_as_bars_of_the_metrics_files(study_file: Pa
     (lambda s: s.update(correction="sidak"), "correction must be one of holm, bonferroni, none, not 'sidak'"),
     (lambda s: s.update(measures=["nDCG@0"]), "cutoff after @ must be a whole number"),
     (lambda s: s.update(measures="nDCG@10"), "measures must be a list of a string or null"),
+    (lambda s: s["systems"].append({"name": "h", "retriever": "fusion", "fuse": ["bm25", "nope"]}), "fuses nope"),
+    (lambda s: s["systems"].append({"name": "h", "retriever": "fusion", "fuse": ["bm25"]}), "two or more"),
+    (lambda s: s["systems"].append({"name": "h", "retriever": "fusion", "fuse": ["bm25", "bert"],
+                                    "encoder": {"model": "x"}}), "has only fuse and fusion"),
+    (lambda s: s["systems"].append({"name": "h", "retriever": "fusion", "fuse": ["bm25", "bert"],
+                                    "fusion": {"method": "max"}}), "fusion method must be one of rrf, linear"),
+    (lambda s: s["systems"].append({"name": "h", "retriever": "fusion", "fuse": ["bm25", "bert"],
+                                    "fusion": {"weights": [1]}}), "1 weights for 2 fused systems"),
+    (lambda s: s["systems"][0].update(fuse=["bert", "llama"]), "fuse is for retriever: fusion"),
     (lambda s: s.update(systems=["bm25"]), "SystemSpec needs a mapping of settings, not 'bm25'"),
     (lambda s: s["systems"].__setitem__(slice(1, 3), []), "grid axis 'train.max_steps' applies to no system"),
     (lambda s: s.update(heldout={"data": "x", "queries": "all"}), "queries must be a whole number, not 'all'"),

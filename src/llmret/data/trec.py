@@ -40,7 +40,10 @@ def read_run(path: str | Path) -> Run:
 
 
 def write_run(path: str | Path, run: Run, tag: str = "llmret", depth: int | None = None) -> None:
-    """Write a TREC run atomically, ranked as trec_eval would rank it, optionally cut at ``depth``."""
+    """Write a TREC run atomically, ranked as trec_eval would rank it, optionally cut at ``depth``. The tag
+    is one field (white space in it, as in a study's system names, becomes '_'): a sixth and seventh
+    field would make the file unreadable to trec_eval and to :func:`read_run`."""
+    tag = "_".join(tag.split()) or "llmret"
     with atomic_write(path) as handle:
         for qid, docs in run.items():
             for rank, (did, score) in enumerate(ranked(docs)[:depth], start=1):

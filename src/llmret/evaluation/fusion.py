@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from llmret.data.qrels import read_qrels
-from llmret.data.trec import Run, read_run, write_run
+from llmret.data.trec import Run, ranked, read_run, write_run
 from llmret.evaluation.conventions import rules_for_qrels
 from llmret.evaluation.measures import Evaluation
+from llmret.retrievers.base import Retriever
 from llmret.util.errors import InputError
 from llmret.util.fileio import check_output
 
@@ -33,6 +34,11 @@ def fuse(runs: Sequence[Run], method: str = "rrf", *, weights: Sequence[float] |
         raise InputError("fusion needs at least two runs")
     if weights is not None and len(weights) != len(runs):
         raise InputError(f"{len(weights)} weights for {len(runs)} runs")
+    if method == "rrf":
+        # RRF reads ranks: each run's ranks as trec_eval ranks it (ties by descending id), handed to ranx as
+        # distinct scores, since ranx orders tied scores its own way and the fused scores would follow it
+        runs = [{q: {d: -float(rank) for rank, (d, _) in enumerate(ranked(docs))} for q, docs in run.items()}
+                for run in runs]
     ranx_runs = [ranx.Run({q: dict(docs) for q, docs in run.items() if docs}, name=f"run{i}") for i, run in enumerate(runs)]
     if method == "rrf":
         fused = ranx.fuse(ranx_runs, method="rrf", params={"k": k})
@@ -44,6 +50,30 @@ def fuse(runs: Sequence[Run], method: str = "rrf", *, weights: Sequence[float] |
         best = sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))[:depth]
         out[qid] = {d: float(s) for d, s in best}
     return out
+
+
+class FusedRuns(Retriever):
+    """A hybrid of systems that have already run: it fuses their saved runs of the same queries, so a
+    study's hybrid row costs no encoding and is scored like any other system (``evaluate_retriever``)."""
+
+    name = "fusion"
+
+    def __init__(self, runs: Sequence[str | Path], method: str = "rrf", *, weights: Sequence[float] | None = None,
+                 k: int = 60) -> None:
+        if method not in FUSION_METHODS:
+            raise InputError(f"fusion method must be one of {', '.join(FUSION_METHODS)}, not '{method}'")
+        self.runs, self.method, self.weights, self.k = [Path(r) for r in runs], method, weights, k
+
+    def index(self, corpus: object) -> None:
+        """Nothing to index: the fused systems searched the corpus."""
+
+    def retrieve(self, queries: dict[str, str], k: int = 1000) -> Run:
+        fused = fuse([read_run(r) for r in self.runs], self.method, weights=self.weights, k=self.k, depth=k)
+        return {qid: fused.get(qid, {}) for qid in queries}
+
+    def describe(self) -> dict[str, object]:
+        return {"retriever": self.name, "method": self.method, "weights": self.weights, "rrf_k": self.k,
+                "runs": [str(r) for r in self.runs]}
 
 
 def fuse_files(runs: Sequence[str | Path], out: str | Path, method: str = "rrf", *, weights: Sequence[float] | None = None,

@@ -24,7 +24,7 @@ from llmret.studies.presets import PRESETS
 from llmret.studies.reporting import report
 from llmret.studies.runner import run
 from llmret.studies.spec import DatasetSpec, StudySpec
-from llmret.studies.systems import SystemSpec
+from llmret.studies.systems import FUSION, SystemSpec
 from llmret.training.mining import mined_examples
 from llmret.training.pseudo_queries import pseudo_query_examples
 from llmret.util.errors import DataError, InputError
@@ -108,7 +108,7 @@ def demo_study(out: Path, models: Sequence[str] | None = None, tasks: Sequence[s
     unknown = set(finetune_as or ()) - set(FINETUNE_AS)
     if unknown:
         raise InputError(f"finetune_as takes {', '.join(FINETUNE_AS)}, not {', '.join(sorted(unknown))}")
-    zero_shot = [s for s in spec.systems if s.train is None and s.retriever != "bm25"]
+    zero_shot = [s for s in spec.systems if s.train is None and s.retriever not in ("bm25", FUSION)]
     trained = [s for s in spec.systems if s.train is not None]
     if models is not None:
         template = zero_shot[0]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from llmret.studies.spec import StudySpec, cells, stage_folder, train_folder
+from llmret.studies.systems import FUSION
 from llmret.training.settings import resolve_temperatures
 
 
@@ -40,7 +41,11 @@ def plan(spec: StudySpec) -> list[dict[str, Any]]:
                                                  ("study" if key == "output_dir" else "default")}
                                            for key, value in stage.items()}}
                 entry["train"]["encoder.model"] = {"value": f"{stage['output_dir']}/final", "from": "stage mntp"}
-        if cell.system.retriever != "bm25":
+        if cell.parts:
+            entry["evaluation"] = {"fuse": {"value": [part.label for part in cell.parts], "from": cell.layer},
+                                   **{f"fusion.{k}": {"value": v, "from": cell.layer if k in cell.system.fusion else
+                                                      "default"} for k, v in cell.system._fusion_options().items()}}
+        elif cell.system.retriever != "bm25":
             grid = {a.removeprefix("encoder."): v for a, v in cell.axes.items() if a.startswith("encoder.")}
             layered = cell.origin.encoder_layers(grid, cell.layer)
             entry["evaluation"] = {f"encoder.{key}": {"value": value, "from": layered.origins[f"encoder.{key}"]}
@@ -48,7 +53,7 @@ def plan(spec: StudySpec) -> list[dict[str, Any]]:
         elif cell.system.bm25:
             entry["evaluation"] = {f"bm25.{k}": {"value": v, "from": cell.layer} for k, v in cell.system.bm25.items()}
         entry["datasets"] = [d.label for d in spec.datasets]
-        if any(d.encoder for d in spec.datasets) and cell.system.retriever != "bm25":
+        if any(d.encoder for d in spec.datasets) and cell.system.retriever not in ("bm25", FUSION):
             entry["dataset_encoder"] = {d.label: d.encoder for d in spec.datasets if d.encoder}
         entry["measures"] = spec.measures
         out.append(entry)

@@ -104,7 +104,8 @@ def run_cells(spec: StudySpec, group: list[Cell],
             if model is not None and cell.axes.get(CHECKPOINT) is not None:  # that step of the same run
                 evaluated = str(Path(model).parent / f"checkpoint-{cell.axes[CHECKPOINT]}" / "model")
             data, rules = load(dataset.data, dataset.split, dataset.rules)
-            retriever = build(cell.eval_system(dataset), rules=rules, work_dir=folder, model=evaluated, progress=False)
+            retriever = build(cell.eval_system(dataset), rules=rules, work_dir=folder, model=evaluated, progress=False,
+                              runs=_part_runs(spec, cell, dataset))
             result = evaluate_retriever(retriever, data, folder, name=cell.label, rules=rules, measures=spec.measures)
             record = {"cell": cell.label, "system": cell.base, "axes": cell.axes, "dataset": dataset.label,
                       "metrics": result.evaluation.aggregate, "folder": folder.name,
@@ -120,6 +121,14 @@ def run_cells(spec: StudySpec, group: list[Cell],
             if on_cell is not None:
                 on_cell(cell, dataset)
     return records
+
+def _part_runs(spec: StudySpec, cell: Cell, dataset: DatasetSpec) -> list[Path]:
+    """A fusion cell's parts' run files on ``dataset`` (they run first: their work units come earlier)."""
+    folders = [eval_folder(spec.folder, part, dataset, spec.measures) for part in cell.parts]
+    unfinished = [part.label for part, folder in zip(cell.parts, folders) if not (folder / "done.json").is_file()]
+    if unfinished:
+        raise InputError(f"{cell.label} fuses {', '.join(unfinished)}, not finished on {dataset.label}")
+    return [folder / "run.trec" for folder in folders]
 
 def run(spec: StudySpec, *, on_cell: Callable[[Cell, DatasetSpec], None] | None = None, executor: str = "local",
         ray_address: str | None = None, cpus_per_cell: float = 1.0, gpus_per_cell: float = 0.0) -> list[dict[str, Any]]:
@@ -138,11 +147,14 @@ def run(spec: StudySpec, *, on_cell: Callable[[Cell, DatasetSpec], None] | None 
         raise InputError("on_cell runs in this process: it needs the local executor")
     spec.check_data()
     units = work_units(spec)
+    fusions = [unit for unit in units if unit[0].parts]  # after every unit they fuse; cheap, so run here
+    units = [unit for unit in units if not unit[0].parts]
     with held_alone(spec.folder / ".run.lock", f"a run of the study in {spec.folder}"):
         if executor == "local":
             records = [r for unit in units for r in run_cells(spec, unit, on_cell)]
         else:
             records = _run_on_ray(spec, units, ray_address, cpus_per_cell, gpus_per_cell)
+        records += [r for unit in fusions for r in run_cells(spec, unit, on_cell)]
     order = {(c.label, d.label): i for i, (c, d, _) in enumerate(status(spec))}
     return sorted(records, key=lambda r: order[(r["cell"], r["dataset"])])
 

@@ -30,7 +30,7 @@ from llmret.data import irds
 from llmret.data.spec import resolve_folder
 from llmret.evaluation.measures import parse_measures
 from llmret.evaluation.significance import CORRECTIONS
-from llmret.studies.systems import SystemSpec
+from llmret.studies.systems import FUSION, SystemSpec
 from llmret.training.settings import TrainSettings, resolve_temperatures
 from llmret.util.errors import DataError, InputError
 from llmret.util.settings import from_dict, load_config
@@ -126,6 +126,12 @@ class StudySpec:
             if axis == CHECKPOINT and not all(v is None or (isinstance(v, int) and v > 0) for v in values):
                 raise DataError(path, None, f"grid axis '{CHECKPOINT}' takes training steps (positive integers) "
                                             "or null (the final model)")
+        for system in spec.systems:
+            wrong = [n for n in system.fuse if n not in names or n == system.name
+                     or next(s for s in spec.systems if s.name == n).retriever == FUSION]
+            if wrong:
+                raise DataError(path, None, f"system '{system.name}' fuses {', '.join(wrong)}: fuse names other "
+                                            f"systems of the study that are not fusions themselves ({', '.join(names)})")
         if spec.baseline is not None and spec.baseline not in names:
             raise DataError(path, None, f"baseline '{spec.baseline}' is not one of the systems: {', '.join(names)}")
         spec.check_reporting(path)
@@ -241,6 +247,7 @@ class Cell:
     origin: SystemSpec  # as the study file wrote it, before any axis
     layer: str = "study"  # what the study file is called in the settings' origins: "study", or "preset NAME"
     checkpoints: list[int] = field(default_factory=list)  # the steps the study evaluates of this training
+    parts: list[Cell] = field(default_factory=list)  # a fusion system's: the cells whose runs it fuses
 
     def train_settings(self, output_dir: Path, stage: str | None = None) -> Any:
         """The cell's TrainSettings: recipe < the study's system < the ``train.*`` grid values (and the
@@ -253,7 +260,7 @@ class Cell:
 
     def eval_system(self, dataset: DatasetSpec) -> SystemSpec:
         """The system as evaluated on ``dataset``: its encoder settings under the dataset's, the grid's last."""
-        if not dataset.encoder or self.system.retriever == "bm25":
+        if not dataset.encoder or self.system.retriever in ("bm25", FUSION):
             return self.system
         grid = {a.removeprefix("encoder."): v for a, v in self.axes.items() if a.startswith("encoder.")}
         return replace(self.system, encoder={**self.origin.encoder, **dataset.encoder, **grid})
@@ -287,6 +294,11 @@ class Cell:
             key[CHECKPOINT] = self.axes[CHECKPOINT]
         if self.system.mntp is None:
             del key["system"]["mntp"]  # a field newer than the first studies: their keys stay
+        for newer in ("fuse", "fusion"):  # likewise
+            if not key["system"][newer]:
+                del key["system"][newer]
+        if self.parts:  # a hybrid's numbers change whenever a part's do
+            key["parts"] = [part.eval_key(dataset, measures) for part in self.parts]
         return _digest(key)
 
 def _data_key(spec: DatasetSpec | HeldoutSpec) -> dict[str, Any]:
@@ -309,12 +321,13 @@ def _layer_name(spec: StudySpec) -> str:
     return "preset " + Path(source).resolve().relative_to(PRESETS).parts[0].removesuffix(".yaml")
 
 def cells(spec: StudySpec) -> list[Cell]:
-    """Every system crossed with the grid axes that apply to it, in file order."""
+    """Every system crossed with the grid axes that apply to it, in file order. A fusion system takes
+    the axes of its parts, and each of its cells the parts' cells with the same values."""
     layer = _layer_name(spec)
-    out = []
-    for system in spec.systems:
-        axes = [a for a in spec.grid if ((a.startswith("train.") or a == CHECKPOINT) and system.train is not None)
-                or (a.startswith("encoder.") and system.retriever != "bm25")]
+    out: list[Cell] = []
+    fused = [s for s in spec.systems if s.retriever == FUSION]
+    for system in [s for s in spec.systems if s.retriever != FUSION]:
+        axes = _axes_of(spec, system)
         checkpoints = [v for v in spec.grid.get(CHECKPOINT, []) if v is not None] if system.train is not None else []
         for values in itertools.product(*(spec.grid[a] for a in axes)):
             data = copy.deepcopy(system.to_json())
@@ -326,7 +339,24 @@ def cells(spec: StudySpec) -> list[Cell]:
                 trained = trained or SystemSpec(**copy.deepcopy(data))
             out.append(Cell(system.name, dict(zip(axes, values)), SystemSpec(**data), trained, system, layer,
                             checkpoints))
-    return out
+    for system in fused:
+        by_name = {s.name: s for s in spec.systems}
+        axes = [a for a in spec.grid if any(a in _axes_of(spec, by_name[n]) for n in system.fuse)]
+        for values in itertools.product(*(spec.grid[a] for a in axes)):
+            chosen = dict(zip(axes, values))
+            parts = [next(c for c in out if c.base == name
+                          and c.axes == {a: v for a, v in chosen.items() if a in _axes_of(spec, by_name[name])})
+                     for name in system.fuse]
+            out.append(Cell(system.name, chosen, system, system, system, layer, parts=parts))
+    order = {s.name: i for i, s in enumerate(spec.systems)}
+    return sorted(out, key=lambda c: order[c.base])  # stable: file order, each system's grid in order
+
+
+def _axes_of(spec: StudySpec, system: SystemSpec) -> list[str]:
+    """The grid axes that apply to a (non-fusion) system: train.* and checkpoint to trained ones,
+    encoder.* to encoders."""
+    return [a for a in spec.grid if ((a.startswith("train.") or a == CHECKPOINT) and system.train is not None)
+            or (a.startswith("encoder.") and system.retriever not in ("bm25", FUSION))]
 
 def train_folder(spec: StudySpec, cell: Cell) -> Path:
     """Keyed by the training alone (not the system's name): equal trainings in the studies of a suite,

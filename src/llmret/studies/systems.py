@@ -1,7 +1,7 @@
 """A system of a study: plain data describing one retriever, optionally trained first.
 
 A system is BM25, or a dense or sparse encoder over a backbone, optionally trained first (after an MNTP
-stage, if it names one). Its description (:class:`SystemSpec`) is read strictly from YAML like every
+stage, if it names one), or a hybrid: the fusion of other systems' runs. Its description (:class:`SystemSpec`) is read strictly from YAML like every
 llmret config, so a study can vary any part of it (``train.max_steps``, ``encoder.passage_max_length``
 ...) and record exactly what each cell ran; :func:`build` makes its retriever through
 :func:`llmret.retrievers.factory.make_retriever`.
@@ -16,12 +16,15 @@ from typing import Any
 
 from llmret.encoders.recipes import encoder_recipe
 from llmret.encoders.settings import EncoderSettings
+from llmret.evaluation.fusion import FusedRuns
 from llmret.retrievers.base import Retriever
 from llmret.retrievers.factory import RETRIEVERS, make_retriever
 from llmret.training.settings import MNTPSettings, TrainSettings
 from llmret.util.errors import DataError, InputError
 from llmret.util.layers import Layered, merge
 from llmret.util.settings import from_dict
+
+FUSION = "fusion"  # the retriever of a hybrid system: it fuses other systems' runs
 
 
 @dataclass
@@ -39,10 +42,16 @@ class SystemSpec:
     bm25: dict[str, float] = field(default_factory=dict)
     train: dict[str, Any] | None = None
     mntp: dict[str, Any] | None = None  # a first stage: MNTP settings (not model, output_dir) the training starts after
+    # retriever "fusion": a hybrid of other systems of the study, by name, fused by ``fusion`` (method rrf or
+    # linear, k, weights) from their runs on each dataset (llmret.evaluation.fusion)
+    fuse: list[str] = field(default_factory=list)
+    fusion: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | Path | None = None) -> SystemSpec:
         spec = from_dict(cls, data, source)
+        if spec.retriever == FUSION or spec.fuse:
+            return spec._checked_fusion(source)
         if spec.retriever not in RETRIEVERS:
             raise DataError(source, None, f"system '{spec.name}': retriever must be one of {', '.join(RETRIEVERS)}, "
                                           f"not '{spec.retriever}'")
@@ -54,6 +63,31 @@ class SystemSpec:
                 raise DataError(source, None, f"system '{spec.name}': an mntp stage comes before a training; add train")
             spec.mntp_settings(Path("unused"), source)
         return spec
+
+    def _checked_fusion(self, source: str | Path | None) -> SystemSpec:
+        """A fusion system names two or more systems and nothing of its own to build."""
+        if self.retriever != FUSION:
+            raise DataError(source, None, f"system '{self.name}': fuse is for retriever: {FUSION}")
+        if len(self.fuse) < 2:
+            raise DataError(source, None, f"system '{self.name}': fusion needs fuse: two or more system names")
+        if self.encoder or self.train is not None or self.mntp is not None or self.recipe or self.index or self.bm25:
+            raise DataError(source, None, f"system '{self.name}': a fusion system has only fuse and fusion")
+        unknown = set(self.fusion) - {"method", "k", "weights"}
+        if unknown:
+            raise DataError(source, None, f"system '{self.name}': fusion takes method, k and weights, not "
+                                          f"{', '.join(sorted(unknown))}")
+        try:
+            FusedRuns([], **self._fusion_options())  # a bad method fails here, before any work
+        except (InputError, TypeError, ValueError) as exc:
+            raise DataError(source, None, f"system '{self.name}': {exc}") from None
+        if "weights" in self.fusion and len(self.fusion["weights"]) != len(self.fuse):
+            raise DataError(source, None, f"system '{self.name}': {len(self.fusion['weights'])} weights for "
+                                          f"{len(self.fuse)} fused systems")
+        return self
+
+    def _fusion_options(self) -> dict[str, Any]:
+        return {"method": self.fusion.get("method", "rrf"), "weights": self.fusion.get("weights"),
+                "k": int(self.fusion.get("k", 60))}
 
     def mntp_settings(self, output_dir: Path, source: str | Path | None = None) -> Any:
         """The MNTP stage's settings: the system's backbone, adapted into ``output_dir``."""
@@ -102,8 +136,11 @@ class SystemSpec:
 
 
 def build(spec: SystemSpec, *, rules: Any = None, work_dir: str | Path | None = None, model: str | None = None,
-          progress: bool = True) -> Retriever:
-    """The retriever ``spec`` describes; ``model`` replaces the backbone (a trained system's final/)."""
+          progress: bool = True, runs: list[Path] | None = None) -> Retriever:
+    """The retriever ``spec`` describes; ``model`` replaces the backbone (a trained system's final/);
+    ``runs``: a fusion system's parts' run files on the dataset."""
+    if spec.retriever == FUSION:
+        return FusedRuns(runs or [], **spec._fusion_options())
     settings = None if spec.retriever == "bm25" else spec.encoder_settings(model)
     return make_retriever(spec.retriever, settings, rules=rules, work_dir=work_dir, index=spec.index, bm25=spec.bm25,
                           progress=progress)
