@@ -50,6 +50,42 @@ def test_chunked_head_equals_full_logits_in_value_and_gradient(model: str, pooli
     torch.testing.assert_close(grad_ours, grad_ref, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("model", ["tiny_llama", "tiny_bert"])
+@pytest.mark.parametrize("pooling", ["max", "sum", "last"])
+def test_own_terms_head_equals_the_textbook_formula_restricted_to_the_texts_tokens(
+        model: str, pooling: str, request: pytest.FixtureRequest) -> None:
+    """With input_terms_only, only the batch's own tokens' head rows are projected: the same weights and
+    gradients as the full logits kept on each text's own tokens (its special tokens zeroed)."""
+    folder = request.getfixturevalue(model)
+    settings = EncoderSettings(model=str(folder), pooling=pooling, vocab_chunk=5, input_terms_only=True,
+                               zero_special_terms=True)
+    encoder = SparseEncoder(load_backbone(str(folder), lm_head=True), settings, "cpu")
+    assert encoder._own_rows(torch.tensor([[3, 4, 3, 0]]), torch.tensor([[1, 1, 1, 0]])).tolist() == [3, 4]
+    batch = encoder.collate(encoder.tokenize(random_texts(4, seed=3, max_words=12), 64))
+    ours = encoder.forward(**batch)
+    logits = encoder.model(**encoder.model_inputs(**batch)).logits
+    if pooling == "last":
+        last = batch["attention_mask"].sum(1) - 1  # padded on the right
+        assert batch["attention_mask"][torch.arange(4), last].all()
+        full = torch.log1p(torch.relu(logits[torch.arange(4), last]))
+    else:
+        full = naive_weights(encoder, batch, pooling)
+    own = torch.zeros_like(full, dtype=torch.bool)
+    for row, (ids, mask) in enumerate(zip(batch["input_ids"], batch["attention_mask"])):
+        own[row, ids[mask.bool()]] = True
+    own[:, encoder.tokenizer.all_special_ids] = False
+    reference = full * own
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+    weight = encoder.model.get_output_embeddings().weight
+    (grad_ours,) = torch.autograd.grad(ours.pow(2).sum(), weight)
+    (grad_ref,) = torch.autograd.grad(reference.pow(2).sum(), weight)
+    torch.testing.assert_close(grad_ours, grad_ref, atol=1e-5, rtol=1e-4)
+    whole = SparseEncoder(load_backbone(str(folder), lm_head=True),
+                          EncoderSettings(**{**vars(settings), "full_vocab_head": True}), "cpu")
+    assert whole._own_rows(batch["input_ids"], batch["attention_mask"]) is None
+    torch.testing.assert_close(whole.forward(**batch), ours, atol=1e-6, rtol=1e-6)
+
+
 def test_sparse_defaults_and_padding_side(tiny_llama: Path) -> None:
     backbone = load_backbone(str(tiny_llama), lm_head=True)
     encoder = SparseEncoder(backbone, EncoderSettings(model=str(tiny_llama)), "cpu")

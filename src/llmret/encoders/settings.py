@@ -68,6 +68,9 @@ class EncoderSettings:
                                            sparse=True)
     expansion_terms: int | None = option(None, "with --input-terms-only: keep this many strongest other terms",
                                          sparse=True)
+    full_vocab_head: bool | None = option(None, "with --input-terms-only: project the whole vocabulary anyway (the "
+                                                "same vectors, slower; for checking the default, which projects "
+                                                "only the batch's own tokens)", sparse=True)
 
     def explicit(self) -> dict[str, Any]:
         """The settings given here (not None), the model name excluded."""

@@ -115,16 +115,34 @@ class SparseEncoder(TextEncoder):
             hidden = hidden[torch.arange(hidden.shape[0], device=hidden.device), last].unsqueeze(1)
             real = attention_mask.new_ones(hidden.shape[:2])
         mask = real.bool().unsqueeze(-1)
-        chunks = []
-        for start in range(0, head.vocab_size, self.vocab_chunk):
-            stop = min(start + self.vocab_chunk, head.vocab_size)
-            if self.info.pooling in ("max", "last"):  # the max over one position is that position
-                chunks.append(self._max_chunk(head, hidden, mask, start, stop, activate))
-            elif torch.is_grad_enabled():  # sum keeps every token's activation for backward: recompute it
-                chunks.append(checkpoint(self._sum_chunk, head, hidden, mask, start, stop, use_reentrant=False))
-            else:
-                chunks.append(self._sum_chunk(head, hidden, mask, start, stop))
-        return torch.cat(chunks, dim=1)
+        own = self._own_rows(input_ids, attention_mask) if activate else None  # calibration reads every term
+        if own is not None:
+            # Only the batch's own tokens can keep a weight (restrict zeroes the rest), so only their rows of
+            # the head are projected: the same vectors for a fraction of the head's cost (a 262k vocabulary
+            # against the few hundred distinct tokens of a batch), placed back into the vocabulary.
+            pooled = torch.cat([self._rows(head, hidden, mask, own[i:i + self.vocab_chunk], activate)
+                                for i in range(0, len(own), self.vocab_chunk)], dim=1)
+            return pooled.new_zeros(pooled.shape[0], head.vocab_size).index_copy(1, own, pooled)
+        return torch.cat([self._rows(head, hidden, mask, slice(start, min(start + self.vocab_chunk, head.vocab_size)),
+                                     activate)
+                          for start in range(0, head.vocab_size, self.vocab_chunk)], dim=1)
+
+    def _own_rows(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor | None:
+        """The vocabulary ids of the batch's real tokens, when only a text's own terms keep weight (and
+        nothing is calibrated from the other terms); else None: the whole vocabulary."""
+        s = self.settings
+        if not s.input_terms_only or s.expansion_terms or s.full_vocab_head:
+            return None
+        return torch.unique(input_ids[attention_mask.bool()].clamp(max=self.vocab_size - 1))
+
+    def _rows(self, head: VocabHead, hidden: torch.Tensor, mask: torch.Tensor, rows: slice | torch.Tensor,
+              activate: bool) -> torch.Tensor:
+        """Pooled term weights of vocabulary ``rows`` [batch, rows]."""
+        if self.info.pooling in ("max", "last"):  # the max over one position is that position
+            return self._max_chunk(head, hidden, mask, rows, activate)
+        if torch.is_grad_enabled():  # sum keeps every token's activation for backward: recompute it
+            return checkpoint(self._sum_chunk, head, hidden, mask, rows, use_reentrant=False)
+        return self._sum_chunk(head, hidden, mask, rows)
 
     def restrict(self, reps: torch.Tensor, input_ids: torch.Tensor, own_mask: torch.Tensor) -> torch.Tensor:
         """Zero the terms the settings exclude: special tokens' dimensions, and (``input_terms_only``)
@@ -148,23 +166,23 @@ class SparseEncoder(TextEncoder):
             keep = own if keep is None else keep & own
         return reps if keep is None else reps * keep
 
-    def _activation(self, logits: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    def _activation(self, logits: torch.Tensor, rows: slice | torch.Tensor) -> torch.Tensor:
         scaled = logits.float() * self.settings.logit_scale
         if self.term_bias is not None:
-            scaled = scaled + self.term_bias[start:stop]
+            scaled = scaled + self.term_bias[rows]
         return torch.log1p(torch.relu(scaled))
 
-    def _max_chunk(self, head: VocabHead, hidden: torch.Tensor, mask: torch.Tensor, start: int, stop: int,
+    def _max_chunk(self, head: VocabHead, hidden: torch.Tensor, mask: torch.Tensor, rows: slice | torch.Tensor,
                    activate: bool = True) -> torch.Tensor:
         # torch.max with a dim saves only indices for backward (amax would keep the whole chunk); the
         # fill is in place (nothing upstream needs the logits for backward), so one chunk exists at a time.
         # The bias is the same at every position, so it may follow the max as the activation does.
-        logits = head.logits(hidden, start, stop).masked_fill_(~mask, float("-inf"))
+        logits = head.logits(hidden, rows).masked_fill_(~mask, float("-inf"))
         pooled = head.finish(logits.max(dim=1).values)
-        return self._activation(pooled, start, stop) if activate else pooled.float() * self.settings.logit_scale
+        return self._activation(pooled, rows) if activate else pooled.float() * self.settings.logit_scale
 
-    def _sum_chunk(self, head: VocabHead, hidden: torch.Tensor, mask: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        return (self._activation(head.finish(head.logits(hidden, start, stop)), start, stop) * mask).sum(dim=1)
+    def _sum_chunk(self, head: VocabHead, hidden: torch.Tensor, mask: torch.Tensor, rows: slice | torch.Tensor) -> torch.Tensor:
+        return (self._activation(head.finish(head.logits(hidden, rows)), rows) * mask).sum(dim=1)
 
     def to_output(self, reps: torch.Tensor, query: bool) -> sp.csr_matrix:
         s = self.settings

@@ -32,10 +32,11 @@ class VocabHead:
     def vocab_size(self) -> int:
         return int(self.weight.shape[0])
 
-    def logits(self, hidden: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        """Logits of vocabulary rows ``start:stop`` for ``hidden`` [..., hidden], before the soft-cap."""
-        out = hidden @ self.weight[start:stop].T.to(hidden.dtype)
-        return out + self.bias[start:stop].to(out.dtype) if self.bias is not None else out
+    def logits(self, hidden: torch.Tensor, rows: slice | torch.Tensor) -> torch.Tensor:
+        """Logits of vocabulary ``rows`` (a slice, or the ids of chosen rows) for ``hidden`` [..., hidden],
+        before the soft-cap."""
+        out = hidden @ self.weight[rows].T.to(hidden.dtype)
+        return out + self.bias[rows].to(out.dtype) if self.bias is not None else out
 
     def finish(self, logits: torch.Tensor) -> torch.Tensor:
         """Apply the soft-cap (monotone, so it may follow a max over tokens)."""

@@ -99,7 +99,7 @@ def mntp_loss(model: torch.nn.Module, encoder: SparseEncoder, input_ids: torch.T
     with head_detached(model) as head:
         hidden = model(**encoder.model_inputs(masked_ids, attention_mask)).logits
     rows, cols = chosen.nonzero(as_tuple=True)
-    logits = head.finish(head.logits(hidden[rows, cols - 1], 0, head.vocab_size))
+    logits = head.finish(head.logits(hidden[rows, cols - 1], slice(None)))
     return F.cross_entropy(logits.float(), input_ids[rows, cols])
 
 
