@@ -37,7 +37,7 @@ class Suite:
 def available() -> dict[str, str]:
     """Preset name -> its one-line description (a suite's: its first study's ``suite`` line, or its name)."""
     out = {}
-    for path in sorted(PRESETS.iterdir()):
+    for path in sorted(PRESETS.iterdir(), key=lambda p: p.name.removesuffix(".yaml")):
         if path.suffix == ".yaml":
             out[path.stem] = str(load_config(path).get("description", "")).split("\n")[0]
         elif path.is_dir():
