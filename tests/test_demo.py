@@ -27,7 +27,8 @@ def test_demo_runs_every_system_and_its_table_matches_the_metrics(tiny_bert: Pat
     rows = run_demo(tmp_path / "demo", **options)
     names = [r["system"] for r in rows]
     assert names == ["bm25", f"{tiny_bert} (zero-shot)", f"{tiny_llama} (LoRA+InfoNCE)",
-                     f"{tiny_llama} (sparse LoRA+InfoNCE+FLOPS)"]
+                     f"{tiny_llama} (sparse LoRA+InfoNCE+FLOPS)", f"{tiny_llama} (LoRA+InfoNCE) + bm25",
+                     f"{tiny_llama} (sparse LoRA+InfoNCE+FLOPS) + bm25"]
     spec = demo_study(tmp_path / "demo", **options)
     by_name = {c.label: c for c in studies.cells(spec)}
     for row in rows:
@@ -63,7 +64,9 @@ def test_the_demo_is_the_demo_preset_and_its_options_replace_parts_of_it(tmp_pat
     assert [(c.label, c.eval_key(d, plain.measures)) for c in studies.cells(plain) for d in plain.datasets] == \
         [(c.label, c.eval_key(d, preset.measures)) for c in studies.cells(preset) for d in preset.datasets]
     only_dense = demo_study(tmp_path, finetune_as=["dense"], models=[], tasks=["docs"])
-    assert [s.name for s in only_dense.systems] == ["bm25", "smollm2-135m (LoRA+InfoNCE)"]
+    assert [s.name for s in only_dense.systems] == ["bm25", "gemma3-270m (LoRA+InfoNCE)",
+                                                    "gemma3-270m (LoRA+InfoNCE) + bm25"]
+    assert only_dense.systems[-1].fuse == ["gemma3-270m (LoRA+InfoNCE)", "bm25"]
     assert [d.data for d in only_dense.datasets] == ["builtin:docs"]
     assert [s.name for s in demo_study(tmp_path, finetune="").systems] == ["bm25", "minilm-l6 (zero-shot)"]
     with pytest.raises(ValueError, match="tasks are among code, docs, long"):
@@ -72,6 +75,8 @@ def test_the_demo_is_the_demo_preset_and_its_options_replace_parts_of_it(tmp_pat
     other = demo_study(tmp_path, finetune="/models/my llama", train_steps=3)
     trained = [s for s in other.systems if s.train is not None]
     assert [s.name for s in trained] == ["/models/my llama (LoRA+InfoNCE)", "/models/my llama (sparse LoRA+InfoNCE+FLOPS)"]
+    hybrids = [s for s in other.systems if s.retriever == "fusion"]
+    assert [s.fuse for s in hybrids] == [[trained[0].name, "bm25"], [trained[1].name, "bm25"]]
     assert {s.encoder["model"] for s in trained} == {"/models/my llama"} and {s.train["max_steps"] for s in trained} == {3}
     assert other.source == plain.source == presets.PRESETS / "demo.yaml"  # errors still name the preset file
 
@@ -98,7 +103,8 @@ def test_the_demo_trains_and_evaluates_on_a_users_folder_never_on_the_queries_it
     rows = run_demo(out, models=[str(tiny_bert)], finetune=str(tiny_llama), finetune_as=["dense"], train_steps=2,
                     data=str(folder))
     assert [(r["task"], r["system"]) for r in rows] == [("my-corpus", "bm25"), ("my-corpus", f"{tiny_bert} (zero-shot)"),
-                                                        ("my-corpus", f"{tiny_llama} (LoRA+InfoNCE)")]
+                                                        ("my-corpus", f"{tiny_llama} (LoRA+InfoNCE)"),
+                                                        ("my-corpus", f"{tiny_llama} (LoRA+InfoNCE) + bm25")]
     eval_split = "test" if "test" in splits else "dev"
     evaluated = set(load_dataset(folder, eval_split).queries.values())
     spec = demo_study(out, models=[str(tiny_bert)], finetune=str(tiny_llama), finetune_as=["dense"], train_steps=2,
@@ -156,6 +162,18 @@ def test_the_demo_command_on_beir_scifact(tiny_bert: Path, tiny_llama: Path, tmp
     assert main(["demo", "--data", str(SCIFACT), "--out", str(out), "--models", str(tiny_bert), "--finetune",
                  str(tiny_llama), "--finetune-as", "dense", "--train-steps", "2"]) == 0
     rows = json.loads((out / "results.json").read_text())
-    assert [r["task"] for r in rows] == ["scifact"] * 3
+    assert [r["task"] for r in rows] == ["scifact"] * 4
     assert abs(100 * rows[0]["nDCG@10"] - 67.89) < 1.0
     assert "trained on the judged queries of scifact's train split" in capsys.readouterr().out
+
+
+def test_the_mean_rows_average_each_system_over_the_tasks() -> None:
+    from llmret.studies.demo import _means
+
+    rows = [{"task": t, "system": s, "nDCG@10": n, "RR@10": n / 2, "R@100": 1.0, "seconds": 2.0}
+            for t, s, n in (("code", "a", 0.2), ("docs", "a", 0.4), ("code", "b", 0.5), ("docs", "b", 0.7))]
+    assert _means(rows) == [
+        {"task": "mean", "system": "a", "nDCG@10": pytest.approx(0.3), "RR@10": pytest.approx(0.15), "R@100": 1.0,
+         "seconds": 4.0},
+        {"task": "mean", "system": "b", "nDCG@10": pytest.approx(0.6), "RR@10": pytest.approx(0.3), "R@100": 1.0,
+         "seconds": 4.0}]

@@ -286,6 +286,10 @@ def test_fusion_rrf_and_linear_by_hand(tmp_path: Path) -> None:
     assert linear["d2"] == pytest.approx(0.25 * 0.5 + 0.75 * 1.0)
     with pytest.raises(ValueError, match="weights"):
         fuse([a, b], "linear", weights=[1.0])
+    empty = {"q": {}}  # a run without documents (every term pruned) adds nothing
+    assert fuse([a, empty], "rrf")["q"] == pytest.approx({"d1": 1 / 61, "d2": 1 / 62, "d3": 1 / 63})
+    assert fuse([empty, a], "linear", weights=[0.5, 0.25])["q"] == pytest.approx({"d1": 0.25, "d2": 0.125, "d3": 0.0})
+    assert fuse([empty, empty], "rrf") == {"q": {}}
 
 
 def test_sparse_training_logs_nonzero_terms_and_loads_back(tiny_llama: Path, tmp_path: Path) -> None:

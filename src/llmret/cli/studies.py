@@ -36,10 +36,10 @@ def register(sub: Any) -> None:
     parser.add_argument("--data", help="a BEIR folder of your own instead of the built-in tasks: trained on its train "
                                        "split (else its dev split's judged queries, else pseudo-queries), evaluated "
                                        "on its test split (else dev)")
-    parser.add_argument("--finetune", help="model to fine-tune (preset: smollm2-135m; '' to skip training)")
+    parser.add_argument("--finetune", help="model to fine-tune (preset: gemma3-270m; '' to skip training)")
     parser.add_argument("--finetune-as", nargs="+", choices=["dense", "sparse"],
                         help="train the fine-tuned model as these retrievers, each on the same budget (preset: both)")
-    parser.add_argument("--train-steps", type=int, help="training steps (preset: 20)")
+    parser.add_argument("--train-steps", type=int, help="training steps (preset: 30)")
     parser.set_defaults(func=demo)
 
 

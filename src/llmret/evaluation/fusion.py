@@ -39,17 +39,33 @@ def fuse(runs: Sequence[Run], method: str = "rrf", *, weights: Sequence[float] |
         # distinct scores, since ranx orders tied scores its own way and the fused scores would follow it
         runs = [{q: {d: -float(rank) for rank, (d, _) in enumerate(ranked(docs))} for q, docs in run.items()}
                 for run in runs]
-    ranx_runs = [ranx.Run({q: dict(docs) for q, docs in run.items() if docs}, name=f"run{i}") for i, run in enumerate(runs)]
+    weights = list(weights) if weights is not None else [1.0 / len(runs)] * len(runs)
+    # A run without a single document (a sparse model that pruned every term) adds nothing to any score,
+    # and ranx refuses empty runs: the others are fused; a lone one is fused with an empty copy of itself.
+    kept = [(run, w) for run, w in zip(runs, weights) if any(run.values())]
+    if len(kept) < 2:  # ranx fuses two runs or more: one alone is its own scores, normalised as ranx would
+        return {q: {d: s for d, s in ranked(_alone(docs, method, k, w))[:depth]}
+                for run, w in kept or [({q: {} for run in runs for q in run}, 1.0)] for q, docs in run.items()}
+    ranx_runs = [ranx.Run({q: dict(docs) for q, docs in run.items() if docs}, name=f"run{i}")
+                 for i, (run, _) in enumerate(kept)]
     if method == "rrf":
         fused = ranx.fuse(ranx_runs, method="rrf", params={"k": k})
     else:
-        weights = list(weights) if weights is not None else [1.0 / len(runs)] * len(runs)
-        fused = ranx.fuse(ranx_runs, norm="min-max", method="wsum", params={"weights": weights})
+        fused = ranx.fuse(ranx_runs, norm="min-max", method="wsum", params={"weights": [w for _, w in kept]})
     out: Run = {}
     for qid, docs in fused.to_dict().items():
         best = sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))[:depth]
         out[qid] = {d: float(s) for d, s in best}
     return out
+
+
+def _alone(docs: dict[str, float], method: str, k: int, weight: float) -> dict[str, float]:
+    """One run's share of a fusion: 1 / (k + rank) for RRF (scores here are already minus ranks), or its
+    weighted min-max normalised scores."""
+    if method == "rrf":
+        return {d: 1.0 / (k + 1 - s) for d, s in docs.items()}
+    low, high = min(docs.values(), default=0.0), max(docs.values(), default=0.0)
+    return {d: weight * ((s - low) / (high - low) if high > low else 0.0) for d, s in docs.items()}
 
 
 class FusedRuns(Retriever):

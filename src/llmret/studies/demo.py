@@ -1,13 +1,15 @@
 """The main job: the ``demo`` study preset, with a table for the terminal.
 
 ``llmret demo`` runs ``llmret/presets/demo.yaml`` like any study (one way to run a grid): BM25, a
-zero-shot retriever, and ``smollm2-135m`` trained briefly on the built-in code task's train split,
-once dense and once sparse on the same batches, each evaluated on every task's test split. It runs
+zero-shot retriever, and ``gemma3-270m`` trained briefly on the built-in code task's train split,
+once dense and once sparse on the same batches, each also fused with BM25, each evaluated on every
+task's test split, with each system's mean over the tasks. It runs
 on a laptop CPU in about ten minutes and 4 GB; the zoo models install and convert on first use, and
 the built-in dataset builds from this Python's standard library. The options replace parts of the
 preset (which models run zero-shot, which is fine-tuned, as what, for how many steps, on which
-tasks); ``data`` puts a user's BEIR folder in place of the built-in tasks (:func:`user_data`). Finished cells are skipped and a killed training resumes, as in every study; the table goes
-to ``results.md`` and ``results.json``, the study's report beside them.
+tasks); ``data`` puts a user's BEIR folder in place of the built-in tasks (:func:`user_data`).
+Finished cells are skipped and a killed training resumes, as in every study; the table goes to
+``results.md`` and ``results.json``, the study's report beside them.
 """
 
 from __future__ import annotations
@@ -115,13 +117,17 @@ def demo_study(out: Path, models: Sequence[str] | None = None, tasks: Sequence[s
         zero_shot = [replace(template, name=f"{m} (zero-shot)", encoder={**template.encoder, "model": m}) for m in models]
     if finetune == "":
         trained = []
-    trained = [_fine_tuned(s, finetune, train_steps) for s in trained
-               if finetune_as is None or s.retriever in finetune_as]
+    kept = [s for s in trained if finetune_as is None or s.retriever in finetune_as]
+    trained = [_fine_tuned(s, finetune, train_steps) for s in kept]
+    renamed = {"bm25": "bm25", **{old.name: new.name for old, new in zip(kept, trained)}}
+    hybrids = [replace(h, name=_with_model(h.name, kept[0].encoder["model"], finetune) if kept else h.name,
+                       fuse=[renamed[n] for n in h.fuse])
+               for h in spec.systems if h.retriever == FUSION and all(n in renamed for n in h.fuse)]
     if data is not None:
         mine = user_data(data, out)
         trained = [replace(s, train={**(s.train or {}), "train_data": mine.train_data}) for s in trained]
         spec = spec.changed(datasets=[DatasetSpec(str(mine.folder), mine.eval_split)])
-    systems = [s for s in spec.systems if s.retriever == "bm25"] + zero_shot + trained
+    systems = [s for s in spec.systems if s.retriever == "bm25"] + zero_shot + trained + hybrids
     datasets = spec.datasets
     if tasks is not None:
         known = {d.data.removeprefix("builtin:"): d for d in spec.datasets}
@@ -139,11 +145,25 @@ def _fine_tuned(system: SystemSpec, model: str | None, steps: int | None) -> Sys
     if steps is not None:
         train["max_steps"] = steps
     encoder = system.encoder if model is None else {**system.encoder, "model": model}
-    name = system.name
-    if model is not None:  # the label names the backbone: swap it in, or put it first if the label lacks it
-        preset_model = system.encoder["model"]
-        name = name.replace(preset_model, model, 1) if preset_model in name else f"{model} ({name})"
-    return replace(system, name=name, encoder=encoder, train=train)
+    return replace(system, name=_with_model(system.name, system.encoder["model"], model), encoder=encoder, train=train)
+
+
+def _with_model(name: str, preset_model: str, model: str | None) -> str:
+    """A label that named the preset's backbone, naming ``model`` instead (first, if the label lacks it)."""
+    if model is None:
+        return name
+    return name.replace(preset_model, model) if preset_model in name else f"{model} ({name})"
+
+
+def _means(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Each system's mean over the tasks (task "mean"; seconds: the sum), the line a claim is read from."""
+    out = []
+    for system in dict.fromkeys(str(r["system"]) for r in rows):
+        mine = [r for r in rows if r["system"] == system]
+        out.append({"task": "mean", "system": system,
+                    **{m: sum(float(r[m]) for r in mine) / len(mine) for m in METRICS},
+                    "seconds": sum(float(r["seconds"]) for r in mine)})
+    return out
 
 
 def run_demo(out: str | Path, **options: Any) -> list[dict[str, object]]:
@@ -166,13 +186,15 @@ def run_demo(out: str | Path, **options: Any) -> list[dict[str, object]]:
             row.update({"terms/q": r["terms_per_query"], "terms/p": r["terms_per_passage"]})
         row["seconds"] = r["seconds"]
         rows.append(row)
+    rows += _means(rows) if len(tasks) > 1 else []
     table = format_table(rows, COLUMNS, percent=METRICS)
     write_json(out / "results.json", rows)
     with atomic_write(out / "results.md") as handle:
         where = ("Built-in test splits" if mine is None
                  else f"{mine.folder.name}, {mine.eval_split} split ({mine.describe()})")
         handle.write(f"{where} (metrics x100; terms/q, terms/p: a sparse row's average non-zero terms per "
-                     "query and per passage; seconds include loading, and training on the first task)\n\n"
+                     "query and per passage; seconds include loading, and training on the first task; mean: "
+                     "over the tasks)\n\n"
                      "```\n" + table + "\n```\n")
     print(table)
     print(f"\nruns, metrics, the trained models, the study report and this table are in {out}")
