@@ -1,4 +1,4 @@
-"""Hybrid retrieval: fuse runs (dense + sparse, or any others) with ranx.
+"""Hybrid retrieval: fuse runs (dense + sparse, or any others).
 
 Two methods cover common practice: reciprocal rank fusion (rank-based, no score calibration needed)
 and a weighted sum of min-max normalised scores (``linear``; the weights say how much to trust each
@@ -7,7 +7,6 @@ run). A document absent from a run contributes nothing from that run.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,48 +23,33 @@ FUSION_METHODS = ("rrf", "linear")
 
 def fuse(runs: Sequence[Run], method: str = "rrf", *, weights: Sequence[float] | None = None, k: int = 60,
          depth: int = 1000) -> Run:
-    """One run from ``runs``: ``rrf`` (score = sum of 1 / (k + rank)) or ``linear`` (weighted min-max sum)."""
-    import ranx  # here: ranx compiles its kernels when first imported and used
+    """One run from ``runs``: ``rrf`` (score = sum over runs of 1 / (k + rank)) or ``linear`` (the weighted
+    sum of each run's min-max normalised scores, per query; ranx's formula, its 1e-9 floor on the range
+    included). A document a run lacks gets nothing from it.
 
-    logging.getLogger("numba").setLevel(logging.WARNING)
+    Written here rather than through ranx's ``fuse``: ranx refuses a run in which some query found no
+    document (a sparse model that pruned every term of a query) and ranks tied scores its own way; here
+    each run is ranked as trec_eval ranks it (ties by descending id)."""
     if method not in FUSION_METHODS:
         raise InputError(f"fusion method must be one of {', '.join(FUSION_METHODS)}, not '{method}'")
     if len(runs) < 2:
         raise InputError("fusion needs at least two runs")
     if weights is not None and len(weights) != len(runs):
         raise InputError(f"{len(weights)} weights for {len(runs)} runs")
-    if method == "rrf":
-        # RRF reads ranks: each run's ranks as trec_eval ranks it (ties by descending id), handed to ranx as
-        # distinct scores, since ranx orders tied scores its own way and the fused scores would follow it
-        runs = [{q: {d: -float(rank) for rank, (d, _) in enumerate(ranked(docs))} for q, docs in run.items()}
-                for run in runs]
     weights = list(weights) if weights is not None else [1.0 / len(runs)] * len(runs)
-    # A run without a single document (a sparse model that pruned every term) adds nothing to any score,
-    # and ranx refuses empty runs: the others are fused; a lone one is fused with an empty copy of itself.
-    kept = [(run, w) for run, w in zip(runs, weights) if any(run.values())]
-    if len(kept) < 2:  # ranx fuses two runs or more: one alone is its own scores, normalised as ranx would
-        return {q: {d: s for d, s in ranked(_alone(docs, method, k, w))[:depth]}
-                for run, w in kept or [({q: {} for run in runs for q in run}, 1.0)] for q, docs in run.items()}
-    ranx_runs = [ranx.Run({q: dict(docs) for q, docs in run.items() if docs}, name=f"run{i}")
-                 for i, (run, _) in enumerate(kept)]
-    if method == "rrf":
-        fused = ranx.fuse(ranx_runs, method="rrf", params={"k": k})
-    else:
-        fused = ranx.fuse(ranx_runs, norm="min-max", method="wsum", params={"weights": [w for _, w in kept]})
     out: Run = {}
-    for qid, docs in fused.to_dict().items():
-        best = sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))[:depth]
-        out[qid] = {d: float(s) for d, s in best}
+    for qid in dict.fromkeys(q for run in runs for q in run):
+        scores: dict[str, float] = {}
+        for run, weight in zip(runs, weights):
+            docs = ranked(run.get(qid, {}))
+            if not docs:
+                continue
+            low, high = docs[-1][1], docs[0][1]
+            for rank, (doc, score) in enumerate(docs, start=1):
+                share = 1.0 / (k + rank) if method == "rrf" else weight * (score - low) / max(high - low, 1e-9)
+                scores[doc] = scores.get(doc, 0.0) + share
+        out[qid] = dict(sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:depth])
     return out
-
-
-def _alone(docs: dict[str, float], method: str, k: int, weight: float) -> dict[str, float]:
-    """One run's share of a fusion: 1 / (k + rank) for RRF (scores here are already minus ranks), or its
-    weighted min-max normalised scores."""
-    if method == "rrf":
-        return {d: 1.0 / (k + 1 - s) for d, s in docs.items()}
-    low, high = min(docs.values(), default=0.0), max(docs.values(), default=0.0)
-    return {d: weight * ((s - low) / (high - low) if high > low else 0.0) for d, s in docs.items()}
 
 
 class FusedRuns(Retriever):

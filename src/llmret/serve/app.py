@@ -176,8 +176,8 @@ class LoadedIndex:
 class HybridIndex:
     """Several served indexes searched at once and fused by reciprocal rank (Cormack et al., 2009).
 
-    RRF is computed here rather than through :func:`llmret.evaluation.fusion.fuse` (ranx): ranx compiles its numba
-    code on first use, 30-60 s that must not land on a request. Each part is asked for ``depth`` hits
+    RRF is computed here over the parts' hits rather than through :func:`llmret.evaluation.fusion.fuse`, so that
+    each hit keeps which parts found it (``found_by``). Each part is asked for ``depth`` hits
     (at least 100) so that fusion sees more than the final k; ties are broken by document id.
     """
     def __init__(self, name: str, parts: list[LoadedIndex], rrf_k: int = 60, depth: int = 100) -> None:
