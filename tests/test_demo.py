@@ -177,3 +177,13 @@ def test_the_mean_rows_average_each_system_over_the_tasks() -> None:
          "seconds": 4.0},
         {"task": "mean", "system": "b", "nDCG@10": pytest.approx(0.6), "RR@10": pytest.approx(0.3), "R@100": 1.0,
          "seconds": 4.0}]
+
+
+def test_the_runner_prepares_the_zoo_models_after_the_first_in_another_process(tmp_path: Path) -> None:
+    from llmret.studies.prefetch import models_to_prepare
+
+    # minilm-l6 loads first (BM25 has no model), so the child prepares gemma3-270m, once for both systems
+    assert models_to_prepare(demo_study(tmp_path / "demo")) == ["gemma3-270m"]
+    assert models_to_prepare(demo_study(tmp_path / "demo", models=["minilm-l6", "smollm2-135m"])) == ["smollm2-135m",
+                                                                                                       "gemma3-270m"]
+    assert models_to_prepare(demo_study(tmp_path / "demo", models=[str(tmp_path)], finetune="")) == []  # no zoo

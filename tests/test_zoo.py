@@ -153,3 +153,44 @@ def test_training_a_gguf_model_is_the_same_whether_it_converts_now_or_was_cached
     assert adapters[0].keys() == adapters[1].keys()
     for name in adapters[0]:
         np.testing.assert_array_equal(adapters[0][name], adapters[1][name], err_msg=name)
+
+
+def test_gguf_conversion_parses_the_file_once_and_equals_transformers_own_load(tmp_path, monkeypatch) -> None:
+    """One shared parse (the speed-up) must give what transformers' own three-parse load gives."""
+    import gguf
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmret.models.gguf import convert_gguf
+
+    files = zoo.get("smollm2-135m").locate()
+    original, parses = gguf.GGUFReader, []
+
+    def counting(*args, **kwargs):
+        parses.append(args[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(gguf, "GGUFReader", counting)
+    folder = convert_gguf(files.folder, files.gguf_file, tmp_path / "converted")
+    assert len(parses) == 1  # transformers alone parses it three times (tokenizer, config, weights)
+    monkeypatch.setattr(gguf, "GGUFReader", original)
+    reference = AutoModelForCausalLM.from_pretrained(files.folder, gguf_file=files.gguf_file, dtype=torch.float32)
+    converted = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    expected, got = reference.state_dict(), converted.state_dict()
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+    texts = ["def add(a, b): return a + b", "Ünïcode and émojis 🙂 in one line."]
+    tokenizer = AutoTokenizer.from_pretrained(files.folder, gguf_file=files.gguf_file)
+    assert AutoTokenizer.from_pretrained(folder)(texts)["input_ids"] == tokenizer(texts)["input_ids"]
+
+
+def test_a_study_converts_its_next_gguf_model_in_a_child_process(tmp_path, monkeypatch) -> None:
+    from llmret.studies.demo import demo_study
+    from llmret.studies.prefetch import prefetching
+
+    monkeypatch.setenv("LLMRET_CACHE", str(tmp_path / "cache"))  # the child inherits it: a fresh cache
+    spec = demo_study(tmp_path / "demo", models=["minilm-l6", "smollm2-135m"], finetune="")
+    with prefetching(spec):
+        pass  # the main process does nothing: whatever is converted, the child did
+    assert (tmp_path / "cache" / "models" / "smollm2-135m" / "config.json").is_file()

@@ -10,7 +10,6 @@ last token with an EOS appended; encoders pool CLS, except T5 which pools the me
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,11 +34,11 @@ from transformers.models.auto.modeling_auto import (
 
 from llmret.models import st_folder, zoo
 from llmret.models.fingerprint import combine, folder_fingerprint
+from llmret.models.gguf import convert_gguf, gguf_cache_key
 from llmret.models.model_info import ModelInfo
 from llmret.models.saved import SavedModel
 from llmret.util.cache import cache_dir
 from llmret.util.errors import InputError
-from llmret.util.fileio import build_once
 
 log = logging.getLogger(__name__)
 
@@ -62,35 +61,6 @@ class Backbone:
 
 
 # ---- resolving a spec to a transformers folder -------------------------------------------------
-def _gguf_cache_key(path: Path) -> str:
-    stat = path.stat()
-    return "gguf-" + hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-
-
-def convert_gguf(folder: Path, gguf_file: str, out: Path) -> Path:
-    """Dequantise a GGUF checkpoint once into a plain transformers folder (seconds to load, not a minute).
-
-    transformers marks GGUF-loaded models as quantised and refuses to save them, so the weights are
-    moved into a model built from the same config without its quantisation entry.
-    """
-    if (out / "config.json").is_file():
-        return out
-
-    def convert(tmp: Path) -> None:
-        log.info("converting %s to a transformers folder (once; later loads use %s)", gguf_file, out)
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
-        config = loaded.config
-        if hasattr(config, "quantization_config"):
-            delattr(config, "quantization_config")
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        plain.load_state_dict(loaded.state_dict())
-        plain.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-
-    return build_once(out, convert, done="config.json")  # whole or not at all, by one process at a time
-
-
 def resolve(spec: str, install: bool = True) -> tuple[Path | str, ModelInfo | None]:
     """Turn a model spec into a loadable folder (or hub id) and, for zoo models, their kind.
 
@@ -108,7 +78,7 @@ def resolve(spec: str, install: bool = True) -> tuple[Path | str, ModelInfo | No
     if path.suffix == ".gguf":
         if not path.is_file():
             raise InputError(f"GGUF file not found: {path}")
-        return convert_gguf(path.parent, path.name, cache_dir("models") / _gguf_cache_key(path)), None
+        return convert_gguf(path.parent, path.name, cache_dir("models") / gguf_cache_key(path)), None
     if path.is_dir():
         if not (path / "config.json").is_file() and not (path / "modules.json").is_file():
             raise InputError(f"{path} is a folder but has no config.json (not a transformers model folder)")

@@ -171,7 +171,7 @@ def run_demo(out: str | Path, **options: Any) -> list[dict[str, object]]:
     print the table and return its rows."""
     out = Path(out)
     spec = demo_study(out, **options)
-    mine = user_data(options["data"], out) if options.get("data") is not None else None
+    mine = user_data(options["data"], out) if options.get("data") is not None else None  # a glob: cheap to redo
     if mine is not None:
         prepare_training(mine)
         print(f"{mine.folder}: {mine.describe()}")

@@ -44,7 +44,7 @@ def plan(spec: StudySpec) -> list[dict[str, Any]]:
         if cell.parts:
             entry["evaluation"] = {"fuse": {"value": [part.label for part in cell.parts], "from": cell.layer},
                                    **{f"fusion.{k}": {"value": v, "from": cell.layer if k in cell.system.fusion else
-                                                      "default"} for k, v in cell.system._fusion_options().items()}}
+                                                      "default"} for k, v in cell.system.fusion_options().items()}}
         elif cell.system.retriever != "bm25":
             grid = {a.removeprefix("encoder."): v for a, v in cell.axes.items() if a.startswith("encoder.")}
             layered = cell.origin.encoder_layers(grid, cell.layer)

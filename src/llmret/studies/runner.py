@@ -19,6 +19,7 @@ from llmret.evaluation.conventions import load
 from llmret.evaluation.pipeline import evaluate_retriever
 from llmret.retrievers.sparse import SparseRetriever
 from llmret.studies.heldout import heldout_loss
+from llmret.studies.prefetch import prefetching
 from llmret.studies.spec import (
     CHECKPOINT,
     Cell,
@@ -151,7 +152,8 @@ def run(spec: StudySpec, *, on_cell: Callable[[Cell, DatasetSpec], None] | None 
     units = [unit for unit in units if not unit[0].parts]
     with held_alone(spec.folder / ".run.lock", f"a run of the study in {spec.folder}"):
         if executor == "local":
-            records = [r for unit in units for r in run_cells(spec, unit, on_cell)]
+            with prefetching(spec):  # the next zoo models install and convert while the first cells run
+                records = [r for unit in units for r in run_cells(spec, unit, on_cell)]
         else:
             records = _run_on_ray(spec, units, ray_address, cpus_per_cell, gpus_per_cell)
         records += [r for unit in fusions for r in run_cells(spec, unit, on_cell)]

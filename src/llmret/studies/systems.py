@@ -77,7 +77,7 @@ class SystemSpec:
             raise DataError(source, None, f"system '{self.name}': fusion takes method, k and weights, not "
                                           f"{', '.join(sorted(unknown))}")
         try:
-            FusedRuns([], **self._fusion_options())  # a bad method fails here, before any work
+            FusedRuns([], **self.fusion_options())  # a bad method fails here, before any work
         except (InputError, TypeError, ValueError) as exc:
             raise DataError(source, None, f"system '{self.name}': {exc}") from None
         if "weights" in self.fusion and len(self.fusion["weights"]) != len(self.fuse):
@@ -85,7 +85,8 @@ class SystemSpec:
                                           f"{len(self.fuse)} fused systems")
         return self
 
-    def _fusion_options(self) -> dict[str, Any]:
+    def fusion_options(self) -> dict[str, Any]:
+        """A fusion system's FusedRuns arguments, defaults filled (the plan shows them too)."""
         return {"method": self.fusion.get("method", "rrf"), "weights": self.fusion.get("weights"),
                 "k": int(self.fusion.get("k", 60))}
 
@@ -140,7 +141,7 @@ def build(spec: SystemSpec, *, rules: Any = None, work_dir: str | Path | None = 
     """The retriever ``spec`` describes; ``model`` replaces the backbone (a trained system's final/);
     ``runs``: a fusion system's parts' run files on the dataset."""
     if spec.retriever == FUSION:
-        return FusedRuns(runs or [], **spec._fusion_options())
+        return FusedRuns(runs or [], **spec.fusion_options())
     settings = None if spec.retriever == "bm25" else spec.encoder_settings(model)
     return make_retriever(spec.retriever, settings, rules=rules, work_dir=work_dir, index=spec.index, bm25=spec.bm25,
                           progress=progress)
