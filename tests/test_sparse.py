@@ -400,3 +400,30 @@ def test_mntp_masks_predicts_from_the_previous_position_and_loads_bidirectional(
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_a_sparse_run_whose_vectors_all_died_stops_with_the_fix(tiny_llama: Path, tmp_path: Path) -> None:
+    from llmret.data.training import Passage, TrainExample, write_training
+    from llmret.training.steps import COLLAPSE_STEPS, Criterion
+    from llmret.util.errors import InputError
+
+    criterion = Criterion(objective=None)  # type: ignore[arg-type]  # check_alive reads only the counts
+    for step in range(COLLAPSE_STEPS - 1):
+        criterion.check_alive(0.0, 0.0, step)
+    criterion.check_alive(0.0, 3.0, 9)  # one passage term left: alive, the count starts again
+    for step in range(COLLAPSE_STEPS - 1):
+        criterion.check_alive(0.0, 0.0, step)
+    with pytest.raises(InputError, match="collapsed at step 7"):
+        criterion.check_alive(0.0, 0.0, 7)
+    # A real run driven to zero by an overwhelming FLOPS weight stops instead of saving a dead model
+    docs = random_texts(24, seed=9, min_words=6)
+    examples = [TrainExample(f"q{i}", " ".join(docs[i].split()[:3]), [Passage(f"d{i}", docs[i])],
+                             [Passage(f"d{(i + 5) % 24}", docs[(i + 5) % 24])]) for i in range(24)]
+    write_training(tmp_path / "train.jsonl", examples)
+    settings = TrainSettings(retriever="sparse", train_data=str(tmp_path / "train.jsonl"), output_dir=str(tmp_path / "run"),
+                             encoder=EncoderSettings(model=str(tiny_llama), query_max_length=16, passage_max_length=32),
+                             batch_size=4, group_size=2, max_steps=30, logging_steps=1, lora_r=4, learning_rate=0.1,
+                             query_reg_weight=1e4, passage_reg_weight=1e4, reg_warmup_steps=0)
+    with pytest.raises(InputError, match="sparse training collapsed"):
+        train(settings)
+    assert not (tmp_path / "run" / "final").exists()

@@ -39,7 +39,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--finetune", help="model to fine-tune (preset: gemma3-270m; '' to skip training)")
     parser.add_argument("--finetune-as", nargs="+", choices=["dense", "sparse"],
                         help="train the fine-tuned model as these retrievers, each on the same budget (preset: both)")
-    parser.add_argument("--train-steps", type=int, help="training steps (preset: 30)")
+    parser.add_argument("--train-steps", type=int, help="training steps of every fine-tuned system (preset: 30)")
     parser.set_defaults(func=demo)
 
 

@@ -26,6 +26,9 @@ from llmret.encoders.sparse import keep_top_k
 from llmret.losses.distributed import gather_with_grad, scale_for_ddp
 from llmret.losses.objective import Objective
 from llmret.losses.regularizers import nonzero, regularization, warmup_weight
+from llmret.util.errors import InputError
+
+COLLAPSE_STEPS = 3  # consecutive all-empty steps after which a sparse run stops (Criterion.check_alive)
 
 
 @dataclass
@@ -60,6 +63,19 @@ class Criterion:
 
     def __init__(self, objective: Objective, regularizer: Regularizer | None = None) -> None:
         self.objective, self.regularizer = objective, regularizer
+        self.empty_steps = 0  # consecutive steps whose every query and passage vector was empty
+
+    def check_alive(self, queries: float, passages: float, step: int) -> None:
+        """Stop a sparse run whose vectors all went to zero: log(1 + ReLU) passes no gradient back from
+        zero weights, so such a model never recovers, and the rest of the run would only save a model
+        that retrieves nothing. Three steps in a row, so that one batch of odd texts does not stop it."""
+        self.empty_steps = self.empty_steps + 1 if queries == 0 and passages == 0 else 0
+        if self.empty_steps >= COLLAPSE_STEPS:
+            raise InputError(
+                f"sparse training collapsed at step {step}: every query and passage vector has been empty for "
+                f"{COLLAPSE_STEPS} steps, and a zero term weight gets no gradient back; lower the FLOPS weights "
+                "(--query-reg-weight, --passage-reg-weight) or the learning rate, or warm them up over more steps "
+                "(--reg-warmup-ratio)")
 
     def __call__(self, queries: torch.Tensor, passages: torch.Tensor, teacher: torch.Tensor | None,
                  step: int) -> dict[str, torch.Tensor]:
@@ -74,8 +90,9 @@ class Criterion:
         if reg is not None:
             value = warmup_weight(reg.query_weight, step, reg.warmup_steps) * regularization(queries, reg.kind) \
                 + warmup_weight(reg.passage_weight, step, reg.warmup_steps) * regularization(passages, reg.kind)
-            out |= {"reg_loss": value, "q_nonzero": torch.tensor(nonzero(queries)),
-                    "p_nonzero": torch.tensor(nonzero(passages))}
+            q_nonzero, p_nonzero = nonzero(queries), nonzero(passages)
+            self.check_alive(q_nonzero, p_nonzero, step)
+            out |= {"reg_loss": value, "q_nonzero": torch.tensor(q_nonzero), "p_nonzero": torch.tensor(p_nonzero)}
             loss = loss + value
         return {"loss": loss, **out}
 
