@@ -317,3 +317,56 @@ def test_checkpoints_of_one_run_and_per_dataset_encoder_settings(study_file: Pat
     assert [u["model"] for u in used] == [str(trainings[0] / "checkpoint-1" / "model"), str(trainings[0] / "final")]
     assert all(u["passage_max_length"] == 7 for u in used)
     assert records[0]["folder"] != records[1]["folder"]
+
+
+def test_a_trained_cell_loads_its_model_once_and_each_dataset_scores_as_with_a_fresh_load(study_file: Path,
+                                                                                       monkeypatch) -> None:
+    """A cell's evaluation model is loaded once for all its datasets (a LoRA model took ~8 s a load);
+    each dataset's run equals the run of a model loaded afresh, and the training loads its own model."""
+    import torch
+
+    from llmret.evaluation.conventions import load
+    from llmret.evaluation.pipeline import evaluate_retriever
+    from llmret.models import backbone
+    from llmret.studies.systems import build
+
+    from helpers import random_texts, write_beir_folder
+
+    raw = yaml.safe_load(study_file.read_text())
+    docs = {f"e{i}": text for i, text in enumerate(random_texts(16, seed=5, min_words=5))}
+    other = write_beir_folder(study_file.parent / "data2", docs, {f"p{i}": docs[f"e{i}"][:20] for i in range(8)},
+                              {f"p{i}": {f"e{i}": 1} for i in range(8)})
+    raw["datasets"].append({"data": str(other), "split": "test"})
+    raw["systems"] = [s for s in raw["systems"] if s["name"] == "llama"]
+    del raw["baseline"], raw["grid"]
+    raw["systems"][0]["train"]["max_steps"] = 2
+    study_file.write_text(yaml.safe_dump(raw))
+    loads, real = [], backbone._load_backbone
+
+    def counted(spec: str, **kwargs):
+        loads.append(Path(spec).name)
+        return real(spec, **kwargs)
+
+    monkeypatch.setattr(backbone, "_load_backbone", counted)
+    spec = studies.StudySpec.read(study_file)
+    records = studies.run(spec)
+    base = Path(raw["systems"][0]["encoder"]["model"]).name
+    # the training's base model, then the trained model once (its base merged inside that load)
+    assert loads == [base, "final", base]
+    cell = studies.cells(spec)[0]
+    final = str(next((spec.folder / "train").glob("dense-*")) / "final")
+    for record, dataset in zip(records, spec.datasets):
+        data, rules = load(dataset.data, dataset.split, dataset.rules)
+        folder = study_file.parent / f"fresh-{record['folder']}"
+        fresh = build(cell.eval_system(dataset), rules=rules, work_dir=folder, model=final, progress=False)
+        evaluate_retriever(fresh, data, folder, rules=rules, measures=spec.measures)
+        assert read_run(spec.folder / "cells" / record["folder"] / "run.trec") == read_run(folder / "run.trec")
+    assert loads.count("final") == 1 + len(spec.datasets)  # the fresh builds loaded it each time
+    # the base an adapter merged into is not handed out again as the base model
+    base_folder = raw["systems"][0]["encoder"]["model"]
+    with backbone.shared_loads({}):
+        merged = backbone.load_backbone(final).model.state_dict()
+        shared_base = backbone.load_backbone(base_folder).model.state_dict()
+    fresh_base = backbone.load_backbone(base_folder).model.state_dict()
+    assert all(torch.equal(shared_base[k], fresh_base[k]) for k in fresh_base)
+    assert not all(torch.equal(merged[k], fresh_base[k]) for k in fresh_base)  # the adapter did change it

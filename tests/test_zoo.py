@@ -164,16 +164,17 @@ def test_gguf_conversion_parses_the_file_once_and_equals_transformers_own_load(t
     from llmret.models.gguf import convert_gguf
 
     files = zoo.get("smollm2-135m").locate()
-    original, parses = gguf.GGUFReader, []
+    reader_init, parses = gguf.gguf_reader.GGUFReader.__init__, []
 
-    def counting(*args, **kwargs):
-        parses.append(args[0])
-        return original(*args, **kwargs)
+    def counting(self, path, *args, **kwargs):
+        parses.append(path)
+        reader_init(self, path, *args, **kwargs)
 
-    monkeypatch.setattr(gguf, "GGUFReader", counting)
+    monkeypatch.setattr(gguf.gguf_reader.GGUFReader, "__init__", counting)
     folder = convert_gguf(files.folder, files.gguf_file, tmp_path / "converted")
     assert len(parses) == 1  # transformers alone parses it three times (tokenizer, config, weights)
-    monkeypatch.setattr(gguf, "GGUFReader", original)
+    monkeypatch.setattr(gguf.gguf_reader.GGUFReader, "__init__", reader_init)
+    assert gguf.GGUFReader is gguf.gguf_reader.GGUFReader  # the shared reader is gone after the conversion
     reference = AutoModelForCausalLM.from_pretrained(files.folder, gguf_file=files.gguf_file, dtype=torch.float32)
     converted = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     expected, got = reference.state_dict(), converted.state_dict()

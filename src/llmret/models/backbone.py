@@ -11,6 +11,9 @@ last token with an EOS appended; encoders pool CLS, except T5 which pools the me
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,7 +45,10 @@ from llmret.util.errors import InputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Backbone", "ModelInfo", "load_backbone", "resolve"]
+__all__ = ["Backbone", "ModelInfo", "load_backbone", "resolve", "shared_loads"]
+
+# The loads shared while a shared_loads() is open in this context; None outside one.
+_SHARED: ContextVar[dict[tuple[str, Any, bool], Backbone] | None] = ContextVar("llmret_shared_loads", default=None)
 
 
 @dataclass
@@ -150,14 +156,47 @@ def _fingerprint(source: Path | str, config: PretrainedConfig) -> str:
     return f"hub:{source}@{getattr(config, '_commit_hash', None) or 'unknown'}"
 
 
+@contextmanager
+def shared_loads(loads: dict[tuple[str, Any, bool], Backbone]) -> Iterator[None]:
+    """While open, ``load_backbone`` returns the Backbone already in ``loads`` for the same model, dtype
+    and head instead of loading it again (a trained LoRA model took ~8 s a load on a laptop CPU, once
+    per dataset it was evaluated on).
+
+    Only for loads whose model nobody changes (encoders read it under inference mode): training wraps
+    and updates the model it loads, so it must load outside. The loads inside a load (an adapter's base
+    model, into which the adapter is merged in place) are never shared.
+    """
+    token = _SHARED.set(loads)
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
 def load_backbone(spec: str, *, dtype: torch.dtype | None = None, lm_head: bool = False,
                   install: bool = True) -> Backbone:
     """Load model and tokenizer for ``spec``.
 
     ``lm_head`` keeps the vocabulary head (the MLM head of an encoder, the LM head of a decoder), through
     which sparse encoders read term weights; otherwise the bare transformer is loaded, which is all
-    dense pooling needs.
+    dense pooling needs. Inside :func:`shared_loads`, a model loaded before is returned as it is.
     """
+    loads = _SHARED.get()
+    if loads is None:
+        return _load_backbone(spec, dtype=dtype, lm_head=lm_head, install=install)
+    path = Path(spec).expanduser()
+    key = (str(path.resolve()) if path.exists() else spec, dtype, lm_head)
+    if key not in loads:
+        token = _SHARED.set(None)  # what this load loads inside it is its own (an adapter merges into its base)
+        try:
+            loads[key] = _load_backbone(spec, dtype=dtype, lm_head=lm_head, install=install)
+        finally:
+            _SHARED.reset(token)
+    return loads[key]
+
+
+def _load_backbone(spec: str, *, dtype: torch.dtype | None, lm_head: bool, install: bool) -> Backbone:
+    """``load_backbone`` itself, each call a new load."""
     path = Path(spec).expanduser()
     if path.is_dir() and (path / "adapter_config.json").is_file():
         return _load_adapter(path, dtype=dtype, lm_head=lm_head, install=install)

@@ -17,6 +17,7 @@ from typing import Any
 
 from llmret.evaluation.conventions import load
 from llmret.evaluation.pipeline import evaluate_retriever
+from llmret.models.backbone import shared_loads
 from llmret.retrievers.sparse import SparseRetriever
 from llmret.studies.heldout import heldout_loss
 from llmret.studies.prefetch import prefetching
@@ -92,7 +93,7 @@ def run_cells(spec: StudySpec, group: list[Cell],
     root = spec.folder
     records = []
     for cell in group:
-        model = None
+        model, loads = None, {}  # the cell's evaluation model, loaded once for all its datasets
         for dataset in spec.datasets:
             folder = eval_folder(root, cell, dataset, spec.measures)
             done = folder / "done.json"
@@ -105,8 +106,9 @@ def run_cells(spec: StudySpec, group: list[Cell],
             if model is not None and cell.axes.get(CHECKPOINT) is not None:  # that step of the same run
                 evaluated = str(Path(model).parent / f"checkpoint-{cell.axes[CHECKPOINT]}" / "model")
             data, rules = load(dataset.data, dataset.split, dataset.rules)
-            retriever = build(cell.eval_system(dataset), rules=rules, work_dir=folder, model=evaluated, progress=False,
-                              runs=_part_runs(spec, cell, dataset))
+            with shared_loads(loads):  # not around the training above: it changes the model it loads
+                retriever = build(cell.eval_system(dataset), rules=rules, work_dir=folder, model=evaluated,
+                                  progress=False, runs=_part_runs(spec, cell, dataset))
             result = evaluate_retriever(retriever, data, folder, name=cell.label, rules=rules, measures=spec.measures)
             record = {"cell": cell.label, "system": cell.base, "axes": cell.axes, "dataset": dataset.label,
                       "metrics": result.evaluation.aggregate, "folder": folder.name,
