@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 LAZY_IMPORTS = "gguf (a third of a second) is imported only while a GGUF file converts"
 
-_PATCH = threading.Lock()  # the shared reader is installed in the gguf module: one conversion at a time
+_PATCH = threading.Lock()  # the shared parses go into the gguf and transformers modules: one conversion at a time
 
 
 def gguf_cache_key(path: Path) -> str:
