@@ -56,6 +56,10 @@ def _bulk_reader() -> type:
     string, array = gguf.GGUFValueType.STRING, gguf.GGUFValueType.ARRAY
 
     class BulkReader(GGUFReader):  # type: ignore[misc]
+        def __init__(self, path: str | Path, mode: str = "r") -> None:
+            self.path = Path(path)  # named in its errors
+            super().__init__(path, mode)
+
         def _get_field_parts(self, orig_offs: int, raw_type: int) -> tuple[int, list[Any], list[int], list[Any]]:
             if raw_type != array:
                 return super()._get_field_parts(orig_offs, raw_type)
@@ -69,9 +73,9 @@ def _bulk_reader() -> type:
             else:
                 values = np.array(self._get(offs, self.gguf_scalar_to_np[itype], count))  # one copy
                 size, parts = values.nbytes, list(values.reshape(count, 1))
-            step = 2 if itype == string else 1  # a string's parts are its length and its bytes
-            data = list(range(2 + step - 1, 2 + len(parts), step))  # after the type and length parts
-            return 12 + size, [raw_itype, alen, *parts], data, [array, itype]
+            # the values' parts follow the array's type and length; a string's are its length and its bytes
+            values = range(3, 2 + len(parts), 2) if itype == string else range(2, 2 + len(parts))
+            return 12 + size, [raw_itype, alen, *parts], list(values), [array, itype]
 
         def _strings(self, offs: int, count: int) -> tuple[int, list[Any]]:
             """The parts of ``count`` consecutive strings: (length, bytes) views into one copy."""
@@ -81,7 +85,7 @@ def _bulk_reader() -> type:
                 starts.append(end)
                 end += 8 + int.from_bytes(raw[end:end + 8], order)
             if end > len(self.data):
-                raise ValueError(f"GGUF string array at byte {offs} runs past the end of the file")
+                raise ValueError(f"{self.path}: the GGUF string array at byte {offs} runs past the end of the file")
             block = np.array(self.data[offs:end])
             length = np.dtype(np.uint64).newbyteorder(self.byte_order)
             parts: list[Any] = []
