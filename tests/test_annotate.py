@@ -12,7 +12,7 @@ import torch
 from llmret.cli import main
 from llmret.data.training import read_training
 from llmret.training.annotate import annotate
-from llmret.training.teachers import CrossEncoderTeacher, JudgeTeacher, RetrieverTeacher, load_teacher
+from llmret.training.teachers import CrossEncoderTeacher, JudgeTeacher, RetrieverTeacher, load_teacher, score_pairs
 from llmret.util.errors import DataError
 
 from helpers import random_texts, tiny_tokenizer, write_beir_folder, write_training_file
@@ -74,6 +74,29 @@ def test_retriever_teacher_scores_are_its_similarities(tiny_bert: Path) -> None:
     assert teacher.score(queries, passages) == pytest.approx([float(q[i] @ p[i]) for i in range(3)], abs=1e-5)
     with pytest.raises(ValueError, match="KIND:MODEL"):
         load_teacher("reranker:x")
+
+
+@pytest.mark.parametrize("kind", ["dense", "sparse"])
+@pytest.mark.parametrize("cache_size", [100_000, 2])
+def test_retriever_teacher_encodes_each_text_once_across_chunks(tiny_bert: Path, kind: str, cache_size: int) -> None:
+    from llmret.data.training import Passage
+
+    teacher = load_teacher(f"{kind}:{tiny_bert}")
+    teacher.cache_size = cache_size
+    queries, texts = random_texts(3, seed=7, max_words=4), random_texts(5, seed=8)
+    pairs = [(queries[i % 3], Passage(f"p{(i * 2) % 5}", texts[(i * 2) % 5])) for i in range(15)]
+    encoded: list[str] = []
+    for name in ("encode_queries", "encode_passages"):  # the real encoder, its inputs recorded
+        method = getattr(teacher.encoder, name)
+        setattr(teacher.encoder, name, lambda batch, method=method: encoded.extend(batch) or method(batch))
+    score_pairs(teacher, pairs, batch_size=4)
+    if cache_size > len(texts):
+        assert sorted(encoded) == sorted(queries + texts)  # each text once, though pairs repeat them across chunks
+    for query, passage in pairs:  # each pair's score is its own texts' similarity, encoded alone
+        q = teacher.encoder.encode_queries([query])
+        d = teacher.encoder.encode_passages([passage.full_text()])
+        alone = float(q.multiply(d).sum()) if kind == "sparse" else float(q[0] @ d[0])
+        assert passage.score == pytest.approx(alone, abs=1e-5)
 
 
 class Killed(Exception):
