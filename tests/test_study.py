@@ -16,6 +16,7 @@ from llmret import studies
 from llmret.cli import main
 from llmret.data.trec import read_run
 from llmret.evaluation.significance import compare
+from llmret.studies import presets
 from llmret.util.errors import DataError
 
 
@@ -259,6 +260,38 @@ def test_bad_study_files_are_errors_naming_the_file(study_file: Path, change: ob
     with pytest.raises(DataError, match=message) as error:
         studies.StudySpec.read(study_file)
     assert str(study_file) in str(error.value)
+
+
+def test_a_study_extends_another_file_or_a_preset_and_replaces_the_keys_it_gives(study_file: Path) -> None:
+    child = study_file.parent / "seeds.yaml"
+    child.write_text(yaml.safe_dump({"name": "seeds", "extends": study_file.name, "grid": {"train.seed": [1, 2]}}))
+    base, spec = studies.StudySpec.read(study_file), studies.StudySpec.read(child)
+    assert (spec.name, spec.grid, spec.out) == ("seeds", {"train.seed": [1, 2]}, base.out)
+    assert spec.systems == base.systems and spec.datasets == base.datasets and spec.measures == base.measures
+    assert [c.label for c in studies.cells(spec)][-2:] == ["llama [seed=1]", "llama [seed=2]"]
+    grand = study_file.parent / "grand.yaml"  # a chain, and a preset by name
+    grand.write_text(yaml.safe_dump({"name": "grand", "extends": "seeds.yaml"}))
+    assert studies.StudySpec.read(grand).grid == {"train.seed": [1, 2]}
+    demo, seeds = (studies.StudySpec.read(presets.PRESETS / f"{n}.yaml") for n in ("demo", "demo-seeds"))
+    assert seeds.systems == demo.systems and seeds.datasets == demo.datasets and seeds.name == "demo-seeds"
+    preset = study_file.parent / "mine.yaml"
+    preset.write_text(yaml.safe_dump({"name": "mine", "extends": "demo", "measures": ["nDCG@10"]}))
+    assert studies.StudySpec.read(preset).systems == demo.systems
+
+
+@pytest.mark.parametrize("extends, message", [
+    ("self.yaml", "leads back to this file"),
+    ("loop.yaml", "leads back to this file"),
+    ("nowhere.yaml", "no such study file next to this one, and no such preset"),
+    (5, "extends names one study"),
+])
+def test_a_bad_extends_is_an_error_naming_the_file(tmp_path: Path, extends: object, message: str) -> None:
+    (tmp_path / "loop.yaml").write_text(yaml.safe_dump({"name": "loop", "extends": "self.yaml"}))
+    study = tmp_path / "self.yaml"
+    study.write_text(yaml.safe_dump({"name": "self", "extends": extends}))
+    with pytest.raises(DataError, match=message) as error:
+        studies.StudySpec.read(study)
+    assert "self.yaml" in str(error.value)
 
 
 @pytest.mark.slow  # a Ray cluster

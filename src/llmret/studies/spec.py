@@ -71,6 +71,24 @@ class HeldoutSpec:
     queries: int = 128
     irds: str | None = None  # as a dataset's: the ir_datasets id used when ``data`` is not there
 
+def _study_keys(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A study file's top-level keys over those of the study it ``extends``, followed to the end."""
+    data = load_config(path)
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base.strip():
+        raise DataError(path, None, "extends names one study: a file (relative to this one) or a preset")
+    target = path.parent / base
+    if not target.is_file() and (PRESETS / f"{base}.yaml").is_file():
+        target = PRESETS / f"{base}.yaml"
+    if not target.is_file():
+        raise DataError(path, None, f"extends '{base}': no such study file next to this one, and no such preset")
+    if target.resolve() in (*chain, path.resolve()):
+        raise DataError(path, None, f"extends '{base}', which leads back to this file")
+    return {**_study_keys(target, (*chain, path.resolve())), **data}
+
+
 @dataclass
 class StudySpec:
     """A study file: ``name``, ``description``, ``systems``, ``datasets``, ``measures``, ``grid`` axes,
@@ -98,8 +116,10 @@ class StudySpec:
     @classmethod
     def read(cls, path: str | Path) -> StudySpec:
         """Read and check a study file: unknown keys, bad axes and duplicate names are errors naming the file.
+        A file that ``extends`` another study (a file relative to it, or a preset's name) takes that study's
+        keys and replaces the ones it gives (a seed study of a preset gives its name and its grid only).
         ``$VARIABLES`` and ``~`` in data paths are expanded (a preset names ``$LLMRET_DATA/...``)."""
-        data = {k: v for k, v in load_config(path).items() if not str(k).startswith("x-")}  # x-*: YAML anchors
+        data = {k: v for k, v in _study_keys(Path(path)).items() if not str(k).startswith("x-")}  # x-*: YAML anchors
         for key in ("systems", "datasets"):
             if not isinstance(data.get(key), list) or not data[key]:
                 raise DataError(path, None, f"a study needs a non-empty list of {key}")
