@@ -235,3 +235,28 @@ def test_train_teacher_scores_the_chosen_queries_once_and_distils_from_them(
     assert main(["train", *common, "--objective", "cl+kd", "--output-dir", str(tmp_path / "clkd")]) == 0
     assert [p.name for p in (tmp_path / "cache" / "annotations").iterdir()] == [cached.name]
     assert cached.stat().st_mtime_ns == stamp  # the same queries under the same teacher: scored once
+
+
+def test_distillation_leaves_out_queries_without_hard_negatives_and_says_so(
+        tiny_llama: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from llmret.data.training import Passage, TrainExample
+    from llmret.training.train import with_negatives
+
+    scored = write_training_file(tmp_path / "scored.jsonl", 9, (1, 4), scored=True)
+    rows = [json.loads(line) for line in scored.read_text().splitlines()]
+    rows[4]["negative_passages"] = []  # every BM25 hit of this query was judged relevant
+    scored.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with caplog.at_level("WARNING"):
+        assert main(["train", "--model", str(tiny_llama), "--train-data", str(scored), "--output-dir",
+                     str(tmp_path / "kd"), "--objective", "cl+kd", "--batch-size", "4", "--group-size", "2",
+                     "--max-steps", "2", "--query-max-length", "12", "--passage-max-length", "24"]) == 0
+    assert "1 of 9 training queries have no hard negative (the first: 'q4')" in caplog.text
+    caplog.clear()
+
+    examples = [TrainExample(f"q{i}", f"query {i}", [Passage(f"p{i}", "text", score=1.0)],
+                             [Passage("n", "other", score=0.5)] if i != 1 else []) for i in range(3)]
+    with caplog.at_level("WARNING"):
+        kept = with_negatives(examples)
+    assert [e.query_id for e in kept] == ["q0", "q2"]
+    assert "1 of 3 training queries have no hard negative (the first: 'q1')" in caplog.text
+    assert with_negatives(kept) == kept

@@ -98,6 +98,18 @@ def load_tasks(settings: TrainSettings) -> list[list[TrainExample]]:
     return tasks
 
 
+def with_negatives(examples: list[TrainExample]) -> list[TrainExample]:
+    """The examples a distillation can use. A query without hard negatives (every BM25 hit judged
+    relevant: 1 of the built-in ``code`` task's 3,466) fills its group with other queries' positives,
+    which the teacher scored for those queries, not for this one: such queries are left out, said in the log."""
+    kept = [e for e in examples if e.negatives]
+    if len(kept) < len(examples):
+        first = next(e for e in examples if not e.negatives)
+        log.warning("%d of %d training queries have no hard negative (the first: '%s') and are left out of the "
+                    "distillation", len(examples) - len(kept), len(examples), first.query_id)
+    return kept
+
+
 def task_instructions(settings: TrainSettings) -> list[str]:
     """Each source's instruction from the ``task.json`` beside its data (``task_instructions``)."""
     out = []
@@ -350,6 +362,8 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
     tasks = load_tasks(settings)
     examples = [e for task in tasks for e in task]
     if objective.needs_teacher:
+        tasks = [with_negatives(task) for task in tasks]
+        examples = [e for task in tasks for e in task]
         require_teacher_scores(examples, f"objective '{settings.objective}'")  # before the model loads
     instructions = task_instructions(settings) if settings.task_instructions else None
     encoder, stage = load_student(settings, accelerator.device)
