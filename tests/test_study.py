@@ -352,10 +352,12 @@ def test_checkpoints_of_one_run_and_per_dataset_encoder_settings(study_file: Pat
     assert records[0]["folder"] != records[1]["folder"]
 
 
+@pytest.mark.parametrize("retriever", ["dense", "sparse"])
 def test_a_trained_cell_loads_its_model_once_and_each_dataset_scores_as_with_a_fresh_load(study_file: Path,
-                                                                                       monkeypatch) -> None:
-    """A cell's evaluation model is loaded once for all its datasets (a LoRA model took ~8 s a load);
-    each dataset's run equals the run of a model loaded afresh, and the training loads its own model."""
+                                                                                       monkeypatch, retriever: str) -> None:
+    """A cell's evaluation model is the model its training left in memory, merged (a LoRA model took ~8 s
+    a load), for all its datasets; each dataset's run equals the run of a model loaded afresh from the
+    saved folder, and the training loads its own model."""
     import torch
 
     from llmret.evaluation.conventions import load
@@ -373,6 +375,7 @@ def test_a_trained_cell_loads_its_model_once_and_each_dataset_scores_as_with_a_f
     raw["systems"] = [s for s in raw["systems"] if s["name"] == "llama"]
     del raw["baseline"], raw["grid"]
     raw["systems"][0]["train"]["max_steps"] = 2
+    raw["systems"][0]["retriever"] = retriever
     study_file.write_text(yaml.safe_dump(raw))
     loads, real = [], backbone._load_backbone
 
@@ -384,22 +387,22 @@ def test_a_trained_cell_loads_its_model_once_and_each_dataset_scores_as_with_a_f
     spec = studies.StudySpec.read(study_file)
     records = studies.run(spec)
     base = Path(raw["systems"][0]["encoder"]["model"]).name
-    # the training's base model, then the trained model once (its base merged inside that load)
-    assert loads == [base, "final", base]
+    assert loads == [base]  # the training's base model: the evaluations took the model it trained
     cell = studies.cells(spec)[0]
-    final = str(next((spec.folder / "train").glob("dense-*")) / "final")
+    final = str(next((spec.folder / "train").glob(f"{retriever}-*")) / "final")
     for record, dataset in zip(records, spec.datasets):
         data, rules = load(dataset.data, dataset.split, dataset.rules)
         folder = study_file.parent / f"fresh-{record['folder']}"
         fresh = build(cell.eval_system(dataset), rules=rules, work_dir=folder, model=final, progress=False)
         evaluate_retriever(fresh, data, folder, rules=rules, measures=spec.measures)
         assert read_run(spec.folder / "cells" / record["folder"] / "run.trec") == read_run(folder / "run.trec")
-    assert loads.count("final") == 1 + len(spec.datasets)  # the fresh builds loaded it each time
+    assert loads.count("final") == len(spec.datasets)  # the fresh builds loaded it each time
+    assert studies.run(spec) == records and loads.count("final") == len(spec.datasets)  # done: nothing loads
     # the base an adapter merged into is not handed out again as the base model
     base_folder = raw["systems"][0]["encoder"]["model"]
     with backbone.shared_loads({}):
-        merged = backbone.load_backbone(final).model.state_dict()
-        shared_base = backbone.load_backbone(base_folder).model.state_dict()
-    fresh_base = backbone.load_backbone(base_folder).model.state_dict()
+        merged = backbone.load_backbone(final, lm_head=retriever == "sparse").model.state_dict()
+        shared_base = backbone.load_backbone(base_folder, lm_head=retriever == "sparse").model.state_dict()
+    fresh_base = backbone.load_backbone(base_folder, lm_head=retriever == "sparse").model.state_dict()
     assert all(torch.equal(shared_base[k], fresh_base[k]) for k in fresh_base)
     assert not all(torch.equal(merged[k], fresh_base[k]) for k in fresh_base)  # the adapter did change it

@@ -11,7 +11,7 @@ last token with an EOS appended; encoders pool CLS, except T5 which pools the me
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
@@ -45,10 +45,12 @@ from llmret.util.errors import InputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Backbone", "ModelInfo", "load_backbone", "resolve", "shared_loads"]
+__all__ = ["Backbone", "ModelInfo", "hand_over", "handing_over", "load_backbone", "resolve", "shared_loads"]
 
 # The loads shared while a shared_loads() is open in this context; None outside one.
 _SHARED: ContextVar[dict[tuple[str, Any, bool], Backbone] | None] = ContextVar("llmret_shared_loads", default=None)
+# Where a training puts its final model while a handing_over() is open; None outside one.
+_HANDOFF: ContextVar[dict[tuple[str, Any, bool], Backbone] | None] = ContextVar("llmret_handoff", default=None)
 
 
 @dataclass
@@ -173,6 +175,40 @@ def shared_loads(loads: dict[tuple[str, Any, bool], Backbone]) -> Iterator[None]
         _SHARED.reset(token)
 
 
+@contextmanager
+def handing_over(loads: dict[tuple[str, Any, bool], Backbone]) -> Iterator[None]:
+    """While open, a LoRA training that calls :func:`hand_over` puts its final model into ``loads``
+    (merged, as loading its folder would give it), for a :func:`shared_loads` over the same dict to
+    return instead of loading the folder again: ~9 s a model on a laptop CPU, most of it the base
+    model's tokenizer. Training itself loads outside any share."""
+    token = _HANDOFF.set(loads)
+    try:
+        yield
+    finally:
+        _HANDOFF.reset(token)
+
+
+def _key(spec: str, dtype: torch.dtype | None, lm_head: bool) -> tuple[str, Any, bool]:
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() else spec, dtype, lm_head
+
+
+def hand_over(folder: Path, merged: Callable[[], PreTrainedModel], base: Backbone, *, dtype: torch.dtype,
+              lm_head: bool) -> None:
+    """Inside :func:`handing_over`: the adapter saved in ``folder``, merged into the model it trained
+    (``merged()``, called only then) over ``base`` (the backbone the training loaded), keyed as
+    ``load_backbone(folder, dtype=dtype, lm_head=lm_head)`` is, the Backbone ``_load_adapter`` builds."""
+    loads = _HANDOFF.get()
+    if loads is None:
+        return
+    saved = SavedModel.read(folder)
+    if saved is None:
+        raise InputError(f"{folder}: no llmret.json, so no trained model to hand over")
+    loads[_key(str(folder), dtype, lm_head)] = Backbone(
+        merged().eval(), base.tokenizer, saved.model_info, str(folder), folder, saved, base.model_defaults,
+        base.head, combine(base.fingerprint, folder_fingerprint(folder)))
+
+
 def load_backbone(spec: str, *, dtype: torch.dtype | None = None, lm_head: bool = False,
                   install: bool = True) -> Backbone:
     """Load model and tokenizer for ``spec``.
@@ -184,8 +220,7 @@ def load_backbone(spec: str, *, dtype: torch.dtype | None = None, lm_head: bool 
     loads = _SHARED.get()
     if loads is None:
         return _load_backbone(spec, dtype=dtype, lm_head=lm_head, install=install)
-    path = Path(spec).expanduser()
-    key = (str(path.resolve()) if path.exists() else spec, dtype, lm_head)
+    key = _key(spec, dtype, lm_head)
     if key not in loads:
         token = _SHARED.set(None)  # what this load loads inside it is its own (an adapter merges into its base)
         try:

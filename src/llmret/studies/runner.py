@@ -17,7 +17,7 @@ from typing import Any
 
 from llmret.evaluation.conventions import load
 from llmret.evaluation.pipeline import evaluate_retriever
-from llmret.models.backbone import shared_loads
+from llmret.models.backbone import Backbone, handing_over, shared_loads
 from llmret.retrievers.sparse import SparseRetriever
 from llmret.studies.heldout import heldout_loss
 from llmret.studies.prefetch import prefetching
@@ -53,9 +53,10 @@ def run_stage(spec: StudySpec, cell: Cell) -> str | None:
         run_mntp(cell.system.mntp_settings(folder), resume=(folder / "mntp_config.yaml").is_file())
     return str(final)
 
-def trained_model(spec: StudySpec, cell: Cell) -> str | None:
+def trained_model(spec: StudySpec, cell: Cell, loads: dict[tuple[str, Any, bool], Backbone] | None = None) -> str | None:
     """Train the cell's system (resuming a killed run) unless an identical training finished already,
-    after its MNTP stage if it has one; then measure its held-out loss, once, if the study asks."""
+    after its MNTP stage if it has one; then measure its held-out loss, once, if the study asks.
+    A training run here puts its final model into ``loads`` (see :func:`handing_over`)."""
     if cell.system.train is None:
         return None
     folder = train_folder(spec, cell)
@@ -66,7 +67,8 @@ def trained_model(spec: StudySpec, cell: Cell) -> str | None:
         if not (final / "llmret.json").is_file():
             stage = run_stage(spec, cell)
             log.info("training %s into %s", cell.label, folder)
-            train(cell.train_settings(folder, stage), resume=(folder / "train_config.yaml").is_file())
+            with handing_over(loads if loads is not None else {}):
+                train(cell.train_settings(folder, stage), resume=(folder / "train_config.yaml").is_file())
     if spec.heldout is not None and not heldout_file(spec, cell).is_file():
         h = spec.heldout
         result = heldout_loss(final, h.data, h.split, TrainSettings.saved(folder), h.queries)
@@ -101,7 +103,8 @@ def run_cells(spec: StudySpec, group: list[Cell],
                 records.append(read_json(done))
                 continue
             start = time.perf_counter()
-            model = model or trained_model(spec, cell)
+            final = cell.axes.get(CHECKPOINT) is None  # a model trained now comes in loads, merged, if evaluated
+            model = model or trained_model(spec, cell, loads if final else None)
             evaluated = model
             if model is not None and cell.axes.get(CHECKPOINT) is not None:  # that step of the same run
                 evaluated = str(Path(model).parent / f"checkpoint-{cell.axes[CHECKPOINT]}" / "model")

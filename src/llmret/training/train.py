@@ -46,7 +46,7 @@ from llmret.losses.kd import ListwiseKDLoss
 from llmret.losses.margin_mse import MarginMSELoss
 from llmret.losses.objective import Objective
 from llmret.models import st_folder
-from llmret.models.backbone import load_backbone
+from llmret.models.backbone import hand_over, load_backbone
 from llmret.models.saved import SavedModel
 from llmret.retrievers.factory import make_retriever
 from llmret.training import budget, trackers
@@ -413,14 +413,22 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
 
     trainer = Trainer(bookkeeping=frozenset(bookkeeping(TrainSettings)), micro_batch=settings.batch_size // world)
     evaluate = _checkpoint_evaluator(settings) if settings.eval_data else None
-    return run_loop(accelerator, model, micro_step, total, settings.part(LoopSettings), used, trainer=trainer,
-                    resume=resume, force=force,
-                    save_model=lambda unwrapped, folder, state_dict: save_final(folder, unwrapped, encoder, settings,
-                                                                                 instructions, state_dict),
-                    prepared=use_prepared, callbacks=[EvalCallback(settings.eval_steps, evaluate), *callbacks],
-                    on_step=on_step, flops_per_token=compute.flops_per_token,
-                    records={"compute.json": {**compute.to_json(), "steps": total},
-                             "settings-origins.json": origins_record(settings)})
+    final = run_loop(accelerator, model, micro_step, total, settings.part(LoopSettings), used, trainer=trainer,
+                     resume=resume, force=force,
+                     save_model=lambda unwrapped, folder, state_dict: save_final(folder, unwrapped, encoder, settings,
+                                                                                  instructions, state_dict),
+                     prepared=use_prepared, callbacks=[EvalCallback(settings.eval_steps, evaluate), *callbacks],
+                     on_step=on_step, flops_per_token=compute.flops_per_token,
+                     records={"compute.json": {**compute.to_json(), "steps": total},
+                              "settings-origins.json": origins_record(settings)})
+    # A study evaluates the model next: it gets it as it is, merged, when nothing but the LoRA weights sets
+    # it apart from what loading final/ gives (no MNTP adapter or term bias inside, no autocast or
+    # checkpointing wrapper, one process holding all of it)
+    if (settings.lora and stage is None and getattr(encoder, "term_bias", None) is None and world == 1
+            and accelerator.mixed_precision == "no" and not settings.grad_checkpointing):
+        hand_over(final, lambda: accelerator.unwrap_model(model).merge_and_unload(), encoder.backbone,
+                  dtype=DTYPES[settings.encoder.dtype or "float32"], lm_head=sparse)
+    return final
 
 
 def origins_record(settings: TrainSettings) -> dict[str, Any]:
