@@ -16,7 +16,7 @@ from llmret.util.errors import DataError
 
 
 def test_every_preset_reads_and_is_listed(capsys: pytest.CaptureFixture[str]) -> None:
-    names = {"demo", "demo-recipes", "demo-seeds", "mini-dense", "mini-scaling", "paper-dense", "paper-scaling"}
+    names = {"demo", "demo-recipes", "demo-seeds", "demo-variants", "mini-dense", "mini-scaling", "paper-dense", "paper-scaling"}
     assert set(presets.available()) == names
     for name in names:
         suite = presets.load(name)
@@ -57,7 +57,7 @@ def test_paper_presets_without_their_data_say_what_to_get(tmp_path: Path, capsys
     assert f"{tmp_path / 'data' / 'msmarco'}" in err and "not set" not in err and "dl19/" in err
     assert not (tmp_path / "out").exists()  # nothing ran
     assert main(["study", "run", "no-such-preset"]) == 2
-    assert "presets: demo, demo-recipes, demo-seeds, mini-dense" in capsys.readouterr().err
+    assert "presets: demo, demo-recipes, demo-seeds, demo-variants, mini-dense" in capsys.readouterr().err
 
 
 def test_a_suite_runs_its_studies_and_reports_their_main_tables(study_file: Path, tmp_path: Path) -> None:
