@@ -18,7 +18,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
                                             ("sparse.py", "sparse-full-logits"), ("serve.py", "throughput ratio"),
                                             ("search.py", "IVF16,PQ8 nprobe=64"), ("startup.py", "help / (torch"),
                                             ("sparse_head.py", "own-terms head speed-up"),
-                                            ("gguf_convert.py", "llmret's conversion speed-up")])
+                                            ("gguf_convert.py", "llmret's conversion speed-up"),
+                                            ("handover.py", "hand-over speed-up")])
 def test_benchmark_smoke_run(script: str, expect: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, script, "--smoke"], cwd=BENCHMARKS, capture_output=True, text=True,
