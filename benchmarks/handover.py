@@ -16,7 +16,6 @@ hands its model on in memory, as the hand-over does, and has no step of this kin
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from llmret.cli import main as cli
+from llmret.data.training import Passage, TrainExample, write_training
 from llmret.encoders.registry import load_encoder
 from llmret.encoders.settings import EncoderSettings
 from llmret.models.backbone import hand_over, handing_over, load_backbone, shared_loads
@@ -36,11 +36,9 @@ TEXTS = ["def add(a, b): return a + b", "Return the sum of two numbers, or raise
 
 def training_file(path: Path, texts: list[str]) -> Path:
     """Queries (each passage's first words) with their passage and the next one as a negative."""
-    rows = [{"query_id": f"q{i}", "query": " ".join(t.split()[:3]),
-             "positive_passages": [{"docid": f"d{i}", "text": t}],
-             "negative_passages": [{"docid": f"d{(i + 1) % len(texts)}", "text": texts[(i + 1) % len(texts)]}]}
-            for i, t in enumerate(texts)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_training(path, [TrainExample(f"q{i}", " ".join(t.split()[:3]), [Passage(f"d{i}", t)],
+                                       [Passage(f"d{(i + 1) % len(texts)}", texts[(i + 1) % len(texts)])])
+                          for i, t in enumerate(texts)])
     return path
 
 

@@ -12,6 +12,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,7 @@ def trained_model(spec: StudySpec, cell: Cell, loads: dict[tuple[str, Any, bool]
         if not (final / "llmret.json").is_file():
             stage = run_stage(spec, cell)
             log.info("training %s into %s", cell.label, folder)
-            with handing_over(loads if loads is not None else {}):
+            with handing_over(loads) if loads is not None else nullcontext():  # else nothing merges it
                 train(cell.train_settings(folder, stage), resume=(folder / "train_config.yaml").is_file())
     if spec.heldout is not None and not heldout_file(spec, cell).is_file():
         h = spec.heldout

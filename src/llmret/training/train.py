@@ -86,6 +86,8 @@ def load_tasks(settings: TrainSettings) -> list[list[TrainExample]]:
     """The training examples of each source in ``train_data`` (one list per task), scored by
     ``teacher`` when the objective distils."""
     tasks = [load_examples(settings, spec) for spec in settings.sources]
+    if settings.objective != "cl":  # before any teacher scores: a query left out costs no scoring
+        tasks = [with_negatives(task) for task in tasks]
     if settings.teacher and settings.teacher_scores:
         raise InputError("give teacher (scores computed here) or teacher_scores (a file of them), not both")
     if settings.teacher_scores and settings.objective != "cl":
@@ -362,8 +364,6 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
     tasks = load_tasks(settings)
     examples = [e for task in tasks for e in task]
     if objective.needs_teacher:
-        tasks = [with_negatives(task) for task in tasks]
-        examples = [e for task in tasks for e in task]
         require_teacher_scores(examples, f"objective '{settings.objective}'")  # before the model loads
     instructions = task_instructions(settings) if settings.task_instructions else None
     encoder, stage = load_student(settings, accelerator.device)
