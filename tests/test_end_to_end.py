@@ -85,6 +85,27 @@ def test_encoding_resumes_from_finished_shards(tiny_llama: Path, tmp_path: Path)
         encode_corpus(encoder, corpus, folder, shard_size=10, signature={"m": 2}, progress=False)
 
 
+def test_stored_vectors_survive_a_new_setting_that_is_off(tiny_llama: Path, tmp_path: Path) -> None:
+    """Shards written before a setting existed (their signature lacks it) are reused while the setting is
+    off, and re-encoded once it is on: the older encoder behaved as the setting's off state."""
+    corpus = Corpus.from_documents([Document(f"d{i}", t) for i, t in enumerate(random_texts(12, seed=6))])
+    dense = DenseEncoder(load_backbone(str(tiny_llama)), EncoderSettings(model=str(tiny_llama)), "cpu")
+    encoder, folder, signature = CountingEncoder(dense), tmp_path / "emb", dense.signature()
+    off = sorted(k for k, v in signature.items() if v is False or v is None)
+    assert off, "the signature has settings that are off"
+    encode_corpus(encoder, corpus, folder, signature=signature, progress=False)
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["signature"] = {k: v for k, v in meta["signature"].items() if k not in off}  # as an older llmret wrote it
+    (folder / "meta.json").write_text(json.dumps(meta))
+    encode_corpus(encoder, corpus, folder, signature=signature, progress=False, replace_stale=True)
+    assert encoder.encoded == 12
+    encode_corpus(encoder, corpus, folder, signature={**signature, off[0]: True}, progress=False, replace_stale=True)
+    assert encoder.encoded == 24
+    with pytest.raises(ValueError, match="made with other settings"):  # a setting missing but on: not the same space
+        encode_corpus(encoder, corpus, folder, signature={**signature, off[0]: True, "new_setting": "on"},
+                      progress=False)
+
+
 def test_dense_index_save_load_and_approximate(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((500, 16)).astype(np.float32)

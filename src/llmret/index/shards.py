@@ -38,8 +38,17 @@ def encoder_signature(meta: dict[str, Any]) -> dict[str, Any]:
 
 def signature_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """The settings two encoder signatures disagree on (empty: vectors of one space). Every comparison of
-    encoders (reusing shards, joining parts, opening an index, searching it with encoded queries) is this."""
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    encoders (reusing shards, joining parts, opening an index, searching it with encoded queries) is this.
+
+    A setting one signature lacks was added to llmret after that signature was written, so its encoder
+    behaved as the setting's off state: it agrees with an off value (None, False, 0, empty) and differs
+    from any other. New settings default to off, so stored vectors survive an upgrade that adds one."""
+    def agree(k: str) -> bool:
+        if k in a and k in b:
+            return bool(a[k] == b[k])
+        value = a[k] if k in a else b[k]
+        return value is None or (not value and isinstance(value, (bool, int, float, str, list, dict)))
+    return sorted(k for k in set(a) | set(b) if not agree(k))
 
 
 class PassageEncoder(Protocol):
