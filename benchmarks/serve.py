@@ -16,8 +16,9 @@ negative k, an unknown index) and clients sending huge ones (an 8 MB body with a
 figures under attack, their p99 against the clean run (target: within 2x) and their failures (target:
 none), and what the attackers got back.
 
-Last, the embedding endpoint (``POST /v1/embeddings``, one passage of the corpus a request) with
-micro-batching on and off: the same figures, and its throughput ratio.
+Also the embedding endpoint (``POST /v1/embeddings``, one passage of the corpus a request) with
+micro-batching on and off: the same figures, and its throughput ratio. One server runs each mode (its
+clean runs first, then, micro-batching on, the attack), each run measured from the server's counters.
 
     python benchmarks/serve.py [--clients 16] [--seconds 20] [--slow 600]
     python benchmarks/serve.py --smoke      # a tiny random model, seconds: checks that it runs
@@ -211,13 +212,14 @@ def attack(url: str, seconds: float, slow: int, rate: float, kinds: list[str]) -
     return got
 
 
-def measure(index: Path, queries: list[str], batching: bool, clients: int, seconds: float,
-            hostile: list[str] | None = None, embed: bool = False) -> dict[str, Any]:
-    """The good clients' figures; with ``hostile`` (``--attack``'s arguments) beside hostile clients in
-    another process; with ``embed``, ``queries`` are passages sent to the embedding endpoint."""
+def measure(url: str, queries: list[str], clients: int, seconds: float, hostile: list[str] | None = None,
+            embed: bool = False) -> dict[str, Any]:
+    """The good clients' figures against the server at ``url``; with ``hostile`` (``--attack``'s arguments)
+    beside hostile clients in another process; with ``embed``, ``queries`` are passages sent to the
+    embedding endpoint. Each run is measured from the server's counters before and after it, so runs on
+    one server do not mix."""
     import httpx
 
-    server, url = start(index, batching)
     attacker = None
     try:
         asyncio.run(load(url, queries, clients, min(2.0, seconds), embed))  # warm-up: first batches, allocator
@@ -233,8 +235,6 @@ def measure(index: Path, queries: list[str], batching: bool, clients: int, secon
     finally:
         if attacker is not None and attacker.poll() is None:
             attacker.kill()
-        server.terminate()
-        server.wait(30)
     ms = 1000 * np.array(latencies or [float("nan")])
     busy = after["busy_seconds"] - before["busy_seconds"]
     part = "embed" if embed else "encode"
@@ -275,10 +275,18 @@ def main() -> None:
     hostile = ["--slow", str(args.slow), "--attack-rate", str(args.attack_rate), "--attackers", ",".join(kinds)]
     with tempfile.TemporaryDirectory(prefix="llmret-serve-") as tmp:
         index, queries, passages = build_index(Path(tmp), args.smoke)
-        rows = {mode: measure(index, queries, mode != "off", args.clients, args.seconds,
-                              hostile if mode == "under attack" else None) for mode in ("on", "off", "under attack")}
-        rows |= {f"embed {mode}": measure(index, passages, mode == "on", args.clients, args.seconds, embed=True)
-                 for mode in ("on", "off")}
+        rows: dict[str, dict[str, Any]] = {}
+        for mode in ("on", "off"):  # one server per mode (a start costs seconds): clean runs first, the attack last
+            server, url = start(index, batching=mode == "on")
+            try:
+                rows[mode] = measure(url, queries, args.clients, args.seconds)
+                rows[f"embed {mode}"] = measure(url, passages, args.clients, args.seconds, embed=True)
+                if mode == "on":
+                    rows["under attack"] = measure(url, queries, args.clients, args.seconds, hostile)
+            finally:
+                server.terminate()
+                server.wait(30)
+        rows = {mode: rows[mode] for mode in ("on", "off", "under attack", "embed on", "embed off")}
     print(f"\nllmret serve, {args.clients} concurrent clients x {args.seconds:g} s, one query per request, k 10 "
           f"({'smoke: tiny random model' if args.smoke else 'minilm-l6, built-in code corpus, exact FAISS'}; "
           f"{os.cpu_count()} CPUs)")
