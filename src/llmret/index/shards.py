@@ -47,7 +47,7 @@ def signature_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
         if k in a and k in b:
             return bool(a[k] == b[k])
         value = a[k] if k in a else b[k]
-        return value is None or (not value and isinstance(value, (bool, int, float, str, list, dict)))
+        return not value  # signatures hold JSON values: None, False, 0, "", [] and {} are the off states
     return sorted(k for k in set(a) | set(b) if not agree(k))
 
 
