@@ -237,8 +237,72 @@ def test_train_teacher_scores_the_chosen_queries_once_and_distils_from_them(
     assert cached.stat().st_mtime_ns == stamp  # the same queries under the same teacher: scored once
 
 
+def test_teacher_scoring_as_read_scores_only_the_pairs_read_and_trains_as_scoring_first(
+        tiny_cross_encoder: Path, tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmret.data.sampling import epoch_order, sample_group
+    from llmret.training import train as train_module
+
+    source = write_training_file(tmp_path / "train.jsonl", 16, (1, 4))
+    common = ["--model", str(tiny_llama), "--train-data", str(source), "--teacher", f"cross-encoder:{tiny_cross_encoder}",
+              "--objective", "cl+kd", "--batch-size", "4", "--group-size", "3", "--max-steps", "2",
+              "--logging-steps", "1", "--query-max-length", "12", "--passage-max-length", "24"]
+    scored: list[tuple[str, str]] = []
+    real = CrossEncoderTeacher.score
+
+    def counting(self: CrossEncoderTeacher, queries: list[str], passages: list[str]) -> list[float]:
+        scored.extend(zip(queries, passages))
+        return real(self, queries, passages)
+
+    monkeypatch.setattr(CrossEncoderTeacher, "score", counting)
+    targets: list[float] = []  # the teacher scores each training batch carries
+    real_batch = train_module.make_batch
+
+    def recording(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        batch = real_batch(*args, **kwargs)
+        targets.extend(batch.teacher.flatten().tolist() if batch.teacher is not None else [])
+        return batch
+
+    monkeypatch.setattr(train_module, "make_batch", recording)
+    monkeypatch.setenv("LLMRET_CACHE", str(tmp_path / "cache-as-read"))
+    assert main(["train", *common, "--teacher-scoring", "as-read", "--output-dir", str(tmp_path / "as-read")]) == 0
+    assert not (tmp_path / "cache-as-read" / "annotations").exists()  # nothing scored ahead
+    examples = read_training(source)
+    read = {(examples[i].query, p.full_text()) for i in epoch_order(16, 0, 42)[:8]
+            for p in sample_group(examples, i, 0, 42, 3)}  # the two steps' 4 queries, 3 passages each
+    assert len(scored) == len(set(scored)) and set(scored) == read  # each pair read, once; nothing else
+
+    scored.clear()
+    monkeypatch.setenv("LLMRET_CACHE", str(tmp_path / "cache-before"))
+    assert main(["train", *common, "--output-dir", str(tmp_path / "before")]) == 0
+    assert len(scored) == sum(len(e.positives) + len(e.negatives) for e in examples) > len(read)  # all, first
+    logs = [[json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+            for run in ("as-read", "before")]
+    assert len(targets) == 48 and targets[:24] == pytest.approx(targets[24:], abs=1e-6)  # each run's 2 x 4 groups of 3
+    for key in ("kd_loss", "ranking_loss", "loss"):  # the same scores, so the same training
+        assert [r[key] for r in logs[0]] == pytest.approx([r[key] for r in logs[1]], rel=1e-4)
+    assert main(["train", "--model", str(tiny_llama), "--train-data", str(source), "--objective", "kd",
+                 "--teacher-scoring", "as-read", "--output-dir", str(tmp_path / "none")]) == 2  # no teacher named
+
+    group_targets = [targets[i:i + 3] for i in range(0, 24, 3)]  # the as-read run's 8 groups
+    scored.clear()
+    targets.clear()
+    assert main(["train", *common, "--teacher-scoring", "as-read", "--kd-in-batch",
+                 "--output-dir", str(tmp_path / "in-batch")]) == 0
+    order = epoch_order(16, 0, 42)
+    in_batch = set()
+    for step in range(2):
+        queries = order[4 * step:4 * step + 4]
+        texts = [p.full_text() for i in queries for p in sample_group(examples, i, 0, 42, 3)]
+        in_batch |= {(examples[i].query, text) for i in queries for text in texts}
+    assert len(scored) == len(in_batch) and set(scored) == in_batch  # each query x its batch's passages, once
+    rows = [targets[i:i + 12] for i in range(0, len(targets), 12)]
+    assert len(rows) == 8 and all(row[3 * (k % 4):3 * (k % 4) + 3] == pytest.approx(group_targets[k], abs=1e-6)
+                                  for k, row in enumerate(rows))  # its own group's scores where its group sits
+    assert main(["train", *common, "--kd-in-batch", "--output-dir", str(tmp_path / "refused")]) == 2  # scored before
+
+
 def test_distillation_leaves_out_queries_without_hard_negatives_and_says_so(
-        tiny_llama: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        tiny_llama: Path, tiny_cross_encoder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from llmret.data.training import Passage, TrainExample
     from llmret.training.train import with_negatives
 
@@ -251,6 +315,14 @@ def test_distillation_leaves_out_queries_without_hard_negatives_and_says_so(
                      str(tmp_path / "kd"), "--objective", "cl+kd", "--batch-size", "4", "--group-size", "2",
                      "--max-steps", "2", "--query-max-length", "12", "--passage-max-length", "24"]) == 0
     assert "1 of 9 training queries have no hard negative (the first: 'q4')" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # scored as read, each pair is scored for the query reading it: q4 stays
+        assert main(["train", "--model", str(tiny_llama), "--train-data", str(scored), "--output-dir",
+                     str(tmp_path / "as-read"), "--objective", "cl+kd", "--teacher",
+                     f"cross-encoder:{tiny_cross_encoder}", "--teacher-scoring", "as-read", "--batch-size", "9",
+                     "--group-size", "2", "--max-steps", "1", "--query-max-length", "12",
+                     "--passage-max-length", "24"]) == 0
+    assert "no hard negative" not in caplog.text
     caplog.clear()
 
     examples = [TrainExample(f"q{i}", f"query {i}", [Passage(f"p{i}", "text", score=1.0)],

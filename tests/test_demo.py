@@ -187,3 +187,10 @@ def test_the_runner_prepares_the_zoo_models_after_the_first_in_another_process(t
     assert models_to_prepare(demo_study(tmp_path / "demo", models=["minilm-l6", "smollm2-135m"])) == ["smollm2-135m",
                                                                                                        "gemma3-270m"]
     assert models_to_prepare(demo_study(tmp_path / "demo", models=[str(tmp_path)], finetune="")) == []  # no zoo
+    study = tmp_path / "kd.yaml"  # a training's teacher loads before its student, so it is prepared first
+    study.write_text(yaml.safe_dump({
+        "name": "kd", "out": str(tmp_path / "kd"), "datasets": ["builtin:code"],
+        "systems": [{"name": "bm25", "retriever": "bm25"}, {"name": "minilm", "encoder": {"model": "minilm-l6"}},
+                    {"name": "student", "encoder": {"model": "gemma3-270m"},
+                     "train": {"objective": "cl+kd", "teacher": "dense:mpnet-base"}}]}))
+    assert models_to_prepare(studies.StudySpec.read(study)) == ["mpnet-base", "gemma3-270m"]

@@ -46,6 +46,26 @@ def test_listwise_kl_and_margin_mse_by_hand() -> None:
     np.testing.assert_allclose(q.grad.numpy(), grad, rtol=1e-9)
 
 
+def test_in_batch_kl_spans_every_passage_of_each_query_s_process_by_hand() -> None:
+    torch.manual_seed(1)
+    q = torch.randn(4, 5, dtype=torch.float64)
+    p = torch.randn(8, 5, dtype=torch.float64)  # groups of 2
+    qn, pn = q.numpy(), p.numpy()
+    ts, tt = 0.5, 2.0
+
+    def kl(teacher: np.ndarray, student: np.ndarray) -> float:
+        pt, ps = _softmax(teacher / tt), _softmax(student / ts)
+        return float((pt * (np.log(pt) - np.log(ps))).sum(axis=1).mean())
+
+    whole = torch.randn(4, 8, dtype=torch.float64) * 4  # one process: each query against all 8 passages
+    assert ListwiseKDLoss(ts, tt)(q, p, whole).item() == pytest.approx(kl(whole.numpy(), qn @ pn.T), rel=1e-9)
+    halves = torch.randn(4, 4, dtype=torch.float64) * 4  # two processes of 2 queries: each against its own 4
+    student = np.stack([pn[4 * (i // 2):4 * (i // 2) + 4] @ qn[i] for i in range(4)])
+    assert ListwiseKDLoss(ts, tt)(q, p, halves).item() == pytest.approx(kl(halves.numpy(), student), rel=1e-9)
+    with pytest.raises(ValueError, match="teacher rows of 3 scores do not match"):
+        ListwiseKDLoss()(q, p, torch.randn(4, 3))
+
+
 def test_cl_plus_kd_is_the_weighted_sum_of_its_parts() -> None:
     q, p, teacher = torch.randn(2, 4), torch.randn(6, 4), torch.randn(2, 3)
     infonce, kd = InfoNCELoss(0.05), ListwiseKDLoss(1.0, 1.0)

@@ -22,10 +22,15 @@ from llmret.studies.spec import StudySpec, status
 
 
 def models_to_prepare(spec: StudySpec) -> list[str]:
-    """The zoo models of the study's unfinished cells, in the order they run, but the first one's
-    (the main process loads that at once, so a child would only race it)."""
-    models = [cell.system.encoder.get("model") for cell, _, done in status(spec) if not done]
-    ordered = list(dict.fromkeys(m for m in models if m is not None))
+    """The zoo models of the study's unfinished cells, in the order they load (a training's teacher
+    before its student), but the first one (the main process loads that at once, so a child would only
+    race it)."""
+    models = []
+    for cell, _, done in status(spec):
+        if not done:
+            teacher = (cell.system.train or {}).get("teacher")
+            models += [str(teacher).partition(":")[2] if teacher else None, cell.system.encoder.get("model")]
+    ordered = list(dict.fromkeys(m for m in models if m))
     return [m for m in ordered[1:] if m in zoo.ZOO]
 
 

@@ -101,6 +101,10 @@ class DataSettings:
                                               "sentence-transformers' MS MARCO cross-encoder scores, or .json)")
     teacher_max_length: int | None = option(None, "tokens the teacher reads: of a pair (cross-encoder, judge: "
                                                   "default 512) or of a passage (retriever teachers: the model's)")
+    teacher_scoring: str = option("before", "teacher: before: every passage of every training query, once before "
+                                            "training (cached, shared by runs on the same data); as-read: each "
+                                            "batch's pairs when the run reads them (a short run reads a few of them)",
+                                  choices=("before", "as-read"), bookkeeping=True)
 
     def __setattr__(self, name: str, value: Any) -> None:
         """One training source is kept as a string (a list of one is the same run: resume compares them)."""
@@ -129,6 +133,9 @@ class LossSettings:
                                                         "KL (default: the InfoNCE temperature for dense, as Lion's "
                                                         "T = 0.01 over cosines; 1.0 for sparse dot products)")
     kd_teacher_temperature: float = option(1.0, "distillation temperature of the teacher's scores")
+    kd_in_batch: bool = option(False, "kd, cl+kd: the KL spans each query's whole batch (every passage its process "
+                                      "reads, in-batch negatives included), not only its own group; needs a teacher "
+                                      "scoring as read")
     margin_temperature: float | None = option(None, "marginmse: the student's margin is divided by this (default as "
                                                     "kd_student_temperature: Lion's T = 0.01 dense, none sparse)")
     margin_negatives: str = option("all", "marginmse: all: every hard negative of the group; one: the group's first "

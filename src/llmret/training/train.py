@@ -66,6 +66,7 @@ from llmret.training.settings import (
     resolve_temperatures,
 )
 from llmret.training.steps import Batch, Criterion, Regularizer, cached_step, plain_step
+from llmret.training.teachers import ScoresAsRead, load_teacher
 from llmret.util.errors import DataError, InputError
 from llmret.util.fileio import atomic_dir, check_output, read_json
 from llmret.util.settings import bookkeeping, to_dict
@@ -85,25 +86,27 @@ def objective_for(settings: TrainSettings) -> Objective:
 def load_tasks(settings: TrainSettings) -> list[list[TrainExample]]:
     """The training examples of each source in ``train_data`` (one list per task), scored by
     ``teacher`` when the objective distils."""
-    tasks = [load_examples(settings, spec) for spec in settings.sources]
-    if settings.objective != "cl":  # before any teacher scores: a query left out costs no scoring
-        tasks = [with_negatives(task) for task in tasks]
     if settings.teacher and settings.teacher_scores:
         raise InputError("give teacher (scores computed here) or teacher_scores (a file of them), not both")
-    if settings.teacher_scores and settings.objective != "cl":
-
+    tasks = [load_examples(settings, spec) for spec in settings.sources]
+    if settings.objective == "cl":
+        return tasks
+    if settings.teacher and settings.teacher_scoring == "as-read":
+        return tasks  # each pair is scored for the query that reads it: every query can train, as in CL
+    tasks = [with_negatives(task) for task in tasks]  # before any teacher scores: a query left out costs none
+    if settings.teacher_scores:
         scores = read_teacher_scores(settings.teacher_scores)
-        tasks = [attach_teacher_scores(task, scores, settings.teacher_scores) for task in tasks]
-    if settings.teacher and settings.objective != "cl":
-
-        tasks = [scored_by(task, settings.teacher, settings.teacher_max_length) for task in tasks]
+        return [attach_teacher_scores(task, scores, settings.teacher_scores) for task in tasks]
+    if settings.teacher:
+        return [scored_by(task, settings.teacher, settings.teacher_max_length) for task in tasks]
     return tasks
 
 
 def with_negatives(examples: list[TrainExample]) -> list[TrainExample]:
-    """The examples a distillation can use. A query without hard negatives (every BM25 hit judged
-    relevant: 1 of the built-in ``code`` task's 3,466) fills its group with other queries' positives,
-    which the teacher scored for those queries, not for this one: such queries are left out, said in the log."""
+    """The examples a distillation from scores made before training can use. A query without hard
+    negatives (every BM25 hit judged relevant: 1 of the built-in ``code`` task's 3,466) fills its group
+    with other queries' positives, which the teacher scored for those queries, not for this one: such
+    queries are left out, said in the log (scored as read, each pair is scored for its own query)."""
     kept = [e for e in examples if e.negatives]
     if len(kept) < len(examples):
         first = next(e for e in examples if not e.negatives)
@@ -155,12 +158,18 @@ def subset(examples: list[TrainExample], size: int | None, seed: int) -> list[Tr
 
 
 def make_batch(encoder: TextEncoder, examples: list[TrainExample], indexes: list[int], epoch: int,
-               settings: TrainSettings, with_teacher: bool = False, instruction: str | None = None) -> Batch:
+               settings: TrainSettings, with_teacher: bool = False, instruction: str | None = None,
+               scores_as_read: ScoresAsRead | None = None) -> Batch:
     """Token ids of the queries and of their passage groups (positive first), with the teacher's scores
-    of each group when the objective uses them (every process must then send them: collectives);
+    of each group when the objective uses them (every process must then send them: collectives): the
+    passages' own, or ``scores_as_read``'s (of each group, or of the whole batch for each query);
     ``instruction``: the task's, before each query, instead of the encoder's own."""
     groups = [sample_group(examples, i, epoch, settings.seed, settings.group_size) for i in indexes]
-    teacher = torch.tensor([[p.score for p in group] for group in groups]) if with_teacher else None
+    teacher = None
+    if with_teacher:
+        rows = (scores_as_read([examples[i].query for i in indexes], groups) if scores_as_read is not None
+                else [[p.score for p in group] for group in groups])
+        teacher = torch.tensor(rows)
     return Batch(encoder.token_ids([examples[i].query for i in indexes], query=True, instruction=instruction),
                  encoder.token_ids([p.full_text() for group in groups for p in group], query=False), teacher)
 
@@ -292,6 +301,11 @@ def check_settings(settings: TrainSettings, processes: int) -> None:
         raise InputError("top_k_in_training needs a sparse retriever with query_top_k or passage_top_k")
     if settings.task_instructions and settings.encoder.instruction:
         raise InputError("give task_instructions or encoder.instruction, not both")
+    if settings.teacher_scoring == "as-read" and not settings.teacher:
+        raise InputError("teacher_scoring as-read needs a teacher to score with (teacher_scores are read, not scored)")
+    if settings.kd_in_batch and (settings.objective not in ("kd", "cl+kd") or settings.teacher_scoring != "as-read"):
+        raise InputError("kd_in_batch distils kd or cl+kd from a teacher scoring as read (teacher_scoring as-read): "
+                         "scores made before training cover each query's own group only")
 
 
 def load_student(settings: TrainSettings, device: Any) -> tuple[TextEncoder, SavedModel | None]:
@@ -363,7 +377,11 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
     objective = objective_for(settings)  # resolves the temperatures: the saved config shows the values used
     tasks = load_tasks(settings)
     examples = [e for task in tasks for e in task]
-    if objective.needs_teacher:
+    scores_as_read = None
+    if objective.needs_teacher and settings.teacher_scoring == "as-read":
+        scores_as_read = ScoresAsRead(load_teacher(settings.teacher, max_length=settings.teacher_max_length,
+                                                   device=str(accelerator.device)), settings.kd_in_batch)
+    elif objective.needs_teacher:
         require_teacher_scores(examples, f"objective '{settings.objective}'")  # before the model loads
     instructions = task_instructions(settings) if settings.task_instructions else None
     encoder, stage = load_student(settings, accelerator.device)
@@ -398,7 +416,7 @@ def train(settings: TrainSettings, *, resume: bool = False, force: bool = False,
         chosen = tasks[task]
         indexes = epoch_order(len(chosen), epoch, settings.seed)[begin:begin + settings.batch_size][rank::world]
         batch = make_batch(encoder, chosen, indexes, epoch, settings, objective.needs_teacher,
-                           instructions[task] if instructions else None)
+                           instructions[task] if instructions else None, scores_as_read)
         # the regulariser's warm-up position: optimizer steps, or micro-batches counted from 1 (Lion's)
         at = step * settings.grad_accum + micro + 1 if settings.reg_warmup_unit == "micro-batch" else step
         if settings.grad_cache:
