@@ -23,11 +23,12 @@ from helpers import SCIFACT, random_texts, write_beir_folder
 
 def test_demo_runs_every_system_and_its_table_matches_the_metrics(tiny_bert: Path, tiny_llama: Path,
                                                                     tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    options = {"models": [str(tiny_bert)], "tasks": ["long"], "finetune": str(tiny_llama), "train_steps": 2}
+    options = {"models": [str(tiny_bert)], "tasks": ["long"], "finetune": str(tiny_llama), "train_steps": 2,
+               "teacher": f"dense:{tiny_bert}"}
     rows = run_demo(tmp_path / "demo", **options)
     names = [r["system"] for r in rows]
-    assert names == ["bm25", f"{tiny_bert} (zero-shot)", f"{tiny_llama} (LoRA+InfoNCE)",
-                     f"{tiny_llama} (sparse LoRA+InfoNCE+FLOPS)", f"{tiny_llama} (LoRA+InfoNCE) + bm25",
+    assert names == ["bm25", f"{tiny_bert} (zero-shot)", f"{tiny_llama} (LoRA+InfoNCE+KD)",
+                     f"{tiny_llama} (sparse LoRA+InfoNCE+FLOPS)", f"{tiny_llama} (LoRA+InfoNCE+KD) + bm25",
                      f"{tiny_llama} (sparse LoRA+InfoNCE+FLOPS) + bm25"]
     spec = demo_study(tmp_path / "demo", **options)
     by_name = {c.label: c for c in studies.cells(spec)}
@@ -45,8 +46,11 @@ def test_demo_runs_every_system_and_its_table_matches_the_metrics(tiny_bert: Pat
     assert float(sparse["terms/q"]) <= 32 and float(sparse["terms/p"]) <= 64
     trained = json.loads((studies.train_folder(spec, by_name[names[3]]) / "final" / "llmret.json").read_text())
     assert trained["encoder"]["input_terms_only"] is True and trained["retriever"] == "sparse"
-    config = (studies.train_folder(spec, by_name[names[2]]) / "train_config.yaml").read_text()
-    assert "max_steps: 2" in config and str(tiny_llama) in config
+    config = yaml.safe_load((studies.train_folder(spec, by_name[names[2]]) / "train_config.yaml").read_text())
+    assert config["max_steps"] == 2 and config["encoder"]["model"] == str(tiny_llama)
+    assert (config["teacher"], config["objective"], config["kd_in_batch"]) == (f"dense:{tiny_bert}", "cl+kd", True)
+    log = [json.loads(line) for line in (studies.train_folder(spec, by_name[names[2]]) / "log.jsonl").open()]
+    assert all("kd_loss" in r for r in log)  # it distilled
     assert json.loads((tmp_path / "demo" / "results.json").read_text()) == json.loads(json.dumps(rows))
     assert not (tiny_bert / "cells").exists()  # results stay under the output folder
     table = (tmp_path / "demo" / "results.md").read_text()
@@ -54,7 +58,7 @@ def test_demo_runs_every_system_and_its_table_matches_the_metrics(tiny_bert: Pat
     assert (tmp_path / "demo" / "report.md").is_file()
     # a second run, as the command line starts it, finds every cell done and trains nothing: the same rows
     assert main(["demo", "--out", str(tmp_path / "demo"), "--models", str(tiny_bert), "--tasks", "long",
-                 "--finetune", str(tiny_llama), "--train-steps", "2"]) == 0
+                 "--finetune", str(tiny_llama), "--train-steps", "2", "--teacher", f"dense:{tiny_bert}"]) == 0
     assert json.loads((tmp_path / "demo" / "results.json").read_text()) == json.loads(json.dumps(rows))
 
 
@@ -64,9 +68,18 @@ def test_the_demo_is_the_demo_preset_and_its_options_replace_parts_of_it(tmp_pat
     assert [(c.label, c.eval_key(d, plain.measures)) for c in studies.cells(plain) for d in plain.datasets] == \
         [(c.label, c.eval_key(d, preset.measures)) for c in studies.cells(preset) for d in preset.datasets]
     only_dense = demo_study(tmp_path, finetune_as=["dense"], models=[], tasks=["docs"])
-    assert [s.name for s in only_dense.systems] == ["bm25", "gemma3-270m (LoRA+InfoNCE)",
-                                                    "gemma3-270m (LoRA+InfoNCE) + bm25"]
-    assert only_dense.systems[-1].fuse == ["gemma3-270m (LoRA+InfoNCE)", "bm25"]
+    assert [s.name for s in only_dense.systems] == ["bm25", "gemma3-270m (LoRA+InfoNCE+KD)",
+                                                    "gemma3-270m (LoRA+InfoNCE+KD) + bm25"]
+    assert only_dense.systems[-1].fuse == ["gemma3-270m (LoRA+InfoNCE+KD)", "bm25"]
+    assert only_dense.systems[1].train["teacher"] == "dense:mpnet-base"
+    # another teacher takes the preset's place; none trains InfoNCE alone, named so, the sparse system untouched
+    taught = demo_study(tmp_path, teacher="cross-encoder:my/reranker")
+    assert [s.train["teacher"] for s in taught.systems if s.train and "teacher" in s.train] == ["cross-encoder:my/reranker"]
+    alone = demo_study(tmp_path, teacher="none")
+    assert [s.name for s in alone.systems if s.train is not None] == ["gemma3-270m (LoRA+InfoNCE)",
+                                                                      "gemma3-270m (sparse LoRA+InfoNCE+FLOPS)"]
+    assert not {"teacher", "objective", "kd_in_batch"} & set(alone.systems[2].train)
+    assert alone.systems[3] == plain.systems[3] and alone.systems[4].fuse == ["gemma3-270m (LoRA+InfoNCE)", "bm25"]
     assert [d.data for d in only_dense.datasets] == ["builtin:docs"]
     assert [s.name for s in demo_study(tmp_path, finetune="").systems] == ["bm25", "minilm-l6 (zero-shot)"]
     with pytest.raises(ValueError, match="tasks are among code, docs, long"):
@@ -74,7 +87,7 @@ def test_the_demo_is_the_demo_preset_and_its_options_replace_parts_of_it(tmp_pat
     # another backbone takes the preset's model's place in each trained system's label and encoder
     other = demo_study(tmp_path, finetune="/models/my llama", train_steps=3)
     trained = [s for s in other.systems if s.train is not None]
-    assert [s.name for s in trained] == ["/models/my llama (LoRA+InfoNCE)", "/models/my llama (sparse LoRA+InfoNCE+FLOPS)"]
+    assert [s.name for s in trained] == ["/models/my llama (LoRA+InfoNCE+KD)", "/models/my llama (sparse LoRA+InfoNCE+FLOPS)"]
     hybrids = [s for s in other.systems if s.retriever == "fusion"]
     assert [s.fuse for s in hybrids] == [[trained[0].name, "bm25"], [trained[1].name, "bm25"]]
     assert {s.encoder["model"] for s in trained} == {"/models/my llama"} and {s.train["max_steps"] for s in trained} == {3}
@@ -101,14 +114,14 @@ def test_the_demo_trains_and_evaluates_on_a_users_folder_never_on_the_queries_it
     folder = _users_folder(tmp_path / "my-corpus", splits)
     out = tmp_path / "demo"
     rows = run_demo(out, models=[str(tiny_bert)], finetune=str(tiny_llama), finetune_as=["dense"], train_steps=2,
-                    data=str(folder))
+                    data=str(folder), teacher=f"dense:{tiny_bert}")
     assert [(r["task"], r["system"]) for r in rows] == [("my-corpus", "bm25"), ("my-corpus", f"{tiny_bert} (zero-shot)"),
-                                                        ("my-corpus", f"{tiny_llama} (LoRA+InfoNCE)"),
-                                                        ("my-corpus", f"{tiny_llama} (LoRA+InfoNCE) + bm25")]
+                                                        ("my-corpus", f"{tiny_llama} (LoRA+InfoNCE+KD)"),
+                                                        ("my-corpus", f"{tiny_llama} (LoRA+InfoNCE+KD) + bm25")]
     eval_split = "test" if "test" in splits else "dev"
     evaluated = set(load_dataset(folder, eval_split).queries.values())
     spec = demo_study(out, models=[str(tiny_bert)], finetune=str(tiny_llama), finetune_as=["dense"], train_steps=2,
-                      data=str(folder))
+                      data=str(folder), teacher=f"dense:{tiny_bert}")
     assert [(d.data, d.split) for d in spec.datasets] == [(str(folder.resolve()), eval_split)]
     trained = next(c for c in studies.cells(spec) if c.system.train is not None)
     config = yaml.safe_load((studies.train_folder(spec, trained) / "train_config.yaml").read_text())
@@ -160,7 +173,7 @@ def test_the_demo_command_on_beir_scifact(tiny_bert: Path, tiny_llama: Path, tmp
     BM25 row what Pyserini publishes for SciFact (flat index, 67.89)."""
     out = tmp_path / "demo"
     assert main(["demo", "--data", str(SCIFACT), "--out", str(out), "--models", str(tiny_bert), "--finetune",
-                 str(tiny_llama), "--finetune-as", "dense", "--train-steps", "2"]) == 0
+                 str(tiny_llama), "--finetune-as", "dense", "--train-steps", "2", "--teacher", "none"]) == 0
     rows = json.loads((out / "results.json").read_text())
     assert [r["task"] for r in rows] == ["scifact"] * 4
     assert abs(100 * rows[0]["nDCG@10"] - 67.89) < 1.0
@@ -182,15 +195,10 @@ def test_the_mean_rows_average_each_system_over_the_tasks() -> None:
 def test_the_runner_prepares_the_zoo_models_after_the_first_in_another_process(tmp_path: Path) -> None:
     from llmret.studies.prefetch import models_to_prepare
 
-    # minilm-l6 loads first (BM25 has no model), so the child prepares gemma3-270m, once for both systems
-    assert models_to_prepare(demo_study(tmp_path / "demo")) == ["gemma3-270m"]
-    assert models_to_prepare(demo_study(tmp_path / "demo", models=["minilm-l6", "smollm2-135m"])) == ["smollm2-135m",
-                                                                                                       "gemma3-270m"]
+    # minilm-l6 loads first (BM25 has no model), so the child prepares the rest in the order they load: the
+    # dense training's teacher before its student, gemma3-270m once for both trained systems
+    assert models_to_prepare(demo_study(tmp_path / "demo")) == ["mpnet-base", "gemma3-270m"]
+    assert models_to_prepare(demo_study(tmp_path / "demo", models=["minilm-l6", "smollm2-135m"])) == [
+        "smollm2-135m", "mpnet-base", "gemma3-270m"]
+    assert models_to_prepare(demo_study(tmp_path / "demo", teacher="none")) == ["gemma3-270m"]
     assert models_to_prepare(demo_study(tmp_path / "demo", models=[str(tmp_path)], finetune="")) == []  # no zoo
-    study = tmp_path / "kd.yaml"  # a training's teacher loads before its student, so it is prepared first
-    study.write_text(yaml.safe_dump({
-        "name": "kd", "out": str(tmp_path / "kd"), "datasets": ["builtin:code"],
-        "systems": [{"name": "bm25", "retriever": "bm25"}, {"name": "minilm", "encoder": {"model": "minilm-l6"}},
-                    {"name": "student", "encoder": {"model": "gemma3-270m"},
-                     "train": {"objective": "cl+kd", "teacher": "dense:mpnet-base"}}]}))
-    assert models_to_prepare(studies.StudySpec.read(study)) == ["mpnet-base", "gemma3-270m"]

@@ -40,6 +40,8 @@ def register(sub: Any) -> None:
     parser.add_argument("--finetune-as", nargs="+", choices=["dense", "sparse"],
                         help="train the fine-tuned model as these retrievers, each on the same budget (preset: both)")
     parser.add_argument("--train-steps", type=int, help="training steps of every fine-tuned system (preset: 30)")
+    parser.add_argument("--teacher", help="the dense model's distillation teacher, KIND:MODEL as llmret train takes "
+                                          "it (preset: dense:mpnet-base), or none: InfoNCE alone")
     parser.set_defaults(func=demo)
 
 
@@ -104,5 +106,5 @@ def demo(args: argparse.Namespace) -> int:
     from llmret.studies.demo import run_demo
 
     run_demo(args.out, models=args.models, tasks=args.tasks, finetune=args.finetune, train_steps=args.train_steps,
-             finetune_as=args.finetune_as, data=args.data)
+             finetune_as=args.finetune_as, data=args.data, teacher=args.teacher)
     return 0

@@ -101,9 +101,11 @@ def prepare_training(data: UserData, seed: int = 42) -> None:
 
 def demo_study(out: Path, models: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
                finetune: str | None = None, train_steps: int | None = None,
-               finetune_as: Sequence[str] | None = None, data: str | Path | None = None) -> StudySpec:
+               finetune_as: Sequence[str] | None = None, data: str | Path | None = None,
+               teacher: str | None = None) -> StudySpec:
     """The demo preset with the options applied (None keeps the preset's choice; ``finetune=""``
-    trains nothing; ``data``: a BEIR folder instead of the built-in tasks, see :func:`user_data`)."""
+    trains nothing; ``data``: a BEIR folder instead of the built-in tasks, see :func:`user_data`;
+    ``teacher``: the distilling systems' teacher, ``KIND:MODEL`` or ``none`` for InfoNCE alone)."""
     spec = StudySpec.read(PRESETS / "demo.yaml")
     if data is not None and tasks is not None:
         raise InputError("demo: --tasks picks built-in tasks, --data a folder of your own; give one")
@@ -118,10 +120,9 @@ def demo_study(out: Path, models: Sequence[str] | None = None, tasks: Sequence[s
     if finetune == "":
         trained = []
     kept = [s for s in trained if finetune_as is None or s.retriever in finetune_as]
-    trained = [_fine_tuned(s, finetune, train_steps) for s in kept]
+    trained = [_taught(_fine_tuned(s, finetune, train_steps), teacher) for s in kept]
     renamed = {"bm25": "bm25", **{old.name: new.name for old, new in zip(kept, trained)}}
-    hybrids = [replace(h, name=_with_model(h.name, kept[0].encoder["model"], finetune) if kept else h.name,
-                       fuse=[renamed[n] for n in h.fuse])
+    hybrids = [replace(h, name=" + ".join(renamed[n] for n in h.fuse), fuse=[renamed[n] for n in h.fuse])
                for h in spec.systems if h.retriever == FUSION and all(n in renamed for n in h.fuse)]
     if data is not None:
         mine = user_data(data, out)
@@ -146,6 +147,21 @@ def _fine_tuned(system: SystemSpec, model: str | None, steps: int | None) -> Sys
         train["max_steps"] = steps
     encoder = system.encoder if model is None else {**system.encoder, "model": model}
     return replace(system, name=_with_model(system.name, system.encoder["model"], model), encoder=encoder, train=train)
+
+
+DISTILLATION = ("objective", "teacher", "teacher_max_length", "teacher_scoring", "kd_teacher_temperature",
+                "kd_in_batch")  # a distilling system's keys; without a teacher it trains InfoNCE alone
+KD_LABEL = "+KD"  # how a distilling system's label says so
+
+
+def _taught(system: SystemSpec, teacher: str | None) -> SystemSpec:
+    """A distilling system of the preset with another teacher, or (``none``) without one."""
+    if teacher is None or not (system.train or {}).get("teacher"):
+        return system
+    if teacher.lower() != "none":
+        return replace(system, train={**(system.train or {}), "teacher": teacher})
+    train = {k: v for k, v in (system.train or {}).items() if k not in DISTILLATION}
+    return replace(system, name=system.name.replace(KD_LABEL, ""), train=train)
 
 
 def _with_model(name: str, preset_model: str, model: str | None) -> str:
