@@ -301,6 +301,20 @@ def test_teacher_scoring_as_read_scores_only_the_pairs_read_and_trains_as_scorin
     assert main(["train", *common, "--kd-in-batch", "--output-dir", str(tmp_path / "refused")]) == 2  # scored before
 
 
+def test_scores_as_read_keeps_the_last_pairs_read_and_scores_an_evicted_one_again(tiny_cross_encoder: Path) -> None:
+    from llmret.data.training import Passage
+    from llmret.training.teachers import ScoresAsRead
+
+    counting = Counting(CrossEncoderTeacher(str(tiny_cross_encoder)))
+    scores = ScoresAsRead(counting, cache_size=2)
+    a, b, c = Passage("a", "tower bridge"), Passage("b", "garden river"), Passage("c", "omega psi")
+    first = scores(["q"], [[a, b]])
+    assert len(counting.pairs) == 2 and scores(["q"], [[a, b]]) == first and len(counting.pairs) == 2  # kept
+    scores(["q"], [[c]])  # the third pair evicts the oldest, (q, a)
+    assert scores(["q"], [[a, b]])[0] == pytest.approx(first[0], abs=1e-6)
+    assert counting.pairs[3:] == [("q", "tower bridge")]  # a scored again, b still kept
+
+
 def test_distillation_leaves_out_queries_without_hard_negatives_and_says_so(
         tiny_llama: Path, tiny_cross_encoder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from llmret.data.training import Passage, TrainExample

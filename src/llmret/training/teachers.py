@@ -175,17 +175,13 @@ class ScoresAsRead:
     Why not score the training file first: a short run reads a sliver of it (the demo's 30 steps read
     480 pairs, of 240 queries; the built-in code task's 3,465 training queries have ~72,000), so scoring
     every pair would cost more than the training. Each batch's pairs are scored together, and a pair
-    read again is not scored again.
+    read again is not scored again while it is among the last ``cache_size`` pairs read (a bound, so a
+    run of many epochs over a large file keeps its memory).
     """
 
-    def __init__(self, teacher: Teacher, in_batch: bool = False) -> None:
-        self.teacher, self.in_batch = teacher, in_batch
-        self._scores: dict[tuple[str, str], float] = {}
-
-    @property
-    def scored(self) -> int:
-        """Distinct pairs scored so far."""
-        return len(self._scores)
+    def __init__(self, teacher: Teacher, in_batch: bool = False, cache_size: int = 1_000_000) -> None:
+        self.teacher, self.in_batch, self.cache_size = teacher, in_batch, cache_size
+        self._scores: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     def __call__(self, queries: Sequence[str], groups: Sequence[Sequence[Passage]]) -> list[list[float]]:
         """The teacher's score of each group's passages for its query, or (``in_batch``) of every
@@ -193,11 +189,17 @@ class ScoresAsRead:
         texts = [[p.full_text() for p in group] for group in groups]
         columns = [[t for row in texts for t in row]] * len(queries) if self.in_batch else texts
         pairs = [[(query, text) for text in row] for query, row in zip(queries, columns)]
-        new = [pair for pair in dict.fromkeys(pair for row in pairs for pair in row) if pair not in self._scores]
+        read = list(dict.fromkeys(pair for row in pairs for pair in row))
+        new = [pair for pair in read if pair not in self._scores]
         if new:
             scores = self.teacher.score([q for q, _ in new], [p for _, p in new])
             self._scores.update(zip(new, map(float, scores)))
-        return [[self._scores[pair] for pair in row] for row in pairs]
+        rows = [[self._scores[pair] for pair in row] for row in pairs]
+        for pair in read:
+            self._scores.move_to_end(pair)
+        while len(self._scores) > self.cache_size:
+            self._scores.popitem(last=False)
+        return rows
 
 
 def load_teacher(spec: str, *, prompt: str = DEFAULT_PROMPT, max_length: int | None = None,
