@@ -75,6 +75,8 @@ def test_the_demo_is_the_demo_preset_and_its_options_replace_parts_of_it(tmp_pat
     # another teacher takes the preset's place; none trains InfoNCE alone, named so, the sparse system untouched
     taught = demo_study(tmp_path, teacher="cross-encoder:my/reranker")
     assert [s.train["teacher"] for s in taught.systems if s.train and "teacher" in s.train] == ["cross-encoder:my/reranker"]
+    with pytest.raises(ValueError, match="teacher 'reranker': expected KIND:MODEL"):
+        demo_study(tmp_path, teacher="reranker")  # before any cell runs
     alone = demo_study(tmp_path, teacher="none")
     assert [s.name for s in alone.systems if s.train is not None] == ["gemma3-270m (LoRA+InfoNCE)",
                                                                       "gemma3-270m (sparse LoRA+InfoNCE+FLOPS)"]

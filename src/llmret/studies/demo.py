@@ -29,6 +29,7 @@ from llmret.studies.spec import DatasetSpec, StudySpec
 from llmret.studies.systems import FUSION, SystemSpec
 from llmret.training.mining import mined_examples
 from llmret.training.pseudo_queries import pseudo_query_examples
+from llmret.training.teachers import teacher_spec
 from llmret.util.errors import DataError, InputError
 from llmret.util.fileio import atomic_write, write_json
 from llmret.util.tables import format_table
@@ -159,6 +160,7 @@ def _taught(system: SystemSpec, teacher: str | None) -> SystemSpec:
     if teacher is None or not (system.train or {}).get("teacher"):
         return system
     if teacher.lower() != "none":
+        teacher_spec(teacher)
         return replace(system, train={**(system.train or {}), "teacher": teacher})
     train = {k: v for k, v in (system.train or {}).items() if k not in DISTILLATION}
     return replace(system, name=system.name.replace(KD_LABEL, ""), train=train)

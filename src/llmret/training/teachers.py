@@ -202,13 +202,20 @@ class ScoresAsRead:
         return rows
 
 
+def teacher_spec(spec: str) -> tuple[str, str]:
+    """``KIND:MODEL`` as (kind, model), refused with the kinds there are: checked where a teacher is
+    named, so a study or demo stops before its first cell rather than when the teacher loads."""
+    kind, _, model = spec.partition(":")
+    if kind not in KINDS or not model:
+        raise InputError(f"teacher '{spec}': expected KIND:MODEL with KIND one of {', '.join(KINDS)}")
+    return kind, model
+
+
 def load_teacher(spec: str, *, prompt: str = DEFAULT_PROMPT, max_length: int | None = None,
                  device: str | None = None) -> Teacher:
     """A teacher from ``KIND:MODEL`` (see the module's text). ``max_length``: tokens of a pair
     (cross-encoder, judge: default 512) or of a passage (retrievers: default the model's own)."""
-    kind, _, model = spec.partition(":")
-    if kind not in KINDS or not model:
-        raise InputError(f"teacher '{spec}': expected KIND:MODEL with KIND one of {', '.join(KINDS)}")
+    kind, model = teacher_spec(spec)
     if kind == "cross-encoder":
         return CrossEncoderTeacher(model, max_length or 512, device)
     if kind == "judge":
