@@ -34,9 +34,11 @@ def scored_block(queries: torch.Tensor, passages: torch.Tensor, width: int) -> t
                          f"{passages.shape[0]} passages")
     blocks = passages.shape[0] // width
     dtype = torch.promote_types(queries.dtype, torch.float32)  # half precision is scored in float32
-    per_block = queries.shape[0] // blocks
-    grouped = passages.to(dtype).view(blocks, width, -1).repeat_interleave(per_block, dim=0)
-    return torch.einsum("bd,bwd->bw", queries.to(dtype), grouped)
+    # each block's queries against its passages, without copying a block per query (an in-batch block of
+    # a large GPU batch would be gigabytes)
+    by_block = queries.to(dtype).view(blocks, queries.shape[0] // blocks, -1)
+    scores = torch.einsum("kqd,kwd->kqw", by_block, passages.to(dtype).view(blocks, width, -1))
+    return scores.reshape(queries.shape[0], width)
 
 
 class ListwiseKDLoss(torch.nn.Module):
