@@ -3,12 +3,15 @@ bidirectional decoders work under DDP, and a killed run resumed on every rank en
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -32,14 +35,31 @@ train(TrainSettings(encoder=encoder, **spec), resume=resume, on_step=on_step)
 '''
 
 
-def launch(tmp_path: Path, processes: int, spec: dict) -> subprocess.CompletedProcess:
+def launch(tmp_path: Path, processes: int, spec: dict, code: str = SCRIPT,
+           timeout: int = 300) -> subprocess.CompletedProcess:
     script = tmp_path / "run_train.py"
-    script.write_text(SCRIPT)
+    script.write_text(code)
     # torchrun starts the processes; accelerate joins them into one gloo group on the CPU.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    # PYTHONFAULTHANDLER: a worker sent SIGABRT prints every thread's Python stack
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "PYTHONFAULTHANDLER": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
            str(29500 + os.getpid() % 1000), str(script), json.dumps(spec)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as run:
+        try:
+            out, err = run.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # a run that does not end tells where its workers stand, then is killed whole: torchrun's
+            # workers hold the output pipes (in their own sessions), so they go first
+            workers = psutil.Process(run.pid).children(recursive=True)
+            for process in workers:
+                process.send_signal(signal.SIGABRT)
+            psutil.wait_procs(workers, timeout=10)
+            for process in [*workers, psutil.Process(run.pid)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.kill()
+            out, err = run.communicate()
+            pytest.fail(f"the {processes}-process run did not end in {timeout} s:\n{err[-6000:]}")
+    return subprocess.CompletedProcess(cmd, run.returncode, out, err)
 
 
 def spec_for(model: Path, data: Path, out: Path, **extra: object) -> dict:
@@ -126,6 +146,36 @@ def test_two_processes_train_the_single_process_adapter(tiny_llama: Path, tmp_pa
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
         moved += int(one[key].abs().sum() > 0)
     assert moved == len(one)  # lora_B left zero would make equality trivial
+
+
+ENDS = '''
+import os, sys
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from llmret.losses.distributed import gather_with_grad, global_sum, keep_group_until_exit
+
+for i in range(60):
+    dist.init_process_group("gloo", init_method=f"file://{sys.argv[1]}-{i}", rank=int(os.environ["RANK"]),
+                            world_size=2)
+    model = DistributedDataParallel(torch.nn.Linear(3, 3))
+    keep_group_until_exit()
+    model(torch.ones(2, 3)).sum().backward()
+    assert global_sum(torch.ones(3)).tolist() == [2.0] * 3 and gather_with_grad(torch.ones(2, 3)).shape == (4, 3)
+    dist.barrier()
+    dist.destroy_process_group()
+    del model  # DDP's reducer drops its reference to the group
+'''
+
+
+def test_a_process_whose_model_outlives_its_process_group_exits(tmp_path: Path) -> None:
+    """The hang at the end of a CPU run: when DDP's reducer holds the group's last reference, the
+    group's destructor joins gloo's worker threads holding the GIL, while a thread may still need the
+    GIL to destroy a finished collective. Without ``keep_group_until_exit`` this loop hangs within its
+    60 rounds (every try here); with it, the group goes at exit, through Python, without the GIL."""
+    done = launch(tmp_path, 2, {}, code=ENDS.replace("sys.argv[1]", repr(str(tmp_path / "rendezvous"))),
+                  timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_the_packaged_configs_load_and_the_launch_line_runs_llmret(

@@ -11,8 +11,12 @@ The result is the gradient of the single-process loss on the whole batch.
 
 from __future__ import annotations
 
+import atexit
+
 import torch
 import torch.distributed as dist
+
+_KEPT: list[dist.ProcessGroup] = []
 
 
 def world_size() -> int:
@@ -21,6 +25,25 @@ def world_size() -> int:
 
 def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def keep_group_until_exit() -> None:
+    """Hold the default process group from Python until the interpreter exits (several processes only).
+
+    Written by hand because torch leaves it to the caller. DDP's reducer holds the group too; if its
+    reference is the last (the model goes after ``destroy_process_group``, at the end of a run), the
+    group's destructor runs holding the GIL and joins gloo's worker threads, one of which may still be
+    destroying a finished collective, which needs the GIL (a work keeps its caller's thread-local
+    state, Python objects included): the process never exits (3 of ~140 two-process CPU runs of the
+    tests' training, more under load). A reference Python drops goes through torch's binding, which
+    lets go of the GIL first; so the last one is Python's, dropped at exit, once the run's models are gone.
+    """
+    if world_size() == 1:
+        return
+    if not _KEPT:
+        atexit.register(_KEPT.clear)
+    if dist.group.WORLD not in _KEPT:
+        _KEPT.append(dist.group.WORLD)
 
 
 def gather_with_grad(local: torch.Tensor) -> torch.Tensor:

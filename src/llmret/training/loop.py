@@ -24,6 +24,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from llmret.losses.distributed import keep_group_until_exit
 from llmret.training import trackers
 from llmret.training.callbacks import Callback, CheckpointCallback, LogCallback, LoopState
 from llmret.training.settings import LoopSettings
@@ -216,6 +217,7 @@ def run_loop(accelerator: Any, model: torch.nn.Module, micro_step: MicroStep, to
         # DeepSpeed reads its micro-batch from a prepared DataLoader; batches are built here instead
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = trainer.micro_batch
     model, optimizer = accelerator.prepare(model, optimizer)
+    keep_group_until_exit()  # DDP's reducer must not hold the group's last reference
     params = [p for p in model.parameters() if p.requires_grad]  # FSDP2 replaces them with sharded ones
     if prepared is not None:
         prepared(model)
