@@ -18,7 +18,7 @@ import torch
 pytestmark = pytest.mark.slow  # several processes: the CI tier
 
 SCRIPT = '''
-import json, sys
+import json, os, sys
 from llmret.encoders.settings import EncoderSettings
 from llmret.training.train import TrainSettings, train
 
@@ -32,6 +32,10 @@ def on_step(step, loss):
         raise KeyboardInterrupt("killed")
 
 train(TrainSettings(encoder=encoder, **spec), resume=resume, on_step=on_step)
+
+from llmret.losses.distributed import _KEPT
+# several processes: the loop holds the group until exit (see keep_group_until_exit)
+assert bool(_KEPT) == (os.environ["WORLD_SIZE"] != "1"), _KEPT
 '''
 
 
